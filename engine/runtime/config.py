@@ -1,0 +1,252 @@
+"""The typed configuration of vaultpbx: one YAML file, read once, frozen.
+
+Every field has a docstring; `load_config` rejects unknown keys and names the YAML path and line
+of any error. Sections owned by other packages (routing, recording, security) are kept as
+mappings here and validated by those packages' own models at wiring time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..sip.timers import TimerConfig
+from .typedyaml import ConfigError, LineMap, build, load_yaml
+
+Transport = Literal["udp", "tcp", "tls"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenConfig:
+    transport: Transport
+    """udp, tcp or tls."""
+    host: str = "127.0.0.1"
+    """Address to bind. The shipped configs bind loopback only."""
+    port: int = 5060
+    """Port to bind (5061 is customary for TLS)."""
+    advertise: str | None = None
+    """Address put in Via/Contact/SDP when it differs from `host` (NAT)."""
+
+    def validate(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    certificate: str = "var/tls/dev-cert.pem"
+    """PEM certificate chain presented by the TLS listener."""
+    private_key: str = "var/tls/dev-key.pem"
+    """PEM private key of that certificate (kept 0600)."""
+    create_self_signed: bool = True
+    """Create a self-signed development certificate at the paths above when missing."""
+    min_version: Literal["1.2", "1.3"] = "1.3"
+    """Lowest TLS version accepted."""
+    client_ca: str | None = None
+    """CA bundle for verifying client certificates (trunks). None: no client certificates."""
+    require_client_certificate: bool = False
+    """Refuse TLS clients that present no certificate signed by `client_ca`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SipConfig:
+    listen: list[ListenConfig] = field(
+        default_factory=lambda: [ListenConfig(transport="udp"), ListenConfig(transport="tcp")]
+    )
+    """Listeners; one per transport at most."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """TLS listener settings."""
+    domain: str = "vaultpbx.local"
+    """The SIP domain of the extensions; also the digest realm."""
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    """RFC 3261 T1/T2/T4."""
+    max_message_size: int = 65535
+    """Largest SIP message accepted on any transport, in bytes."""
+    nonce_ttl: float = 300.0
+    """Seconds a digest nonce stays valid."""
+    user_agent: str = "vaultpbx"
+    """User-Agent/Server header value."""
+    session_expires: int = 1800
+    """RFC 4028 session interval offered/accepted; 0 disables session timers."""
+    keepalive_probe_interval: float = 900.0
+    """Seconds between in-dialog OPTIONS probes on calls without session timers; 0: off."""
+    max_call_duration: float = 14400.0
+    """Calls longer than this are ended on both legs, seconds."""
+    ring_timeout: float = 60.0
+    """Seconds a destination may ring before the caller gets 408/480."""
+    register_min_expires: int = 60
+    """Shortest registration accepted (shorter gets 423 Interval Too Brief)."""
+    register_max_expires: int = 7200
+    """Longest registration granted."""
+    register_default_expires: int = 3600
+    """Registration interval when the client asks none."""
+    tcp_idle_timeout: float = 600.0
+    """Close TCP/TLS connections idle for this long, seconds."""
+
+    def validate(self) -> None:
+        seen = set()
+        for listener in self.listen:
+            if listener.transport in seen:
+                raise ValueError(f"two listeners for {listener.transport}")
+            seen.add(listener.transport)
+        if not self.listen:
+            raise ValueError("at least one listener is needed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtensionConfig:
+    password: str = field(repr=False)
+    """Digest password of the extension (never logged)."""
+    display_name: str | None = None
+    """Caller name shown to callees."""
+    srtp: Literal["required", "optional", "off"] = "optional"
+    """Media encryption policy for this extension's leg."""
+    max_contacts: int = 5
+    """Registrations kept per extension (newest win)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrunkConfig:
+    target: str
+    """Static SIP target of the trunk, e.g. sip:127.0.0.1:5070."""
+    transport: Transport = "udp"
+    """Transport to reach the target."""
+    username: str | None = None
+    """Outbound digest credentials, when the far end challenges."""
+    password: str | None = field(default=None, repr=False)
+    """Outbound digest password (never logged)."""
+    max_calls: int = 0
+    """Concurrent call limit; 0 means unlimited."""
+    from_domain: str | None = None
+    """Domain for the From header of calls sent to the trunk."""
+    srtp: Literal["required", "optional", "off"] = "off"
+    """Media encryption policy for this trunk's leg."""
+    inbound: bool = True
+    """Accept calls from the target address without digest auth (routed by the dialplan)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialplanRule:
+    match: str
+    """Regular expression matched against the whole user part of the Request-URI."""
+    extension: str | None = None
+    """Ring this extension; backreferences like \\1 allowed."""
+    trunk: str | None = None
+    """Send to this trunk."""
+    number: str = "\\g<0>"
+    """Number sent to the trunk; backreferences allowed. Default: the dialled number."""
+    queue: str | None = None
+    """Hand the call to this queue."""
+
+    def validate(self) -> None:
+        targets = [t for t in (self.extension, self.trunk, self.queue) if t is not None]
+        if len(targets) != 1:
+            raise ValueError("a dialplan rule needs exactly one of extension, trunk, queue")
+        try:
+            re.compile(self.match)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {self.match!r}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    members: list[str] = field(default_factory=list)
+    """Extensions rung in order until one answers (until the router is wired in)."""
+    ring_timeout: float = 20.0
+    """Seconds each member rings before the next is tried."""
+    retention_days: int | None = None
+    """Recording retention for calls of this queue (None: the recording default)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    trusted_sources: list[str] = field(default_factory=list)
+    """Source addresses whose calls need no digest auth (load generators, SBCs)."""
+    require_from_match: bool = True
+    """The authenticated user must be the user part of From."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    """Admin HTTP API bind address."""
+    port: int = 8080
+    """Admin HTTP API port; 0 disables it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written."""
+    sip_messages: bool = False
+    """Log every SIP message (costs ~15% CPU at 200 calls/s; for debugging)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    data_dir: str = "var"
+    """Where databases, keys, recordings and logs live (relative to the working directory)."""
+    drain_timeout: float = 30.0
+    """On SIGTERM, seconds established calls may continue before they are ended."""
+    sip: SipConfig = field(default_factory=SipConfig)
+    """Signalling."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """Who must authenticate."""
+    extensions: dict[str, ExtensionConfig] = field(default_factory=dict)
+    """Extensions by number."""
+    trunks: dict[str, TrunkConfig] = field(default_factory=dict)
+    """Trunks by name."""
+    dialplan: list[DialplanRule] = field(default_factory=list)
+    """Rules tried in order; the first match routes the call."""
+    queues: dict[str, QueueConfig] = field(default_factory=dict)
+    """Queues by name."""
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    """Admin HTTP API."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Logs."""
+    media: dict[str, Any] = field(default_factory=dict)
+    """Media anchoring and SRTP (validated by vaultpbx.media)."""
+    recording: dict[str, Any] = field(default_factory=dict)
+    """Recording, keys and retention (validated by vaultpbx.recording)."""
+    routing: dict[str, Any] = field(default_factory=dict)
+    """Skills-based routing (validated by vaultpbx.routing)."""
+    security: dict[str, Any] = field(default_factory=dict)
+    """Masking, audit, users and abuse defence (validated by vaultpbx.security)."""
+
+    def validate(self) -> None:
+        for index, rule in enumerate(self.dialplan):
+            if rule.trunk is not None and rule.trunk not in self.trunks:
+                raise ValueError(f"dialplan[{index}] names unknown trunk {rule.trunk!r}")
+            if rule.queue is not None and rule.queue not in self.queues:
+                raise ValueError(f"dialplan[{index}] names unknown queue {rule.queue!r}")
+        for name, queue in self.queues.items():
+            for member in queue.members:
+                if member not in self.extensions:
+                    raise ValueError(f"queue {name!r} has unknown member {member!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    config: Config
+    path: Path
+    lines: LineMap
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("", None, f"cannot read {path}: {exc.strerror}") from exc
+    return parse_config(text, str(path), path)
+
+
+def parse_config(text: str, source: str = "<config>", path: Path | None = None) -> LoadedConfig:
+    data, lines = load_yaml(text, source)
+    config = build(Config, data, lines, "", source)
+    return LoadedConfig(config, path or Path(source), lines)
+
+
+__all__ = ["Config", "ConfigError", "LoadedConfig", "load_config", "parse_config"]
