@@ -1,0 +1,222 @@
+"""SRTP and SRTCP (RFC 3711, RFC 7714) for SDES-keyed streams, as a thin layer over pylibsrtp.
+
+Invariants:
+- All cryptography is libsrtp's (through pylibsrtp); this module only maps SDES suite names and
+  inline key material (RFC 4568) onto libsrtp policies and keeps the packet loop exception-free.
+- A session protects (sender) or unprotects (receiver) one direction of one RTP stream, for any
+  SSRC, with RTCP on the same keys (rtcp-mux or not, the keys are the same, RFC 4568 §6.1).
+- Per packet: `protect*`/`unprotect*` return the new packet, or None when libsrtp refuses it
+  (forged or corrupted: authentication failure; replayed; malformed or too large). The refusal is
+  counted on the session and its kind left in `last_failure`; nothing is raised, nothing is
+  logged. Exceptions are reserved for setup errors (unknown suite, wrong key length).
+- The sender keeps libsrtp's refusal to encrypt the same packet index twice (`allow_repeat_tx` off):
+  a repeated index under AES-CM or GCM would reuse keystream, so a duplicate is dropped instead.
+- Randomness for key generation is injected (`random_bytes`, shaped like `os.urandom`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pylibsrtp
+from pylibsrtp import Policy
+
+__all__ = [
+    "SRTP_SUITES",
+    "SUPPORTED_SUITES",
+    "SrtpFailure",
+    "SrtpKeyError",
+    "SrtpSession",
+    "SrtpSuite",
+    "decode_inline_key",
+    "encode_inline_key",
+    "generate_key_material",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SrtpSuite:
+    name: str  # SDES crypto-suite name (RFC 4568 §6.2, RFC 7714 §14.2)
+    profile: int  # Policy.SRTP_PROFILE_*
+    key_length: int  # master key octets
+    salt_length: int  # master salt octets
+
+    @property
+    def key_material_length(self) -> int:
+        return self.key_length + self.salt_length
+
+
+# What pylibsrtp can do, best first. AES_256_CM_HMAC_SHA1_80 (RFC 6188) is deliberately absent:
+# pylibsrtp has no profile for it, so it must never be negotiated.
+SRTP_SUITES: dict[str, SrtpSuite] = {
+    suite.name: suite
+    for suite in (
+        SrtpSuite(
+            name="AEAD_AES_256_GCM",
+            profile=Policy.SRTP_PROFILE_AEAD_AES_256_GCM,
+            key_length=32,
+            salt_length=12,
+        ),
+        SrtpSuite(
+            name="AEAD_AES_128_GCM",
+            profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+            key_length=16,
+            salt_length=12,
+        ),
+        SrtpSuite(
+            name="AES_CM_128_HMAC_SHA1_80",
+            profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+            key_length=16,
+            salt_length=14,
+        ),
+        SrtpSuite(
+            name="AES_CM_128_HMAC_SHA1_32",
+            profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_32,
+            key_length=16,
+            salt_length=14,
+        ),
+    )
+}
+SUPPORTED_SUITES: tuple[str, ...] = tuple(SRTP_SUITES)
+
+
+class SrtpKeyError(ValueError):
+    """An unknown suite or key material of the wrong shape (a setup error, never per packet)."""
+
+
+class SrtpFailure(enum.Enum):
+    AUTH = "authentication failure"  # forged, corrupted, or keyed differently
+    REPLAY = "replay"  # seen before, or older than the replay window
+    MALFORMED = "malformed"  # too short, too long, or otherwise refused by libsrtp
+
+
+def _suite(name: str) -> SrtpSuite:
+    try:
+        return SRTP_SUITES[name]
+    except KeyError:
+        raise SrtpKeyError(f"unsupported SRTP crypto suite {name!r}") from None
+
+
+def generate_key_material(suite_name: str, random_bytes: Callable[[int], bytes]) -> bytes:
+    """Fresh master key || master salt for `suite_name`, from the injected random source."""
+    suite = _suite(suite_name)
+    material = random_bytes(suite.key_material_length)
+    if len(material) != suite.key_material_length:
+        raise SrtpKeyError("random source returned the wrong number of bytes")
+    return material
+
+
+def encode_inline_key(key_material: bytes) -> str:
+    """key||salt → the base64 of an SDES `inline:` key parameter (RFC 4568 §6.1)."""
+    return base64.b64encode(key_material).decode("ascii")
+
+
+def decode_inline_key(suite_name: str, inline: str) -> bytes:
+    """The base64 of an SDES `inline:` parameter → key||salt, checked against the suite."""
+    suite = _suite(suite_name)
+    try:
+        material = base64.b64decode(inline.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise SrtpKeyError(f"inline key for {suite.name} is not valid base64") from None
+    if len(material) != suite.key_material_length:
+        raise SrtpKeyError(
+            f"inline key for {suite.name} must be {suite.key_material_length} octets "
+            f"(key {suite.key_length} + salt {suite.salt_length}), got {len(material)}"
+        )
+    return material
+
+
+_FAILURES_BY_MESSAGE = {
+    "authentication failure": SrtpFailure.AUTH,
+    "replay check failed (bad index)": SrtpFailure.REPLAY,
+    "replay check failed (index too old)": SrtpFailure.REPLAY,
+}
+
+
+class SrtpSession:
+    """One direction of one stream. Build with `sender(...)` or `receiver(...)`."""
+
+    __slots__ = (
+        "_session",
+        "suite",
+        "auth_failures",
+        "replay_failures",
+        "malformed",
+        "last_failure",
+    )
+
+    def __init__(self, suite_name: str, key_material: bytes, *, outbound: bool) -> None:
+        suite = _suite(suite_name)
+        if len(key_material) != suite.key_material_length:
+            raise SrtpKeyError(
+                f"{suite.name} needs {suite.key_material_length} octets of key material, "
+                f"got {len(key_material)}"
+            )
+        any_ssrc = Policy.SSRC_ANY_OUTBOUND if outbound else Policy.SSRC_ANY_INBOUND
+        policy = Policy(key=bytes(key_material), ssrc_type=any_ssrc, srtp_profile=suite.profile)
+        self._session = pylibsrtp.Session(policy)
+        self.suite = suite
+        self.auth_failures = 0
+        self.replay_failures = 0
+        self.malformed = 0
+        self.last_failure: SrtpFailure | None = None
+
+    @classmethod
+    def sender(cls, suite_name: str, key_material: bytes) -> SrtpSession:
+        """Protects what we send, with the key we offered or answered."""
+        return cls(suite_name, key_material, outbound=True)
+
+    @classmethod
+    def receiver(cls, suite_name: str, key_material: bytes) -> SrtpSession:
+        """Unprotects what the peer sends, with the key the peer gave us."""
+        return cls(suite_name, key_material, outbound=False)
+
+    @property
+    def failures(self) -> int:
+        return self.auth_failures + self.replay_failures + self.malformed
+
+    def protect(self, packet: bytes) -> bytes | None:
+        try:
+            return self._session.protect(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as error:
+            self._refuse(error)
+            return None
+
+    def unprotect(self, packet: bytes) -> bytes | None:
+        try:
+            return self._session.unprotect(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as error:
+            self._refuse(error)
+            return None
+
+    def protect_rtcp(self, packet: bytes) -> bytes | None:
+        try:
+            return self._session.protect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as error:
+            self._refuse(error)
+            return None
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes | None:
+        try:
+            return self._session.unprotect_rtcp(packet)
+        except (pylibsrtp.Error, ValueError, TypeError) as error:
+            self._refuse(error)
+            return None
+
+    def _refuse(self, error: Exception) -> None:
+        failure = (
+            _FAILURES_BY_MESSAGE.get(str(error), SrtpFailure.MALFORMED)
+            if isinstance(error, pylibsrtp.Error)
+            else SrtpFailure.MALFORMED
+        )
+        if failure is SrtpFailure.AUTH:
+            self.auth_failures += 1
+        elif failure is SrtpFailure.REPLAY:
+            self.replay_failures += 1
+        else:
+            self.malformed += 1
+        self.last_failure = failure
