@@ -1,0 +1,403 @@
+"""The keystore and recording index (SQLite, WAL): one wrapped data key per recording.
+
+Invariants:
+- A data key is 32 fresh random bytes, generated here, returned once to the writer, and stored
+  only wrapped by a KEK (`KekProvider`). The row remembers which KEK (`kek_id`) wrapped it.
+- Shredding nulls the wrapped key, then checkpoints the WAL with `secure_delete` on, so the old
+  bytes are overwritten in the database file and gone from the WAL. Without the data key no copy
+  of the audio file can be read. Every shred leaves a row in `shred_log` (no personal data) and a
+  hook notification.
+- The caller number is personal data: it lives here (never in clear in a recording file), is
+  shown only through `HookRegistry.mask("phone", ...)`, and is erased when the recording is
+  shredded. Recording rows themselves stay, as the tombstone the audit trail points at.
+- Rows move recording -> closed | incomplete -> shredded; nothing moves back.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..hooks.registry import HookPoint, HookRegistry
+from .container import DATA_KEY_SIZE
+from .errors import KeyShreddedError, UnknownRecordingError
+from .kek import KekProvider
+
+DEFAULT_RETENTION_DAYS = 180
+DAY = 86400.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS recordings (
+    recording_id    TEXT PRIMARY KEY,           -- 32 hex digits, as in the file header
+    path            TEXT NOT NULL,
+    key_id          TEXT NOT NULL,              -- data-key id, as in the file header
+    kek_id          TEXT,                       -- KEK that wrapped it; NULL once shredded
+    wrapped_key     BLOB,                       -- RFC 3394 wrapped data key; NULL once shredded
+    created_at      REAL NOT NULL,
+    closed_at       REAL,
+    state           TEXT NOT NULL DEFAULT 'recording'
+                    CHECK (state IN ('recording', 'closed', 'incomplete', 'shredded')),
+    retention_class TEXT NOT NULL,
+    expires_at      REAL NOT NULL,
+    caller_number   TEXT,                       -- personal data: mask on output, erased on shred
+    legal_hold      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS recordings_expiry ON recordings (state, expires_at);
+CREATE INDEX IF NOT EXISTS recordings_caller ON recordings (caller_number);
+
+CREATE TABLE IF NOT EXISTS legal_holds (
+    recording_id    TEXT PRIMARY KEY REFERENCES recordings (recording_id),
+    requested_by    TEXT NOT NULL,
+    requested_at    REAL NOT NULL,
+    reason          TEXT NOT NULL,
+    approved_by     TEXT,
+    approved_at     REAL
+);
+
+CREATE TABLE IF NOT EXISTS shred_log (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    recording_id    TEXT NOT NULL,
+    key_id          TEXT NOT NULL,
+    reason          TEXT NOT NULL,              -- expired | erasure | manual
+    actor           TEXT NOT NULL,
+    shredded_at     REAL NOT NULL,
+    file_deleted    INTEGER NOT NULL
+);
+"""
+
+
+def normalize_number(number: str) -> str:
+    """Digits with an optional leading '+': '+44 (20) 7946-0000' -> '+442079460000'. Stored
+    and searched in this form so an erasure request finds every spelling of the number."""
+    number = number.strip()
+    digits = "".join(ch for ch in number if ch.isdigit())
+    return ("+" + digits) if number.startswith("+") else digits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionPolicy:
+    """Days to keep a recording, by retention class (the queue or trunk that carried the call)."""
+
+    days_by_class: Mapping[str, int] = field(default_factory=dict)
+    default_days: int = DEFAULT_RETENTION_DAYS
+
+    def days(self, retention_class: str) -> int:
+        return self.days_by_class.get(retention_class, self.default_days)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingRow:
+    recording_id: str
+    path: str
+    key_id: str
+    kek_id: str | None
+    created_at: float
+    closed_at: float | None
+    state: str
+    retention_class: str
+    expires_at: float
+    caller_number: str | None
+    legal_hold: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewRecording:
+    recording_id: bytes
+    key_id: bytes
+    data_key: bytes
+    path: Path
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingEvent:
+    """What the audit sinks receive at RECORDING_* hook points. Carries no personal data."""
+
+    action: str  # started | stopped | list | export | verify | shred | hold_request | hold ...
+    recording_id: str
+    actor: str
+    allowed: bool = True
+    at: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShredRecord:
+    seq: int
+    recording_id: str
+    key_id: str
+    reason: str
+    actor: str
+    shredded_at: float
+    file_deleted: bool
+
+
+_COLUMNS = (
+    "recording_id, path, key_id, kek_id, created_at, closed_at, state, retention_class, "
+    "expires_at, caller_number, legal_hold"
+)
+
+
+def _row(values: tuple[object, ...]) -> RecordingRow:
+    rid, path, key_id, kek_id, created, closed, state, rclass, expires, caller, hold = values
+    return RecordingRow(
+        recording_id=str(rid),
+        path=str(path),
+        key_id=str(key_id),
+        kek_id=None if kek_id is None else str(kek_id),
+        created_at=float(created),  # type: ignore[arg-type]
+        closed_at=None if closed is None else float(closed),  # type: ignore[arg-type]
+        state=str(state),
+        retention_class=str(rclass),
+        expires_at=float(expires),  # type: ignore[arg-type]
+        caller_number=None if caller is None else str(caller),
+        legal_hold=bool(hold),
+    )
+
+
+class Keystore:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        kek: KekProvider,
+        *,
+        retention: RetentionPolicy | None = None,
+        hooks: HookRegistry | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.kek = kek
+        self.retention = retention or RetentionPolicy()
+        self.hooks = hooks or HookRegistry()
+        self._random = random_bytes
+        self._clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        if new:
+            os.chmod(self.path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: shredded keys too
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Keystore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- life of a recording ----------------------------------------------------------------------
+
+    def create_recording(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        retention_class: str = "default",
+        caller_number: str | None = None,
+        created_at: float | None = None,
+    ) -> NewRecording:
+        """Make a data key and index a new recording at `<directory>/<id>.vrec` (not created)."""
+        created = self._clock() if created_at is None else created_at
+        recording_id = self._random(16)
+        key_id = self._random(16)
+        data_key = self._random(DATA_KEY_SIZE)
+        kek_id = self.kek.key_id
+        wrapped = self.kek.wrap(data_key)
+        path = Path(directory) / f"{recording_id.hex()}.vrec"
+        expires = created + self.retention.days(retention_class) * DAY
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO recordings (recording_id, path, key_id, kek_id, wrapped_key, "
+                "created_at, retention_class, expires_at, caller_number) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (recording_id.hex(), str(path), key_id.hex(), kek_id, wrapped, created,
+                 retention_class, expires,
+                 normalize_number(caller_number) if caller_number else None),
+            )
+        return NewRecording(recording_id=recording_id, key_id=key_id, data_key=data_key,
+                            path=path, expires_at=expires)
+
+    def mark_closed(self, recording_id: str, closed_at: float | None = None) -> None:
+        at = self._clock() if closed_at is None else closed_at
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE recordings SET state = 'closed', closed_at = ? "
+                "WHERE recording_id = ? AND state IN ('recording', 'incomplete')",
+                (at, recording_id),
+            )
+
+    def mark_incomplete(self, recording_id: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE recordings SET state = 'incomplete' "
+                "WHERE recording_id = ? AND state = 'recording'",
+                (recording_id,),
+            )
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def get(self, recording_id: str) -> RecordingRow:
+        cur = self._db.execute(
+            f"SELECT {_COLUMNS} FROM recordings WHERE recording_id = ?", (recording_id,)
+        )
+        values = cur.fetchone()
+        if values is None:
+            raise UnknownRecordingError(recording_id)
+        return _row(values)
+
+    def find_by_path(self, path: str | os.PathLike[str]) -> RecordingRow | None:
+        cur = self._db.execute(f"SELECT {_COLUMNS} FROM recordings WHERE path = ?", (str(path),))
+        values = cur.fetchone()
+        return None if values is None else _row(values)
+
+    def rows(self, *, states: tuple[str, ...] | None = None) -> list[RecordingRow]:
+        if states:
+            marks = ", ".join("?" * len(states))
+            cur = self._db.execute(
+                f"SELECT {_COLUMNS} FROM recordings WHERE state IN ({marks}) ORDER BY created_at",
+                states,
+            )
+        else:
+            cur = self._db.execute(f"SELECT {_COLUMNS} FROM recordings ORDER BY created_at")
+        return [_row(v) for v in cur.fetchall()]
+
+    def data_key(self, recording_id: str) -> bytes:
+        cur = self._db.execute(
+            "SELECT kek_id, wrapped_key, state FROM recordings WHERE recording_id = ?",
+            (recording_id,),
+        )
+        values = cur.fetchone()
+        if values is None:
+            raise UnknownRecordingError(recording_id)
+        kek_id, wrapped, state = values
+        if wrapped is None or state == "shredded":
+            raise KeyShreddedError(recording_id)
+        return self.kek.unwrap(kek_id, wrapped)
+
+    def masked_caller(self, row: RecordingRow, role: str = "system") -> str:
+        if not row.caller_number:
+            return ""
+        return self.hooks.mask("phone", row.caller_number, role)
+
+    # -- keys -------------------------------------------------------------------------------------
+
+    def rewrap(self, *, batch: int = 500) -> int:
+        """Re-wrap every live data key not yet under the current KEK. Audio files are untouched.
+
+        Works in batches so writers are not blocked for long; each batch unwraps under the old
+        KEK and wraps under the current one. Returns the number of keys re-wrapped.
+        """
+        current = self.kek.key_id
+        done = 0
+        while True:
+            with self._transaction() as db:
+                pending = db.execute(
+                    "SELECT recording_id, kek_id, wrapped_key FROM recordings "
+                    "WHERE wrapped_key IS NOT NULL AND kek_id != ? LIMIT ?",
+                    (current, batch),
+                ).fetchall()
+                for rid, kek_id, wrapped in pending:
+                    data_key = self.kek.unwrap(kek_id, wrapped)
+                    db.execute(
+                        "UPDATE recordings SET kek_id = ?, wrapped_key = ? WHERE recording_id = ?",
+                        (current, self.kek.wrap(data_key), rid),
+                    )
+            done += len(pending)
+            if len(pending) < batch:
+                break
+        self._scrub()
+        return done
+
+    def kek_ids_in_use(self) -> set[str]:
+        cur = self._db.execute(
+            "SELECT DISTINCT kek_id FROM recordings WHERE wrapped_key IS NOT NULL"
+        )
+        return {str(v[0]) for v in cur.fetchall()}
+
+    # -- shredding --------------------------------------------------------------------------------
+
+    def shred(
+        self, recording_id: str, *, reason: str, actor: str, now: float | None = None
+    ) -> ShredRecord:
+        """Destroy the data key, erase the caller number, delete the file, log and notify."""
+        at = self._clock() if now is None else now
+        with self._transaction() as db:
+            values = db.execute(
+                "SELECT path, key_id FROM recordings WHERE recording_id = ?", (recording_id,)
+            ).fetchone()
+            if values is None:
+                raise UnknownRecordingError(recording_id)
+            path, key_id = values
+            db.execute(
+                "UPDATE recordings SET wrapped_key = NULL, kek_id = NULL, caller_number = NULL, "
+                "state = 'shredded', legal_hold = 0 WHERE recording_id = ?",
+                (recording_id,),
+            )
+            db.execute("DELETE FROM legal_holds WHERE recording_id = ?", (recording_id,))
+            file_deleted = True
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                file_deleted = False
+            cur = db.execute(
+                "INSERT INTO shred_log (recording_id, key_id, reason, actor, shredded_at, "
+                "file_deleted) VALUES (?, ?, ?, ?, ?, ?)",
+                (recording_id, key_id, reason, actor, at, int(file_deleted)),
+            )
+            seq = int(cur.lastrowid or 0)
+        self._scrub()
+        record = ShredRecord(seq=seq, recording_id=recording_id, key_id=key_id, reason=reason,
+                             actor=actor, shredded_at=at, file_deleted=file_deleted)
+        self.hooks.notify(
+            HookPoint.RECORDING_ACCESSED,
+            RecordingEvent(action="shred", recording_id=recording_id, actor=actor, at=at,
+                           detail=reason),
+        )
+        return record
+
+    def _scrub(self) -> None:
+        """Push overwritten pages from the WAL into the (secure_delete) main file and empty it."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def shred_log(self) -> list[ShredRecord]:
+        cur = self._db.execute(
+            "SELECT seq, recording_id, key_id, reason, actor, shredded_at, file_deleted "
+            "FROM shred_log ORDER BY seq"
+        )
+        return [
+            ShredRecord(seq=s, recording_id=r, key_id=k, reason=why, actor=a, shredded_at=t,
+                        file_deleted=bool(d))
+            for s, r, k, why, a, t, d in cur.fetchall()
+        ]
+
+    # -- legal holds (the two-person rule lives in retention.py) ----------------------------------
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._transaction() as db:
+            yield db

@@ -1,0 +1,270 @@
+"""Streaming writer: frames in, sealed chunks out, straight into the final file.
+
+Invariants:
+- No plaintext audio or metadata is ever written: the file holds the sealed header, then sealed
+  chunks only. There is no temp file; the path is created with O_EXCL and mode 0600.
+- At most one chunk interval of audio (1 s by default) lives only in memory. A chunk is sealed
+  when a channel has buffered a full interval (checked in `append`) or when `maybe_seal(now)`
+  finds the interval elapsed, so a quiet call still reaches the disk every second.
+- Each sealed chunk is handed to the kernel with one write() as soon as it is sealed: a SIGKILL
+  loses only the unsealed buffer. fsync runs every `fsync_every` chunks and at close (fsync per
+  chunk per call would cost 10,000 fsyncs/s at 10,000 calls for protection against power loss
+  only; the reader treats a cut last frame as the end of an unfinished file).
+- While the call is in sensitive mode (PCI pause), audio frames of both channels are dropped
+  before they are buffered; the pause start and end are kept as events, and export renders the
+  gap as silence. DTMF typed during the pause therefore never reaches the disk.
+- Per channel, stored sample positions only increase and never overlap. A frame is placed right
+  after the previous one while its arrival time agrees within `jitter_tolerance`; a later arrival
+  leaves a gap (lost packets, silence suppression); a frame that would run more than `max_lead`
+  ahead of the arrival clock is dropped and counted (sender clock faster than ours).
+
+The media plane calls `append` per packet and `maybe_seal` from its timer; no call allocates more
+than the list entry for the frame, and none performs I/O except when a chunk is sealed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .container import (
+    ChunkPayload,
+    Codec,
+    Direction,
+    Event,
+    EventKind,
+    RecordingHeader,
+    RecordingMetadata,
+    Segment,
+    derive_keys,
+    encode_payload,
+    header_digest,
+    seal_chunk,
+    seal_header,
+)
+
+
+@dataclass(slots=True)
+class WriterStats:
+    frames: int = 0
+    frames_dropped_sensitive: int = 0
+    frames_dropped_ahead: int = 0
+    frames_malformed: int = 0
+    chunks: int = 0
+    bytes_written: int = 0
+
+
+class _Channel:
+    __slots__ = ("next_sample", "segments", "buffered")
+
+    def __init__(self) -> None:
+        self.next_sample = 0
+        self.segments: list[tuple[int, bytearray]] = []
+        self.buffered = 0  # samples
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RecordingWriter:
+    """One recording being written. Not thread-safe: one media worker owns it."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        recording_id: bytes,
+        key_id: bytes,
+        data_key: bytes,
+        codec: Codec,
+        sample_rate: int,
+        now: float,
+        wall_time: float,
+        metadata: RecordingMetadata | None = None,
+        chunk_seconds: float = 1.0,
+        fsync_every: int = 5,
+        jitter_tolerance: float = 0.06,
+        max_lead: float = 0.2,
+        on_close: Callable[[RecordingWriter], None] | None = None,
+    ) -> None:
+        """`now` is the media clock (the one passed to append/maybe_seal) at the first sample;
+        `wall_time` is the Unix time of that same instant, stored in the header."""
+        self.path = Path(path)
+        self.recording_id = recording_id
+        self.codec = codec
+        self.sample_rate = sample_rate
+        self.stats = WriterStats()
+        self.closed = False
+        self._origin = now
+        self._wall_time = wall_time
+        self._bytes_per_sample = codec.bytes_per_sample
+        self._chunk_samples = max(1, round(chunk_seconds * sample_rate))
+        self._chunk_seconds = chunk_seconds
+        self._fsync_every = fsync_every
+        self._tolerance = round(jitter_tolerance * sample_rate)
+        self._max_lead = round(max_lead * sample_rate)
+        self._on_close = on_close
+        self._channels = (_Channel(), _Channel())
+        self._events: list[Event] = []
+        self._sensitive = False
+        self._next_index = 0
+        self._last_seal = now
+        self._unsynced = 0
+
+        self._keys = derive_keys(data_key, recording_id)
+        header = RecordingHeader(
+            recording_id=recording_id,
+            key_id=key_id,
+            codec=codec,
+            sample_rate=sample_rate,
+            start_time_us=round(wall_time * 1_000_000),
+        )
+        raw = seal_header(header, metadata or RecordingMetadata(), self._keys)
+        self._digest = header_digest(raw)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.path, flags, 0o600)
+        try:
+            _write_all(self._fd, raw)
+            os.fsync(self._fd)
+            _fsync_directory(self.path.parent)  # the file itself survives a power cut
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.stats.bytes_written = len(raw)
+
+    # -- per frame --------------------------------------------------------------------------------
+
+    def append(self, direction: Direction, payload: bytes, now: float) -> None:
+        """Buffer one frame of codec payload that arrived (or was played out) at `now`."""
+        if self._sensitive:
+            self.stats.frames_dropped_sensitive += 1
+            return
+        samples = len(payload) // self._bytes_per_sample
+        if samples == 0 or len(payload) % self._bytes_per_sample:
+            self.stats.frames_malformed += 1
+            return
+        channel = self._channels[direction]
+        expected = channel.next_sample
+        at = round((now - self._origin) * self.sample_rate)
+        if at > expected + self._tolerance:
+            start = at  # a gap: export renders silence
+        elif expected > at + self._max_lead:
+            self.stats.frames_dropped_ahead += 1
+            return
+        else:
+            start = expected
+        segments = channel.segments
+        if segments and start == expected:
+            segments[-1][1].extend(payload)
+        else:
+            segments.append((start, bytearray(payload)))
+        channel.next_sample = start + samples
+        channel.buffered += samples
+        self.stats.frames += 1
+        if channel.buffered >= self._chunk_samples:
+            self.seal_chunk(now)
+
+    def sensitive_start(self, now: float) -> None:
+        """Start the PCI pause: from now on no audio is kept until `sensitive_end`."""
+        if not self._sensitive:
+            self._sensitive = True
+            self._events.append(Event(EventKind.SENSITIVE_START, self._sample_at(now)))
+
+    def sensitive_end(self, now: float) -> None:
+        if self._sensitive:
+            self._sensitive = False
+            self._events.append(Event(EventKind.SENSITIVE_END, self._sample_at(now)))
+
+    def add_note(self, now: float, detail: str) -> None:
+        """Mark the timeline (hold, transfer...). `detail` is sealed but must not hold personal
+        data: it is not covered by erasure requests."""
+        self._events.append(Event(EventKind.NOTE, self._sample_at(now), detail))
+
+    @property
+    def sensitive(self) -> bool:
+        return self._sensitive
+
+    def _sample_at(self, now: float) -> int:
+        return max(0, round((now - self._origin) * self.sample_rate))
+
+    # -- sealing ----------------------------------------------------------------------------------
+
+    def maybe_seal(self, now: float) -> bool:
+        """Seal if a chunk interval has passed since the last seal and anything is buffered."""
+        if now - self._last_seal < self._chunk_seconds:
+            return False
+        if not self._events and not any(c.segments for c in self._channels):
+            self._last_seal = now
+            return False
+        self.seal_chunk(now)
+        return True
+
+    def seal_chunk(self, now: float | None = None) -> None:
+        self._seal(final=False)
+        if now is not None:
+            self._last_seal = now
+
+    def close(self, now: float | None = None) -> None:
+        """Seal the final chunk (with whatever is buffered), fsync, and report to `on_close`."""
+        if self.closed:
+            return
+        if self._sensitive and now is not None:
+            self.sensitive_end(now)
+        self._seal(final=True)
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self.closed = True
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def abort(self) -> None:
+        """Close the file without a final chunk (the call plane is shutting down hard)."""
+        if not self.closed:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self.closed = True
+
+    def _seal(self, *, final: bool) -> None:
+        if self.closed:
+            raise ValueError("recording writer is closed")
+        channels: list[list[Segment]] = []
+        for channel in self._channels:
+            channels.append([Segment(start, bytes(data)) for start, data in channel.segments])
+            channel.segments = []
+            channel.buffered = 0
+        plain = encode_payload(ChunkPayload(events=self._events, channels=channels))
+        self._events = []
+        frame = seal_chunk(
+            self._keys, self._digest, self.recording_id, self._next_index, final, plain
+        )
+        _write_all(self._fd, frame)
+        self._next_index += 1
+        self.stats.chunks += 1
+        self.stats.bytes_written += len(frame)
+        self._unsynced += 1
+        if self._unsynced >= self._fsync_every and not final:
+            os.fsync(self._fd)
+            self._unsynced = 0
+
+    @property
+    def duration(self) -> float:
+        """Seconds of timeline covered so far (the furthest channel)."""
+        return max(c.next_sample for c in self._channels) / self.sample_rate
+
+    @property
+    def wall_time_now(self) -> float:
+        return self._wall_time + self.duration
