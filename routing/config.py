@@ -216,6 +216,10 @@ _STEP_KEYS = frozenset({"after", "min_proficiency", "drop_skills"})
 _OVERFLOW_KEYS = frozenset({"queue", "destination"})
 
 
+def _or_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
 def _parse_router(d: Any, path: str) -> RouterConfig:
     top = _mapping(d, path, _ROUTER_KEYS)
     if "skills" not in top:
@@ -227,14 +231,15 @@ def _parse_router(d: Any, path: str) -> RouterConfig:
     if len(catalogue) != len(raw_skills):
         raise _fail(f"{path}.skills", "lists a skill twice")
 
-    raw_queues = _named_mapping(top.get("queues", {}), f"{path}.queues")
+    # An empty YAML section (`agents:` with nothing under it) loads as None: same as {}.
+    raw_queues = _named_mapping(_or_empty(top.get("queues")), f"{path}.queues")
     queue_names = frozenset(raw_queues)
     queues: dict[str, QueueConfig] = {}
     for qname, raw in raw_queues.items():
         qpath = f"{path}.queues.{qname}"
         queues[qname] = _parse_queue(qname, raw, qpath, catalogue, queue_names)
 
-    raw_agents = _named_mapping(top.get("agents", {}), f"{path}.agents")
+    raw_agents = _named_mapping(_or_empty(top.get("agents")), f"{path}.agents")
     agents: dict[str, AgentConfig] = {}
     for agent_id, raw in raw_agents.items():
         apath = f"{path}.agents.{agent_id}"
