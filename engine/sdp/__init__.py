@@ -1,1 +1,61 @@
+"""SDP without I/O: parse/serialise (RFC 8866), a=crypto (RFC 4568), offer/answer (RFC 3264)."""
 
+from .crypto import SDES_SUITES, SUPPORTED_SUITES, CryptoAttribute, CryptoKey, SdesSuite
+from .errors import SdpError, SdpNegotiationError, SdpParseError
+from .model import (
+    Attribute,
+    Connection,
+    Direction,
+    MediaDescription,
+    Origin,
+    RtcpAttribute,
+    RtpMap,
+    SdpLine,
+    SessionDescription,
+    parse_sdp,
+)
+from .offer_answer import (
+    Codec,
+    LocalMedia,
+    MediaPolicy,
+    NegotiatedStream,
+    Negotiation,
+    Offer,
+    SrtpKeys,
+    SrtpMode,
+    build_answer,
+    create_offer,
+    process_answer,
+)
+
+__all__ = [
+    "SDES_SUITES",
+    "SUPPORTED_SUITES",
+    "Attribute",
+    "Codec",
+    "Connection",
+    "CryptoAttribute",
+    "CryptoKey",
+    "Direction",
+    "LocalMedia",
+    "MediaDescription",
+    "MediaPolicy",
+    "NegotiatedStream",
+    "Negotiation",
+    "Offer",
+    "Origin",
+    "RtcpAttribute",
+    "RtpMap",
+    "SdesSuite",
+    "SdpError",
+    "SdpLine",
+    "SdpNegotiationError",
+    "SdpParseError",
+    "SessionDescription",
+    "SrtpKeys",
+    "SrtpMode",
+    "build_answer",
+    "create_offer",
+    "parse_sdp",
+    "process_answer",
+]
