@@ -1,0 +1,896 @@
+"""The B2BUA: the transaction user that turns SIP into calls of two legs (no I/O).
+
+Invariants:
+- Every call is two dialogs: we are the UAS of the caller's leg (A) and the UAC of each callee
+  leg (B). Nothing of one dialog (Call-ID, tags, CSeq, Via) leaks into the other; bodies (SDP)
+  pass through unchanged until media anchoring rewrites them.
+- A request we cannot route gets exactly one final answer; a call that ends sends BYE or CANCEL
+  to every leg still up, and writes exactly one call record.
+- Time and randomness come in as arguments; outbound bytes leave through the transaction layer.
+- Calls do not form reference cycles that outlive them (`Call.finish`), so ten thousand held calls
+  cost the garbage collector nothing when they end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..hooks.registry import HookPoint, HookRegistry
+from ..runtime.config import Config
+from ..sip.dialog import Dialog
+from ..sip.digest import DigestAnswer, DigestServer, build_authorization
+from ..sip.endpoint import Flow, TransactionLayer
+from ..sip.errors import SipParseError
+from ..sip.headers import parse_name_addr
+from ..sip.message import Request, Response, build_response, reason_phrase
+from ..sip.transaction import (
+    ClientInviteTransaction,
+    ClientNonInviteTransaction,
+    ClientTransaction,
+    ServerInviteTransaction,
+    ServerTransaction,
+    State,
+    Transaction,
+)
+from ..sip.uri import parse_uri
+from ..sip.validate import ALLOWED_METHODS
+from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
+from .dialplan import Dialplan
+from .location import LocationService
+
+# Final responses from a callee mapped to what the caller hears (RFC 3261 §16.7 picks the
+# "best" response; a B2BUA passes the callee's meaning through).
+CAUSES = {
+    486: "busy", 600: "busy", 603: "declined", 404: "not_found", 604: "not_found",
+    408: "no_answer", 480: "unavailable", 487: "cancelled",
+}
+SUPPORTED = "timer"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InDialogRelay:
+    """A request received on one leg and re-sent on the other; the answer goes back."""
+
+    origin: ServerTransaction
+    origin_leg: Leg
+    target_leg: Leg
+    method: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LegRequest:
+    """A request we originate on a leg (BYE, probe OPTIONS, CANCEL): its answer is noted."""
+
+    leg: Leg
+    method: str
+
+
+class B2BUA:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        token: Callable[[], str],
+        hooks: HookRegistry,
+        digest_secret: bytes,
+    ) -> None:
+        self.token = token
+        self.hooks = hooks
+        self.location = LocationService()
+        self.calls: dict[str, Call] = {}
+        self.dialogs: dict[tuple[str, str, str | None], Leg] = {}
+        self.trunk_calls: dict[str, int] = {}
+        self.finished_records: list[CallRecord] = []
+        self.draining = False
+        self.layer: TransactionLayer | None = None  # set by `attach`
+        self.stats = {
+            "calls_started": 0, "calls_answered": 0, "calls_failed": 0, "calls_ended": 0,
+            "auth_challenges": 0, "auth_failures": 0, "registrations": 0,
+        }
+        self.on_auth_failure: Callable[[str, str, Flow], None] | None = None
+        self.digest_secret = digest_secret
+        self.apply_config(config)
+
+    def attach(self, layer: TransactionLayer) -> None:
+        self.layer = layer
+
+    def apply_config(self, config: Config) -> None:
+        """Take a new configuration; calls in progress keep going (SIGHUP)."""
+        self.config = config
+        self.dialplan = Dialplan(config.dialplan)
+        self.digest = DigestServer(
+            realm=config.sip.domain, secret=self.digest_secret, nonce_ttl=config.sip.nonce_ttl
+        )
+        self.trusted = frozenset(config.auth.trusted_sources)
+        self.trunk_sources = {
+            (uri.host_without_brackets, uri.port or 5060): name
+            for name, trunk in config.trunks.items()
+            if trunk.inbound
+            for uri in [parse_uri(trunk.target)]
+        }
+
+    # ----------------------------------------------------------------------------------------
+    # helpers
+    def _layer(self) -> TransactionLayer:
+        assert self.layer is not None
+        return self.layer
+
+    def contact_for(self, flow: Flow) -> str:
+        host, port = self._layer().local_addresses[flow.transport]
+        if flow.transport == "udp":
+            return f"<sip:vaultpbx@{host}:{port}>"
+        return f"<sip:vaultpbx@{host}:{port};transport={flow.transport}>"
+
+    def respond(self, txn: ServerTransaction, request: Request, status: int, now: float,
+                *, reason: str | None = None, extra: list[tuple[str, str]] | None = None,
+                body: bytes = b"", content_type: str | None = None) -> None:
+        if txn.to_tag is None:
+            txn.to_tag = self.token()
+        headers = list(extra or [])
+        if body:
+            headers.append(("content-type", content_type or "application/sdp"))
+        headers.append(("server", self.config.sip.user_agent))
+        txn.respond(build_response(request, status, reason, to_tag=txn.to_tag, extra=headers,
+                                   body=body), now)
+
+    def _mask(self, kind: str, value: str) -> str:
+        return self.hooks.mask(kind, value, "system")
+
+    # ----------------------------------------------------------------------------------------
+    # TransactionUser: requests
+    def on_request(self, txn: ServerTransaction | None, request: Request, flow: Flow,
+                   now: float) -> None:
+        method = request.method
+        to_tag = request.to.tag
+        if txn is None:  # an ACK outside any transaction: the ACK for a 2xx
+            self._on_ack(request, now)
+            return
+        if to_tag is not None:
+            self._on_in_dialog(txn, request, flow, now)
+            return
+        if method == "INVITE":
+            self._on_invite(txn, request, flow, now)
+        elif method == "REGISTER":
+            self._on_register(txn, request, flow, now)
+        elif method == "OPTIONS":
+            self.respond(txn, request, 200, now, extra=[
+                ("allow", ALLOWED_METHODS), ("accept", "application/sdp"),
+                ("supported", SUPPORTED)])
+        elif method in ("BYE", "UPDATE", "INFO", "PRACK"):
+            self.respond(txn, request, 481, now)
+        else:
+            self.respond(txn, request, 405, now, extra=[("allow", ALLOWED_METHODS)])
+
+    # -- authentication ------------------------------------------------------------------------
+    def _authenticate(self, txn: ServerTransaction, request: Request, flow: Flow, now: float,
+                      *, proxy: bool) -> str | None:
+        """Return the authenticated extension, or answer 401/407/400/403 and return None.
+
+        Known and unknown users get the same answers (no extension enumeration)."""
+        header = request.get("proxy-authorization" if proxy else "authorization")
+        if header is None or not header.lstrip().lower().startswith("digest"):
+            self._challenge(txn, request, now, proxy=proxy, stale=False)
+            return None
+        extensions = self.config.extensions
+
+        def password_of(user: str) -> str | None:
+            ext = extensions.get(user)
+            return ext.password if ext is not None else None
+
+        result = self.digest.verify(request.method, header, password_of, now,
+                                    request_uri=request.uri)
+        if result.ok:
+            if self.config.auth.require_from_match:
+                aor = request.to if request.method == "REGISTER" else request.from_
+                if parse_uri(aor.uri).user != result.username:
+                    self._count_auth_failure(result.username, "identity-mismatch", flow)
+                    self.respond(txn, request, 403, now)
+                    return None
+            return result.username
+        answer = result.answer
+        if answer is DigestAnswer.CHALLENGE_STALE:
+            self._challenge(txn, request, now, proxy=proxy, stale=True)
+            return None
+        self._count_auth_failure(result.username, result.reason.value, flow)
+        if answer is DigestAnswer.BAD_REQUEST:
+            self.respond(txn, request, 400, now, reason="Bad Authorization")
+        else:
+            self._challenge(txn, request, now, proxy=proxy, stale=False)
+        return None
+
+    def _challenge(self, txn: ServerTransaction, request: Request, now: float, *, proxy: bool,
+                   stale: bool) -> None:
+        self.stats["auth_challenges"] += 1
+        name = "proxy-authenticate" if proxy else "www-authenticate"
+        values = self.digest.challenge_headers(now, stale, entropy=self.token().encode())
+        self.respond(txn, request, 407 if proxy else 401, now,
+                     extra=[(name, value) for value in values])
+
+    def _count_auth_failure(self, username: str, why: str, flow: Flow) -> None:
+        self.stats["auth_failures"] += 1
+        if self.on_auth_failure is not None:
+            self.on_auth_failure(username, why, flow)
+
+    # -- REGISTER (RFC 3261 §10.3) ---------------------------------------------------------------
+    def _on_register(self, txn: ServerTransaction, request: Request, flow: Flow,
+                     now: float) -> None:
+        to_uri = parse_uri(request.to.uri)
+        if not to_uri.is_sip:
+            self.respond(txn, request, 400, now, reason="To must be a SIP AOR")
+            return
+        user = self._authenticate(txn, request, flow, now, proxy=False)
+        if user is None:
+            return
+        aor = to_uri.user or ""
+        ext = self.config.extensions.get(aor)
+        if ext is None:
+            self.respond(txn, request, 403, now)
+            return
+        sip = self.config.sip
+        header_expires = request.get("expires")
+        contacts = request.values("contact")
+        call_id = request.call_id
+        cseq = request.cseq.number
+        if contacts == ["*"]:
+            if header_expires is None or int(header_expires) != 0:
+                self.respond(txn, request, 400, now, reason="Wildcard needs Expires: 0")
+                return
+            self.location.remove_all(aor)
+        for value in contacts if contacts != ["*"] else []:
+            addr = parse_name_addr(value)
+            raw = addr.params.get("expires", header_expires)
+            expires = int(raw) if raw is not None else sip.register_default_expires
+            if 0 < expires < sip.register_min_expires:
+                self.respond(txn, request, 423, now,
+                             extra=[("min-expires", str(sip.register_min_expires))])
+                return
+            expires = min(expires, sip.register_max_expires)
+            q = float(addr.params.get("q", "1") or 1)
+            if not self.location.update(aor, addr.uri, expires, flow, call_id, cseq, now, q=q,
+                                        max_contacts=ext.max_contacts):
+                self.respond(txn, request, 500, now, reason="Out of order CSeq")
+                return
+        self.stats["registrations"] += 1
+        bindings = self.location.lookup(aor, now)
+        extra = [
+            ("contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
+            for b in bindings
+        ]
+        self.respond(txn, request, 200, now, extra=extra)
+
+    # -- new calls -------------------------------------------------------------------------------
+    def _on_invite(self, txn: ServerTransaction, request: Request, flow: Flow,
+                   now: float) -> None:
+        assert isinstance(txn, ServerInviteTransaction)
+        if self.draining:
+            self.respond(txn, request, 503, now, extra=[("retry-after", "30")])
+            return
+        mf = request.get("max-forwards")
+        if mf is not None and int(mf) == 0:
+            self.respond(txn, request, 483, now)
+            return
+        ruri = request.request_uri
+        if not ruri.is_sip or not ruri.user:
+            self.respond(txn, request, 404, now)
+            return
+        source_trunk = self.trunk_sources.get((flow.host, flow.port))
+        caller_ext: str | None = None
+        if source_trunk is None and flow.host not in self.trusted:
+            caller_ext = self._authenticate(txn, request, flow, now, proxy=True)
+            if caller_ext is None:
+                return
+        route = self.dialplan.route(ruri.user)
+        if route is None:
+            self.respond(txn, request, 404, now)
+            return
+        # 100 Trying at once: the caller stops retransmitting (RFC 3261 §17.2.1).
+        self.respond(txn, request, 100, now)
+        call = Call(self.token(), now)
+        call.route_kind = route.kind
+        call.route_name = route.name
+        from_uri = parse_uri(request.from_.uri)
+        call.caller = self._mask("number", from_uri.user or "")
+        call.callee = self._mask("number", route.number)
+        a_tag = txn.to_tag or self.token()
+        txn.to_tag = a_tag
+        a_dialog = Dialog.as_uas(request, a_tag, self.contact_for(flow))
+        a_leg = Leg(call, Side.A, a_dialog, flow)
+        a_leg.invite_server = txn
+        a_leg.invite_request = request
+        a_leg.target_name = caller_ext or source_trunk or flow.host
+        txn.owner = a_leg
+        call.a = a_leg
+        self.calls[call.id] = call
+        self.dialogs[a_dialog.key] = a_leg
+        self.stats["calls_started"] += 1
+        self._notify_state(call, now)
+        call.ring_deadline = now + self.config.sip.ring_timeout
+        call.hard_end_at = now + self.config.sip.max_call_duration
+        self._layer().schedule(CallTimer(self, call), call.ring_deadline)
+        if route.kind == "extension":
+            self._ring_extension(call, route.name, route.number, now)
+        elif route.kind == "trunk":
+            self._ring_trunk(call, route.name, route.number, now)
+        else:
+            queue = self.config.queues[route.name]
+            call.hunt = list(queue.members)
+            self._hunt_next(call, now)
+
+    def _ring_extension(self, call: Call, extension: str, number: str, now: float) -> bool:
+        if extension not in self.config.extensions:
+            self._fail_call(call, 404, "not_found", now)
+            return False
+        bindings = self.location.lookup(extension, now)
+        if not bindings:
+            if not call.hunt:
+                self._fail_call(call, 480, "unavailable", now)
+            return False
+        for binding in bindings:
+            self._start_b_leg(call, binding.contact, binding.flow, extension, now)
+        call.state = CallState.RINGING
+        return True
+
+    def _hunt_next(self, call: Call, now: float) -> None:
+        """Queue hunting: ring the next member that has a registration."""
+        queue = self.config.queues.get(call.route_name)
+        while call.hunt:
+            member = call.hunt.pop(0)
+            if self.location.lookup(member, now):
+                ring_for = queue.ring_timeout if queue is not None else 20.0
+                call.ring_deadline = now + ring_for
+                self._layer().schedule(CallTimer(self, call), call.ring_deadline)
+                self._ring_extension(call, member, member, now)
+                return
+        self._fail_call(call, 480, "unavailable", now)
+
+    def _ring_trunk(self, call: Call, name: str, number: str, now: float) -> None:
+        trunk = self.config.trunks[name]
+        active = self.trunk_calls.get(name, 0)
+        if trunk.max_calls and active >= trunk.max_calls:
+            self._fail_call(call, 503, "trunk_full", now)
+            return
+        self.trunk_calls[name] = active + 1
+        call.trunk = name
+        target = parse_uri(trunk.target)
+        host = target.host_without_brackets
+        flow = Flow(trunk.transport, host, target.port or (5061 if trunk.transport == "tls"
+                                                            else 5060))
+        user_uri = f"sip:{number}@{target.host}" + (f":{target.port}" if target.port else "")
+        self._start_b_leg(call, user_uri, flow, name, now, from_domain=trunk.from_domain)
+        call.state = CallState.RINGING
+
+    def _start_b_leg(self, call: Call, request_uri: str, flow: Flow, target_name: str,
+                     now: float, *, from_domain: str | None = None) -> None:
+        a = call.a
+        assert a is not None and a.invite_request is not None
+        a_invite = a.invite_request
+        caller = a_invite.from_
+        caller_uri = parse_uri(caller.uri)
+        host, port = self._layer().local_addresses[flow.transport]
+        domain = from_domain or host
+        local_uri = f"{caller.display} <sip:{caller_uri.user}@{domain}>" if caller.display \
+            else f"<sip:{caller_uri.user}@{domain}>"
+        callee = parse_uri(request_uri)
+        remote_uri = f"<sip:{callee.user}@{callee.host}>" if callee.user else f"<{request_uri}>"
+        dialog = Dialog(
+            call_id=self.token(), local_tag=self.token(), remote_tag=None, local_uri=local_uri,
+            remote_uri=remote_uri, local_seq=0, remote_seq=None, remote_target=request_uri,
+            route_set=(), local_contact=self.contact_for(flow),
+        )
+        leg = Leg(call, Side.B, dialog, flow)
+        leg.target_name = target_name
+        leg.offer_in_invite = bool(a_invite.body)
+        request = dialog.new_request("INVITE", a_invite.body,
+                                     a_invite.get("content-type"))
+        mf = a_invite.get("max-forwards")
+        request.set("max-forwards", str(int(mf) - 1 if mf is not None else 70))
+        request.set("allow", ALLOWED_METHODS)
+        request.set("user-agent", self.config.sip.user_agent)
+        leg.invite_request = request
+        call.attempts.append(leg)
+        self._send_b_invite(leg, request, now)
+
+    def _send_b_invite(self, leg: Leg, request: Request, now: float) -> None:
+        txn = self._layer().start_client_transaction(request, leg.flow, now, owner=leg)
+        assert isinstance(txn, ClientInviteTransaction)
+        leg.invite_client = txn
+
+    # -- responses -------------------------------------------------------------------------------
+    def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None:
+        owner = txn.owner
+        if isinstance(owner, Leg):
+            self._on_b_invite_response(owner, txn, response, now)
+        elif isinstance(owner, InDialogRelay):
+            self._on_relay_response(owner, response, now)
+        elif isinstance(owner, LegRequest):
+            self._on_leg_request_response(owner, response, now)
+
+    def _on_b_invite_response(self, leg: Leg, txn: ClientTransaction, response: Response,
+                              now: float) -> None:
+        status = response.status
+        call = leg.call
+        if status < 200:
+            if leg.cancel_requested:
+                self._send_cancel(leg, now)  # the CANCEL waited for a provisional (§9.1)
+                return
+            if call is None or leg.ended or status == 100:
+                return
+            leg.provisional_seen = True
+            a = call.a
+            if a is not None and a.invite_server is not None and call.b is None:
+                call.state = CallState.EARLY if response.body else CallState.RINGING
+                self.respond(a.invite_server, a.invite_request or Request("INVITE", ""),
+                             status, now, reason=response.reason, body=response.body,
+                             content_type=response.get("content-type"),
+                             extra=[("contact", a.dialog.local_contact)])
+            return
+        if status < 300:
+            if leg.ack_bytes is not None:  # a 2xx retransmission: resend our ACK (§13.2.2.4)
+                self._layer().send(leg.ack_bytes, leg.flow, retransmission=True)
+                return
+            leg.invite_client = None
+            if call is None or leg.ended:
+                self._ack_and_bye_stray(leg, response, now)
+                return
+            self._on_b_answer(call, leg, response, now)
+            return
+        # A non-2xx final answer on this attempt; the ICT has ACKed it (§17.1.1.3).
+        if (status in (401, 407) and call is not None and not leg.ended
+                and not leg.auth_attempted
+                and self._retry_with_credentials(call, leg, response, now)):
+            return
+        leg.invite_client = None
+        leg.invite_request = None
+        leg.cancel_requested = False
+        if call is None or leg.ended:
+            return
+        leg.ended = True
+        if leg in call.attempts:
+            call.attempts.remove(leg)
+        if call.b is not None or call.state in (CallState.ENDING, CallState.ENDED):
+            return
+        if call.attempts:
+            return  # other forks still ringing
+        if call.hunt and status not in (600, 603):
+            self._hunt_next(call, now)
+            return
+        cause = CAUSES.get(status, "failed")
+        self._fail_call(call, status, cause, now, reason=response.reason)
+
+    def _retry_with_credentials(self, call: Call, leg: Leg, response: Response,
+                                now: float) -> bool:
+        """A trunk challenged our INVITE: resend once with its credentials (RFC 3261 §22.2)."""
+        trunk = self.config.trunks.get(call.trunk or "")
+        if trunk is None or trunk.username is None or trunk.password is None:
+            return False
+        old = leg.invite_request
+        if old is None:
+            return False
+        header = "proxy-authenticate" if response.status == 407 else "www-authenticate"
+        challenge = response.get(header)
+        if challenge is None:
+            return False
+        leg.auth_attempted = True
+        request = leg.dialog.new_request("INVITE", old.body, old.get("content-type"))
+        for name in ("max-forwards", "allow", "user-agent"):
+            value = old.get(name)
+            if value is not None:
+                request.set(name, value)
+        authorization = build_authorization(challenge, "INVITE", request.uri, trunk.username,
+                                            trunk.password, self.token(), 1)
+        request.set("proxy-authorization" if response.status == 407 else "authorization",
+                    authorization)
+        leg.invite_request = request
+        leg.provisional_seen = False
+        self._send_b_invite(leg, request, now)
+        return True
+
+    def _on_b_answer(self, call: Call, leg: Leg, response: Response, now: float) -> None:
+        if call.b is not None and call.b is not leg:
+            self._ack_and_bye_stray(leg, response, now)  # a second fork answered: §13.2.2.4
+            return
+        if call.b is leg:
+            return  # delayed-offer 2xx retransmission before the caller's ACK
+        a = call.a
+        if a is None or a.invite_server is None or call.state in (CallState.ENDING,
+                                                                   CallState.ENDED):
+            self._ack_and_bye_stray(leg, response, now)
+            return
+        call.b = leg
+        leg.answered = True
+        leg.dialog.confirm_as_uac(response)
+        self.dialogs[leg.dialog.key] = leg
+        # Cancel the other forks (RFC 3261 §16.7 step 10, as a proxy would).
+        for other in list(call.attempts):
+            if other is not leg:
+                self._cancel_leg(other, now)
+        call.attempts = [leg]
+        call.hunt = []
+        if leg.offer_in_invite:
+            self._send_ack(leg, b"", None, now)
+        # Answer the caller; retransmit the 2xx until its ACK (RFC 3261 §13.3.1.4).
+        a_request = a.invite_request
+        assert a_request is not None
+        txn = a.invite_server
+        extra = [("contact", a.dialog.local_contact), ("allow", ALLOWED_METHODS),
+                 ("supported", SUPPORTED)]
+        se = self.config.sip.session_expires
+        if se and "timer" in {v.lower() for v in a_request.values("supported")}:
+            call.session_interval = se
+            extra.append(("session-expires", f"{se};refresher=uac"))
+            extra.append(("require", "timer"))
+        response_to_a = build_response(a_request, 200, "OK", to_tag=txn.to_tag, extra=extra +
+                                       [("server", self.config.sip.user_agent)] + (
+                                           [("content-type", response.get("content-type")
+                                             or "application/sdp")] if response.body else []),
+                                       body=response.body)
+        txn.respond(response_to_a, now)
+        call.ok_bytes = response_to_a.serialize()
+        call.answered_at = now
+        call.state = CallState.ANSWERED
+        call.ring_deadline = None
+        self.stats["calls_answered"] += 1
+        t1 = self.config.sip.timers.t1
+        if not a.flow.reliable:
+            call.ok_interval = t1
+            call.ok_retransmit_at = now + t1
+            self._layer().schedule(CallTimer(self, call), call.ok_retransmit_at)
+        call.ok_giveup_at = now + 64 * t1
+        self._layer().schedule(CallTimer(self, call), call.ok_giveup_at)
+        a.invite_server = None
+        self._notify_state(call, now)
+
+    def _send_ack(self, leg: Leg, body: bytes, content_type: str | None, now: float) -> None:
+        ack = leg.dialog.new_request("ACK", body, content_type, cseq=leg.dialog.local_seq)
+        layer = self._layer()
+        ack.add("via", layer.via_for(leg.flow, layer.new_branch()), first=True)
+        leg.ack_bytes = ack.serialize()
+        layer.send(leg.ack_bytes, leg.flow)
+
+    def _ack_and_bye_stray(self, leg: Leg, response: Response, now: float) -> None:
+        dialog = leg.dialog
+        dialog.confirm_as_uac(response)
+        self._send_ack(leg, b"", None, now)
+        bye = dialog.new_request("BYE")
+        self._layer().start_client_transaction(bye, leg.flow, now,
+                                               owner=LegRequest(leg=leg, method="BYE"))
+
+    def on_stray_response(self, response: Response, flow: Flow, now: float) -> None:
+        """A 2xx retransmission after our INVITE transaction ended (Timer M): re-ACK it."""
+        try:
+            key = (response.call_id, response.from_.tag or "", response.to.tag)
+        except SipParseError:
+            return
+        leg = self.dialogs.get(key)
+        if leg is not None and leg.ack_bytes is not None:
+            self._layer().send(leg.ack_bytes, leg.flow, retransmission=True)
+
+    # -- ACK, CANCEL, in-dialog requests -----------------------------------------------------------
+    def _on_ack(self, ack: Request, now: float) -> None:
+        try:
+            key = (ack.call_id, ack.to.tag or "", ack.from_.tag)
+        except SipParseError:
+            return
+        leg = self.dialogs.get(key)
+        if leg is None or leg.call is None:
+            return
+        call = leg.call
+        if leg.side is Side.A and call.state is CallState.ANSWERED:
+            call.state = CallState.ESTABLISHED
+            call.ok_retransmit_at = None
+            call.ok_giveup_at = None
+            call.ok_bytes = None
+            if leg.invite_request is not None:
+                leg.invite_request = None
+            b = call.b
+            if b is not None and not b.offer_in_invite and b.ack_bytes is None:
+                self._send_ack(b, ack.body, ack.get("content-type"), now)
+            if b is not None:
+                b.invite_request = None
+            self._arm_keepalive(call, now)
+            self._notify_state(call, now)
+        elif leg.pending_ack_body is not None or ack.body:
+            other = self._other(leg)
+            if other is not None and other.ack_bytes is None:
+                self._send_ack(other, ack.body, ack.get("content-type"), now)
+
+    def on_cancel(self, invite_txn: ServerInviteTransaction, cancel: Request,
+                  now: float) -> None:
+        leg = invite_txn.owner
+        if not isinstance(leg, Leg) or leg.call is None:
+            return
+        call = leg.call
+        if leg.invite_request is not None and invite_txn.state is State.PROCEEDING:
+            self.respond(invite_txn, leg.invite_request, 487, now)
+        leg.invite_server = None
+        self._end_call(call, "cancelled", 487, now)
+
+    def _on_in_dialog(self, txn: ServerTransaction, request: Request, flow: Flow,
+                      now: float) -> None:
+        key = (request.call_id, request.to.tag or "", request.from_.tag)
+        leg = self.dialogs.get(key)
+        method = request.method
+        if leg is None or leg.call is None:
+            self.respond(txn, request, 481, now)
+            return
+        call = leg.call
+        if not leg.dialog.accepts_remote_seq(request.cseq.number):
+            self.respond(txn, request, 500, now, reason="CSeq out of order")
+            return
+        if method == "BYE":
+            self.respond(txn, request, 200, now)
+            leg.ended = True
+            self._end_call(call, "normal_clearing", 200, now, hung_up_by=leg)
+            return
+        if method == "OPTIONS":
+            self.respond(txn, request, 200, now, extra=[("allow", ALLOWED_METHODS)])
+            return
+        if method in ("INVITE", "UPDATE", "INFO"):
+            other = self._other(leg)
+            if other is None or call.state not in (CallState.ESTABLISHED, CallState.ANSWERED):
+                self.respond(txn, request, 491 if method == "INVITE" else 481, now)
+                return
+            if method != "INFO":
+                leg.dialog.refresh_target(request)
+                if call.session_interval:
+                    call.session_deadline = now + call.session_interval
+                    self._layer().schedule(CallTimer(self, call), call.session_deadline)
+            out = other.dialog.new_request(method, request.body, request.get("content-type"))
+            for name in ("session-expires", "min-se", "supported"):
+                value = request.get(name)
+                if value is not None and name != "session-expires":
+                    out.set(name, value)
+            relay = InDialogRelay(origin=txn, origin_leg=leg, target_leg=other, method=method)
+            txn.owner = relay
+            out_txn = self._layer().start_client_transaction(out, other.flow, now, owner=relay)
+            if method == "INVITE":
+                other.offer_in_invite = bool(request.body)
+                other.invite_client = out_txn if isinstance(out_txn, ClientInviteTransaction) \
+                    else None
+            return
+        self.respond(txn, request, 405, now, extra=[("allow", ALLOWED_METHODS)])
+
+    def _on_relay_response(self, relay: InDialogRelay, response: Response, now: float) -> None:
+        origin = relay.origin
+        if origin.state is State.TERMINATED:
+            return
+        status = response.status
+        if status == 100:
+            return
+        request = origin.request
+        if request is None:
+            return
+        target = relay.target_leg
+        extra: list[tuple[str, str]] = []
+        if relay.method in ("INVITE", "UPDATE") and 200 <= status < 300:
+            target.dialog.refresh_target(response)
+            extra.append(("contact", relay.origin_leg.dialog.local_contact))
+            if relay.method == "INVITE":
+                if target.offer_in_invite:
+                    self._send_ack(target, b"", None, now)
+                else:
+                    target.ack_bytes = None
+                    relay.origin_leg.pending_ack_body = b""
+        self.respond(origin, request, status, now, reason=response.reason, body=response.body,
+                     content_type=response.get("content-type"), extra=extra)
+        if status >= 200:
+            origin.owner = None  # the relay is done; no cycle outlives it
+
+    def _on_leg_request_response(self, owner: LegRequest, response: Response,
+                                 now: float) -> None:
+        if owner.method == "OPTIONS" and response.status in (408, 481):
+            call = owner.leg.call
+            if call is not None:
+                self._end_call(call, "dead_peer", response.status, now)
+
+    def on_transaction_timeout(self, txn: Transaction, now: float) -> None:
+        owner = txn.owner
+        if isinstance(owner, Leg) and owner.side is Side.B and owner.call is not None:
+            if txn.IS_CLIENT:
+                self._on_b_invite_response(owner, txn,  # type: ignore[arg-type]
+                                           _timeout_response(), now)
+        elif isinstance(owner, InDialogRelay):
+            request = owner.origin.request
+            if request is not None and owner.origin.state is not State.TERMINATED:
+                self.respond(owner.origin, request, 408, now)
+        elif isinstance(owner, LegRequest) and owner.method == "OPTIONS":
+            call = owner.leg.call
+            if call is not None:
+                self._end_call(call, "dead_peer", 408, now)
+
+    def on_transport_error(self, txn: Transaction, now: float) -> None:
+        self.on_transaction_timeout(txn, now)
+
+    # -- ending calls ----------------------------------------------------------------------------
+    def _other(self, leg: Leg) -> Leg | None:
+        call = leg.call
+        if call is None:
+            return None
+        return call.b if leg.side is Side.A else call.a
+
+    def _fail_call(self, call: Call, status: int, cause: str, now: float,
+                   reason: str | None = None) -> None:
+        a = call.a
+        if a is not None and a.invite_server is not None and a.invite_request is not None:
+            if a.invite_server.state is State.PROCEEDING:
+                self.respond(a.invite_server, a.invite_request, status, now, reason=reason)
+            a.invite_server = None
+        self.stats["calls_failed"] += 1
+        self._end_call(call, cause, status, now)
+
+    def _cancel_leg(self, leg: Leg, now: float) -> None:
+        if leg.ended:
+            return
+        leg.ended = True
+        leg.cancel_requested = True
+        if leg.provisional_seen:
+            self._send_cancel(leg, now)
+        # else: the CANCEL goes out when the first provisional arrives (RFC 3261 §9.1); if none
+        # ever does, Timer B ends the INVITE transaction.
+
+    def _send_cancel(self, leg: Leg, now: float) -> None:
+        txn = leg.invite_client
+        invite = leg.invite_request
+        if txn is None or invite is None or txn.state not in (State.CALLING, State.PROCEEDING):
+            return
+        headers = {
+            "via": [invite.headers["via"][0]],
+            "max-forwards": ["70"],
+            "from": [invite.headers["from"][0]],
+            "to": [invite.headers["to"][0]],
+            "call-id": [invite.call_id],
+            "cseq": [f"{invite.cseq.number} CANCEL"],
+        }
+        cancel = Request("CANCEL", invite.uri, headers)
+        layer = self._layer()
+        key = (invite.via.branch, "CANCEL")
+        cancel_txn = ClientNonInviteTransaction(key, layer, leg.flow, cancel)
+        cancel_txn.owner = LegRequest(leg=leg, method="CANCEL")
+        layer.client_transactions[key] = cancel_txn
+        cancel_txn.start(cancel.serialize(), now)
+        leg.cancel_requested = False
+        # RFC 3261 §9.1: without a final answer 64*T1 after the CANCEL, the INVITE client
+        # transaction ends on its own.
+        txn.timeout_at = now + 64 * self.config.sip.timers.t1
+        layer.schedule(txn, txn.timeout_at)
+
+    def _bye_leg(self, leg: Leg, now: float) -> None:
+        if leg.ended:
+            return
+        leg.ended = True
+        bye = leg.dialog.new_request("BYE")
+        self._layer().start_client_transaction(bye, leg.flow, now,
+                                               owner=LegRequest(leg=leg, method="BYE"))
+
+    def _end_call(self, call: Call, cause: str, status: int, now: float,
+                  *, hung_up_by: Leg | None = None) -> None:
+        if call.state is CallState.ENDED:
+            return
+        a = call.a
+        if a is not None and a.invite_server is not None and a.invite_request is not None and (
+                a.invite_server.state is State.PROCEEDING):
+            self.respond(a.invite_server, a.invite_request, 480 if status < 300 else status,
+                         now)
+        for leg in call.legs():
+            if leg is hung_up_by:
+                continue
+            if leg.side is Side.B and not leg.answered:
+                self._cancel_leg(leg, now)
+            elif leg.side is Side.A and call.answered_at is None:
+                pass  # never answered: the final response above ended it
+            else:
+                self._bye_leg(leg, now)
+        call.cause = call.cause or cause
+        call.status = call.status or status
+        call.state = CallState.ENDED
+        call.ended_at = now
+        self.stats["calls_ended"] += 1
+        if call.trunk is not None:
+            self.trunk_calls[call.trunk] = max(0, self.trunk_calls.get(call.trunk, 1) - 1)
+        self.calls.pop(call.id, None)
+        for leg in call.legs():
+            if self.dialogs.get(leg.dialog.key) is leg:
+                del self.dialogs[leg.dialog.key]
+        self.finished_records.append(self._record(call))
+        self._notify_state(call, now)
+        call.finish()
+
+    def _record(self, call: Call) -> CallRecord:
+        legs = [
+            {"side": leg.side.value, "call_id": self._mask("call_id", leg.dialog.call_id),
+             "peer": leg.peer, "transport": leg.flow.transport,
+             "target": self._mask("number", leg.target_name)}
+            for leg in call.legs()
+        ]
+        return CallRecord(
+            call_id=call.id, caller=call.caller, callee=call.callee,
+            route_kind=call.route_kind, route_name=call.route_name, started=call.started,
+            answered=call.answered_at, ended=call.ended_at or call.started, cause=call.cause,
+            status=call.status, legs=json.dumps(legs, separators=(",", ":")),
+        )
+
+    def _notify_state(self, call: Call, now: float) -> None:
+        self.hooks.notify(HookPoint.CALL_STATE, CallStateChanged(
+            call_id=call.id, state=call.state.value, at=now, caller=call.caller,
+            callee=call.callee, cause=call.cause))
+
+    # -- call timers -----------------------------------------------------------------------------
+    def _arm_keepalive(self, call: Call, now: float) -> None:
+        layer = self._layer()
+        if call.session_interval:
+            call.session_deadline = now + call.session_interval
+            layer.schedule(CallTimer(self, call), call.session_deadline)
+        elif self.config.sip.keepalive_probe_interval:
+            call.probe_at = now + self.config.sip.keepalive_probe_interval
+            layer.schedule(CallTimer(self, call), call.probe_at)
+        if call.hard_end_at is not None:
+            layer.schedule(CallTimer(self, call), call.hard_end_at)
+
+    def on_call_timer(self, call: Call, now: float) -> None:
+        if call.state is CallState.ENDED:
+            return
+        if call.ring_deadline is not None and now >= call.ring_deadline and call.b is None:
+            call.ring_deadline = None
+            if call.hunt:
+                for leg in list(call.attempts):
+                    self._cancel_leg(leg, now)
+                call.attempts = []
+                self._hunt_next(call, now)
+            else:
+                self._fail_call(call, 480, "no_answer", now)
+            return
+        if call.ok_retransmit_at is not None and now >= call.ok_retransmit_at and call.ok_bytes:
+            a = call.a
+            if a is not None:
+                self._layer().send(call.ok_bytes, a.flow, retransmission=True)
+            call.ok_interval = min(call.ok_interval * 2, self.config.sip.timers.t2)
+            call.ok_retransmit_at = now + call.ok_interval
+            self._layer().schedule(CallTimer(self, call), call.ok_retransmit_at)
+        if call.ok_giveup_at is not None and now >= call.ok_giveup_at:
+            # No ACK for our 2xx (RFC 3261 §13.3.1.4): the session is torn down.
+            call.ok_giveup_at = call.ok_retransmit_at = None
+            self._end_call(call, "no_ack", 408, now)
+            return
+        if call.session_deadline is not None and now >= call.session_deadline:
+            self._end_call(call, "session_expired", 408, now)
+            return
+        if call.hard_end_at is not None and now >= call.hard_end_at:
+            self._end_call(call, "max_duration", 200, now)
+            return
+        if call.probe_at is not None and now >= call.probe_at:
+            for leg in (call.a, call.b):
+                if leg is not None and not leg.ended:
+                    probe = leg.dialog.new_request("OPTIONS")
+                    self._layer().start_client_transaction(
+                        probe, leg.flow, now, owner=LegRequest(leg=leg, method="OPTIONS"))
+            call.probe_at = now + self.config.sip.keepalive_probe_interval
+            self._layer().schedule(CallTimer(self, call), call.probe_at)
+
+    # -- drain -----------------------------------------------------------------------------------
+    def start_drain(self) -> None:
+        self.draining = True
+
+    def end_all(self, now: float, cause: str = "shutdown") -> None:
+        for call in list(self.calls.values()):
+            self._end_call(call, cause, 503, now)
+
+
+class CallTimer:
+    """A heap entry that wakes the B2BUA for one call. Holding the call here (not a bound method)
+    keeps the heap free of reference cycles."""
+
+    __slots__ = ("b2bua", "call")
+
+    def __init__(self, b2bua: B2BUA, call: Call) -> None:
+        self.b2bua = b2bua
+        self.call = call
+
+    def on_timer(self, now: float) -> None:
+        self.b2bua.on_call_timer(self.call, now)
+
+
+def _timeout_response() -> Response:
+    response = Response(408, reason_phrase(408))
+    return response

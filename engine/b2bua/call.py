@@ -1,0 +1,138 @@
+"""A call is two legs (or more B-side attempts while ringing); these are its values.
+
+Invariants:
+- `Leg.call` is the only back reference; `Call.finish` breaks it so that ended calls are freed by
+  reference counting, never left for the cyclic garbage collector.
+- `CallRecord` and `CallStateChanged` are frozen values handed to the CDR writer and to the hook
+  registry; numbers in them have passed through the masking hook point.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..sip.dialog import Dialog
+from ..sip.endpoint import Flow
+from ..sip.message import Request
+from ..sip.transaction import ClientInviteTransaction, ServerInviteTransaction
+
+
+class CallState(enum.Enum):
+    ROUTING = "routing"
+    RINGING = "ringing"
+    EARLY = "early"  # early media flowing
+    ANSWERED = "answered"  # 2xx sent to the caller, waiting for its ACK
+    ESTABLISHED = "established"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+class Side(enum.Enum):
+    A = "a"  # the caller's leg: we are its UAS
+    B = "b"  # the callee's leg: we are its UAC
+
+
+class Leg:
+    __slots__ = (
+        "call", "side", "dialog", "flow", "invite_server", "invite_client", "invite_request",
+        "provisional_seen", "cancel_requested", "answered", "ack_bytes", "ended",
+        "peer", "target_name", "offer_in_invite", "pending_ack_body", "auth_attempted",
+    )
+
+    def __init__(self, call: Call, side: Side, dialog: Dialog, flow: Flow) -> None:
+        self.call: Call | None = call
+        self.side = side
+        self.dialog = dialog
+        self.flow = flow
+        self.invite_server: ServerInviteTransaction | None = None
+        self.invite_client: ClientInviteTransaction | None = None
+        self.invite_request: Request | None = None  # kept until final, for CANCEL and retries
+        self.provisional_seen = False
+        self.cancel_requested = False
+        self.answered = False
+        self.ack_bytes: bytes | None = None  # our ACK for the B side's 2xx, resent on retransmits
+        self.ended = False
+        self.peer = f"{flow.host}:{flow.port}"
+        self.target_name = ""  # extension or trunk name this leg reaches
+        self.offer_in_invite = True
+        self.pending_ack_body: bytes | None = None
+        self.auth_attempted = False
+
+
+class Call:
+    __slots__ = (
+        "id", "state", "a", "b", "attempts", "hunt", "route_kind", "route_name", "caller",
+        "callee", "started", "answered_at", "ended_at", "cause", "status", "trunk",
+        "ring_deadline", "ok_retransmit_at", "ok_interval", "ok_giveup_at", "ok_bytes",
+        "probe_at", "session_deadline", "hard_end_at", "session_interval", "draining",
+    )
+
+    def __init__(self, call_id: str, now: float) -> None:
+        self.id = call_id
+        self.state = CallState.ROUTING
+        self.a: Leg | None = None
+        self.b: Leg | None = None  # the answered B leg
+        self.attempts: list[Leg] = []  # B legs ringing
+        self.hunt: list[str] = []  # queue members still to try
+        self.route_kind = ""
+        self.route_name = ""
+        self.caller = ""
+        self.callee = ""
+        self.started = now
+        self.answered_at: float | None = None
+        self.ended_at: float | None = None
+        self.cause = ""
+        self.status = 0
+        self.trunk: str | None = None
+        self.ring_deadline: float | None = None
+        self.ok_retransmit_at: float | None = None
+        self.ok_interval = 0.0
+        self.ok_giveup_at: float | None = None
+        self.ok_bytes: bytes | None = None
+        self.probe_at: float | None = None
+        self.session_deadline: float | None = None
+        self.hard_end_at: float | None = None
+        self.session_interval = 0
+        self.draining = False
+
+    def legs(self) -> list[Leg]:
+        out = [self.a] if self.a is not None else []
+        if self.b is not None:
+            out.append(self.b)
+        out.extend(leg for leg in self.attempts if leg is not self.b)
+        return out
+
+    def finish(self) -> None:
+        for leg in self.legs():
+            leg.call = None
+            leg.invite_server = None
+            if not leg.cancel_requested:  # a pending CANCEL still needs the INVITE
+                leg.invite_client = None
+                leg.invite_request = None
+        self.attempts = []
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallStateChanged:
+    call_id: str
+    state: str
+    at: float
+    caller: str
+    callee: str
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRecord:
+    call_id: str
+    caller: str
+    callee: str
+    route_kind: str
+    route_name: str
+    started: float
+    answered: float | None
+    ended: float
+    cause: str
+    status: int
+    legs: str  # JSON list of {side, call_id, peer, transport, target}

@@ -1,0 +1,283 @@
+"""Wiring: the only module that knows every part. Config → hooks → SIP core → B2BUA →
+transports → admin API; signals; the periodic housekeeping.
+
+Invariants:
+- The event loop callback for a received message runs the whole core synchronously and then
+  drains the outbox; the single `call_at` timer is only re-armed when the earliest deadline
+  moved earlier (most messages do not move it).
+- SIGTERM drains: new INVITEs get 503, established calls may continue for `drain_timeout`, then
+  every call is ended with BYE/CANCEL and the call records are flushed before exit.
+- SIGHUP re-reads the YAML; a bad file is logged with its path and line and the old one stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import time
+from collections import deque
+from pathlib import Path
+
+import structlog
+
+from .. import __version__
+from ..api.http import HttpRequest, HttpResponse, HttpServer
+from ..api.metrics import Sample, make_registry, render
+from ..b2bua.b2bua import B2BUA
+from ..hooks.registry import HookRegistry
+from ..io.tlscontext import create_self_signed, server_context
+from ..io.transports import TransportManager
+from ..sip.endpoint import Flow, TransactionLayer
+from .cdr import CdrStore
+from .config import Config, ConfigError, LoadedConfig, load_config
+from .logs import configure_logging
+
+log = structlog.get_logger("vaultpbx")
+
+
+def new_token() -> str:
+    return os.urandom(8).hex()
+
+
+class Engine:
+    def __init__(self, loaded: LoadedConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.loaded = loaded
+        self.config: Config = loaded.config
+        self.loop = loop
+        self.data_dir = Path(self.config.data_dir)
+        self.hooks = HookRegistry()
+        self.b2bua = B2BUA(self.config, token=new_token, hooks=self.hooks,
+                           digest_secret=os.urandom(32))
+        self.transports = TransportManager(
+            loop, self.deliver, max_message_size=self.config.sip.max_message_size,
+            idle_timeout=self.config.sip.tcp_idle_timeout,
+        )
+        self.layer: TransactionLayer | None = None
+        self.cdr = CdrStore(self.data_dir / "cdr.db")
+        self.http: HttpServer | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._stopping = asyncio.Event()
+        self._call_starts: deque[tuple[float, int]] = deque(maxlen=11)
+        self.calls_per_second = 0.0
+        self.started_at = time.time()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    # -- start -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        config = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        local: dict[str, tuple[str, int]] = {}
+        for listener in config.sip.listen:
+            if listener.transport == "udp":
+                bound = await self.transports.listen_udp(listener.host, listener.port)
+            elif listener.transport == "tcp":
+                bound = await self.transports.listen_stream("tcp", listener.host, listener.port)
+            else:
+                bound = await self.transports.listen_stream(
+                    "tls", listener.host, listener.port, self._tls_context())
+            local[listener.transport] = (listener.advertise or bound[0], bound[1])
+        for transport in ("udp", "tcp", "tls"):
+            # Outbound-only transports (e.g. a TLS trunk without a TLS listener) still need a
+            # Via/Contact address: use the first listener's host with an ephemeral marker port.
+            local.setdefault(transport, next(iter(local.values())))
+        self.layer = TransactionLayer(
+            self.b2bua, timers=config.sip.timers, local_addresses=local, token=new_token,
+            user_agent=config.sip.user_agent,
+        )
+        self.b2bua.attach(self.layer)
+        if config.admin.port:
+            self.http = HttpServer(self._routes())
+            await self.http.start(config.admin.host, config.admin.port)
+        self.tasks.append(self.loop.create_task(self._housekeeping()))
+        gc.collect()
+        gc.freeze()  # start-up objects never need scanning again
+        gc.set_threshold(20_000, 20, 50)
+        log.info("engine.started", version=__version__, listen={k: f"{h}:{p}" for k, (h, p)
+                                                                 in local.items()},
+                 admin=f"{config.admin.host}:{config.admin.port}", data_dir=str(self.data_dir))
+
+    def _tls_context(self):  # type: ignore[no-untyped-def]
+        tls = self.config.sip.tls
+        cert, key = Path(tls.certificate), Path(tls.private_key)
+        if tls.create_self_signed and not (cert.exists() and key.exists()):
+            create_self_signed(cert, key)
+            log.info("tls.self_signed_created", certificate=str(cert))
+        return server_context(
+            cert, key, min_version=tls.min_version,
+            client_ca=Path(tls.client_ca) if tls.client_ca else None,
+            require_client_certificate=tls.require_client_certificate,
+        )
+
+    # -- the per-message path -----------------------------------------------------------------
+    def deliver(self, data: bytes, flow: Flow) -> None:
+        layer = self.layer
+        if layer is None:
+            return
+        layer.receive(data, flow, self.loop.time())
+        self.flush()
+
+    def flush(self) -> None:
+        layer = self.layer
+        assert layer is not None
+        outbox = layer.outbox
+        if outbox:
+            send = self.transports.send
+            for data, flow in outbox:
+                send(data, flow)
+            outbox.clear()
+        deadline = layer.get_timer()
+        if deadline is not None and deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        layer = self.layer
+        assert layer is not None
+        layer.handle_timer(self.loop.time())
+        self.flush()
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.housekeeping_once()
+            except Exception:
+                log.exception("housekeeping.failed")
+
+    def housekeeping_once(self) -> None:
+        records = self.b2bua.finished_records
+        if records:
+            self.b2bua.finished_records = []
+            self.cdr.write(records)
+            for record in records:
+                log.info("call.ended", call_id=record.call_id, caller=record.caller,
+                         callee=record.callee, cause=record.cause, status=record.status,
+                         duration=round(record.ended - (record.answered or record.ended), 3))
+        now = self.loop.time()
+        started = self.b2bua.stats["calls_started"]
+        self._call_starts.append((now, started))
+        first_t, first_n = self._call_starts[0]
+        if now > first_t:
+            self.calls_per_second = (started - first_n) / (now - first_t)
+        self.b2bua.location.sweep(now)
+        self.transports.close_idle(now)
+        if self.layer is not None:
+            self.flush()
+
+    # -- admin API --------------------------------------------------------------------------------
+    def _routes(self) -> dict[tuple[str, str], object]:
+        registry = make_registry(self.metric_samples)
+
+        def health(request: HttpRequest) -> HttpResponse:
+            return HttpResponse.of_json({
+                "status": "draining" if self.b2bua.draining else "ok",
+                "version": __version__, "active_calls": len(self.b2bua.calls),
+                "registrations": self.b2bua.location.count(),
+            })
+
+        def metrics(request: HttpRequest) -> HttpResponse:
+            return HttpResponse(body=render(registry),
+                                content_type="text/plain; version=0.0.4; charset=utf-8")
+
+        def calls(request: HttpRequest) -> HttpResponse:
+            return HttpResponse.of_json(self.cdr.recent(100))
+
+        return {("GET", "/health"): health, ("GET", "/metrics"): metrics,
+                ("GET", "/calls"): calls}
+
+    def metric_samples(self) -> list[Sample]:
+        b = self.b2bua
+        layer = self.layer
+        samples: list[Sample] = [
+            ("vaultpbx_active_calls", "gauge", len(b.calls), "Calls in progress"),
+            ("vaultpbx_calls_per_second", "gauge", self.calls_per_second,
+             "New calls per second over the last 10 s"),
+            ("vaultpbx_registrations", "gauge", b.location.count(), "Registered contacts"),
+            ("vaultpbx_tcp_connections", "gauge", len(self.transports.connections),
+             "Open TCP/TLS connections"),
+        ]
+        for name, value in b.stats.items():
+            samples.append((f"vaultpbx_{name}", "counter", value, name.replace("_", " ")))
+        if layer is not None:
+            samples.append(("vaultpbx_transactions", "gauge",
+                            len(layer.server_transactions) + len(layer.client_transactions),
+                            "Live SIP transactions"))
+            for name, value in layer.counters.as_dict().items():
+                samples.append((f"vaultpbx_sip_{name}", "counter", value, name.replace("_", " ")))
+        for name, value in self.transports.counters.as_dict().items():
+            samples.append((f"vaultpbx_transport_{name}", "counter", value,
+                            name.replace("_", " ")))
+        samples.append(("vaultpbx_hook_errors", "counter", self.hooks.errors,
+                        "Plug-in errors isolated"))
+        return samples
+
+    # -- signals ----------------------------------------------------------------------------------
+    def reload(self) -> None:
+        try:
+            loaded = load_config(self.loaded.path)
+        except ConfigError as exc:
+            log.error("config.reload_rejected", error=str(exc))
+            return
+        if loaded.config.sip.listen != self.config.sip.listen:
+            log.warning("config.listen_changed_needs_restart")
+        self.loaded = loaded
+        self.config = loaded.config
+        self.b2bua.apply_config(loaded.config)
+        log.info("config.reloaded", path=str(loaded.path))
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new calls, let calls finish for drain_timeout, then end the rest."""
+        self.b2bua.start_drain()
+        log.info("engine.draining", active_calls=len(self.b2bua.calls),
+                 timeout=self.config.drain_timeout)
+        deadline = self.loop.time() + self.config.drain_timeout
+        while self.b2bua.calls and self.loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if self.b2bua.calls:
+            self.b2bua.end_all(self.loop.time(), "shutdown")
+            self.flush()
+        # Let BYE/CANCEL transactions get their answers (bounded).
+        layer = self.layer
+        end = self.loop.time() + 2.0
+        while layer is not None and self.loop.time() < end and any(
+                t.method in ("BYE", "CANCEL") for t in layer.client_transactions.values()
+                if t.state.value in ("Trying", "Proceeding")):
+            await asyncio.sleep(0.05)
+        self.housekeeping_once()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_stopped(self) -> None:
+        await self._stopping.wait()
+        await self.drain()
+        for task in self.tasks:
+            task.cancel()
+        if self.http is not None:
+            self.http.close()
+        self.transports.close()
+        self.cdr.close()
+        log.info("engine.stopped")
+
+
+async def serve(config_path: str) -> int:
+    loaded = load_config(config_path)
+    loop = asyncio.get_running_loop()
+    hooks_probe = HookRegistry()
+    configure_logging(loaded.config.logging.level, hooks_probe)
+    engine = Engine(loaded, loop)
+    configure_logging(loaded.config.logging.level, engine.hooks)
+    await engine.start()
+    loop.add_signal_handler(signal.SIGTERM, engine.stop)
+    loop.add_signal_handler(signal.SIGINT, engine.stop)
+    loop.add_signal_handler(signal.SIGHUP, engine.reload)
+    await engine.run_until_stopped()
+    return 0

@@ -1,0 +1,85 @@
+"""The `vaultpbx` command: run, check-config, version (and the recording/audit commands)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .. import __version__
+from .config import ConfigError, load_config
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        uvloop = None
+    from .app import serve
+
+    try:
+        if uvloop is not None:
+            return uvloop.run(serve(args.config))
+        return asyncio.run(serve(args.config))
+    except ConfigError as exc:
+        print(f"vaultpbx: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"vaultpbx: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(f"vaultpbx: configuration error: {exc}", file=sys.stderr)
+        return 2
+    config = loaded.config
+    print(f"{args.config}: OK ({len(config.extensions)} extensions, {len(config.trunks)} trunks,"
+          f" {len(config.dialplan)} dialplan rules, {len(config.queues)} queues)")
+    return 0
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"vaultpbx {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaultpbx", description=__doc__)
+    parser.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                        help=f"YAML configuration (default {DEFAULT_CONFIG})")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, handler, text in (
+        ("run", _run, "run the engine"),
+        ("check-config", _check_config, "validate the configuration and exit"),
+        ("version", _version, "print the version"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                       help=f"YAML configuration (default {DEFAULT_CONFIG})")
+        p.set_defaults(handler=handler)
+    for module, function in (("vaultpbx.recording.cli", "add_recording_commands"),
+                             ("vaultpbx.security.cli", "add_audit_commands")):
+        try:
+            imported = __import__(module, fromlist=[function])
+        except ImportError:
+            continue
+        adder = getattr(imported, function, None)
+        if adder is not None:
+            adder(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
