@@ -3,18 +3,29 @@
 Invariants:
 - A hook point is either read-only (observers are told, and nothing they return is used) or
   modifying (the value returned by each plug-in replaces the one passed on).
-- A plug-in that raises is isolated: the error is counted and the value passes on unchanged.
+- A plug-in that raises is isolated: the error is counted against it and the value passes on
+  unchanged. A plug-in slower than the time budget gets a strike; after `max_strikes` strikes (or
+  errors) it is disabled with one log line. The caller never sees an exception from a plug-in.
 - With no plug-in enabled, `mask` is the identity and `notify` costs one dict lookup.
+- Plug-ins are found by name: built-ins registered in code, third-party ones through the Python
+  entry-point group `vaultpbx.hooks`; only the names listed in the config are enabled.
 
-The compliance layer (issue 6) fills this in with maskers, audit sinks and entry-point loading;
-the SIP core already calls it at its hook points so that nothing needs to be re-plumbed.
+A plug-in is a callable `setup(registry) -> None` that calls `add_masker` / `add_observer`.
+Everything it registers while `setup` runs is accounted under its name.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+ENTRY_POINT_GROUP = "vaultpbx.hooks"
+
+_log = logging.getLogger("vaultpbx.hooks")
 
 
 class HookPoint(enum.Enum):
@@ -27,6 +38,17 @@ class HookPoint(enum.Enum):
     RECORDING_ACCESSED = "recording_accessed"
     API_REQUEST = "api_request"
     LOG_RECORD = "log_record"
+    # Security events: each one leaves an audit record (see vaultpbx.security.audit).
+    LOGIN = "login"
+    LOGOUT = "logout"
+    ACCESS_DENIED = "access_denied"
+    CONFIG_CHANGE = "config_change"
+    USER_CHANGE = "user_change"
+    KEY_ROTATION = "key_rotation"
+    RECORDING_SHREDDED = "recording_shredded"
+    RETENTION_CHANGE = "retention_change"
+    APPROVAL = "approval"
+    SECURITY_ALERT = "security_alert"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,53 +58,219 @@ class HookPointSpec:
 
 
 HOOK_POINTS: dict[HookPoint, HookPointSpec] = {
-    HookPoint.SIP_MESSAGE_IN: HookPointSpec(point=HookPoint.SIP_MESSAGE_IN, may_modify=False),
-    HookPoint.SIP_MESSAGE_OUT: HookPointSpec(point=HookPoint.SIP_MESSAGE_OUT, may_modify=False),
-    HookPoint.CALL_STATE: HookPointSpec(point=HookPoint.CALL_STATE, may_modify=False),
-    HookPoint.ROUTING_DECISION: HookPointSpec(point=HookPoint.ROUTING_DECISION, may_modify=False),
-    HookPoint.RECORDING_STARTED: HookPointSpec(point=HookPoint.RECORDING_STARTED, may_modify=False),
-    HookPoint.RECORDING_STOPPED: HookPointSpec(point=HookPoint.RECORDING_STOPPED, may_modify=False),
-    HookPoint.RECORDING_ACCESSED: HookPointSpec(
-        point=HookPoint.RECORDING_ACCESSED, may_modify=False
-    ),
-    HookPoint.API_REQUEST: HookPointSpec(point=HookPoint.API_REQUEST, may_modify=False),
-    HookPoint.LOG_RECORD: HookPointSpec(point=HookPoint.LOG_RECORD, may_modify=True),
+    point: HookPointSpec(point=point, may_modify=point is HookPoint.LOG_RECORD)
+    for point in HookPoint
 }
+
+# Points the audit observer subscribes to (everything that touches data or privileges).
+AUDITED_POINTS: tuple[HookPoint, ...] = (
+    HookPoint.RECORDING_ACCESSED,
+    HookPoint.LOGIN,
+    HookPoint.LOGOUT,
+    HookPoint.ACCESS_DENIED,
+    HookPoint.CONFIG_CHANGE,
+    HookPoint.USER_CHANGE,
+    HookPoint.KEY_ROTATION,
+    HookPoint.RECORDING_SHREDDED,
+    HookPoint.RETENTION_CHANGE,
+    HookPoint.APPROVAL,
+    HookPoint.SECURITY_ALERT,
+)
 
 # A masker takes (field kind, value, role) and returns the value to store or show.
 Masker = Callable[[str, str, str], str]
 Observer = Callable[[HookPoint, object], None]
+PluginSetup = Callable[["HookRegistry"], None]
+
+
+class PluginNotFound(LookupError):
+    pass
+
+
+class PluginStats:
+    """Per-plug-in accounting; `disabled` plug-ins are skipped without a call."""
+
+    __slots__ = ("name", "calls", "errors", "slow", "strikes", "disabled", "total_ns")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+        self.errors = 0
+        self.slow = 0
+        self.strikes = 0
+        self.disabled = False
+        self.total_ns = 0
 
 
 class HookRegistry:
-    __slots__ = ("_maskers", "_observers", "errors")
+    __slots__ = (
+        "_maskers",
+        "_observers",
+        "_stats",
+        "_builtins",
+        "_current",
+        "_clock_ns",
+        "budget_ns",
+        "max_strikes",
+        "errors",
+    )
 
-    def __init__(self) -> None:
-        self._maskers: list[Masker] = []
-        self._observers: dict[HookPoint, list[Observer]] = {}
+    def __init__(
+        self,
+        *,
+        budget_seconds: float = 0.005,
+        max_strikes: int = 5,
+        clock_ns: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self._maskers: list[tuple[Masker, PluginStats]] = []
+        self._observers: dict[HookPoint, list[tuple[Observer, PluginStats]]] = {}
+        self._stats: dict[str, PluginStats] = {}
+        self._builtins: dict[str, PluginSetup] = {}
+        self._current: PluginStats | None = None
+        self._clock_ns = clock_ns
+        self.budget_ns = int(budget_seconds * 1e9)
+        self.max_strikes = max_strikes
         self.errors = 0
 
-    def add_masker(self, masker: Masker) -> None:
-        self._maskers.append(masker)
+    # -- registration -----------------------------------------------------------------------
 
-    def add_observer(self, point: HookPoint, observer: Observer) -> None:
-        self._observers.setdefault(point, []).append(observer)
+    def _owner(self, name: str | None, fallback: str) -> PluginStats:
+        if name is None and self._current is not None:
+            return self._current
+        key = name or fallback
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = PluginStats(key)
+        return stats
+
+    def add_masker(self, masker: Masker, *, name: str | None = None) -> None:
+        fallback = getattr(masker, "__qualname__", None) or repr(masker)
+        self._maskers.append((masker, self._owner(name, fallback)))
+
+    def add_observer(
+        self, point: HookPoint, observer: Observer, *, name: str | None = None
+    ) -> None:
+        fallback = getattr(observer, "__qualname__", None) or repr(observer)
+        self._observers.setdefault(point, []).append((observer, self._owner(name, fallback)))
+
+    def register_builtin(self, name: str, setup: PluginSetup) -> None:
+        """Make a plug-in available by name without an entry point (it still must be enabled)."""
+        self._builtins[name] = setup
+
+    def available(self) -> dict[str, str]:
+        """Name → where it comes from ("builtin" or the entry point's value)."""
+        found = {name: "builtin" for name in self._builtins}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            found.setdefault(ep.name, ep.value)
+        return found
+
+    def enable(self, names: Iterable[str]) -> None:
+        """Load and set up the plug-ins listed in the config, in that order.
+
+        Unknown names raise `PluginNotFound` (a config error, caught at load time). A plug-in
+        whose `setup` raises is counted, logged and left disabled: the engine still starts.
+        """
+        eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+        for name in names:
+            setup = self._builtins.get(name)
+            if setup is None:
+                ep = eps.get(name)
+                if ep is None:
+                    raise PluginNotFound(f"hook plug-in {name!r} is neither built in nor "
+                                         f"installed under entry-point group {ENTRY_POINT_GROUP}")
+                try:
+                    setup = ep.load()
+                except Exception as exc:
+                    self._fail_setup(name, exc)
+                    continue
+            self._current = self._owner(name, name)
+            try:
+                setup(self)
+            except Exception as exc:
+                self._fail_setup(name, exc)
+            finally:
+                self._current = None
+
+    def _fail_setup(self, name: str, exc: BaseException) -> None:
+        stats = self._owner(name, name)
+        stats.errors += 1
+        self.errors += 1
+        self._disable(stats, f"setup failed: {type(exc).__name__}: {exc}")
+
+    # -- isolation ----------------------------------------------------------------------------
+
+    def _disable(self, stats: PluginStats, why: str) -> None:
+        if not stats.disabled:
+            stats.disabled = True
+            _log.warning("hook plug-in %s disabled: %s", stats.name, why)
+
+    def _account(self, stats: PluginStats, elapsed_ns: int, failed: bool) -> None:
+        stats.calls += 1
+        stats.total_ns += elapsed_ns
+        if failed:
+            stats.errors += 1
+            stats.strikes += 1
+            self.errors += 1
+        if elapsed_ns > self.budget_ns:
+            stats.slow += 1
+            stats.strikes += 1
+        if stats.strikes >= self.max_strikes:
+            self._disable(
+                stats,
+                f"{stats.strikes} strikes ({stats.errors} errors, {stats.slow} over "
+                f"{self.budget_ns / 1e6:g} ms)",
+            )
 
     def mask(self, kind: str, value: str, role: str = "system") -> str:
         """Shape `value` (a phone number, URI, free text...) for storage or display to `role`."""
-        for masker in self._maskers:
+        clock = self._clock_ns
+        for masker, stats in self._maskers:
+            if stats.disabled:
+                continue
+            start = clock()
+            failed = False
             try:
-                value = masker(kind, value, role)
+                result = masker(kind, value, role)
+                if isinstance(result, str):
+                    value = result
+                else:
+                    failed = True
             except Exception:
-                self.errors += 1
+                failed = True
+            self._account(stats, clock() - start, failed)
         return value
 
     def notify(self, point: HookPoint, event: object) -> None:
         observers = self._observers.get(point)
         if not observers:
             return
-        for observer in observers:
+        clock = self._clock_ns
+        for observer, stats in observers:
+            if stats.disabled:
+                continue
+            start = clock()
+            failed = False
             try:
                 observer(point, event)
             except Exception:
-                self.errors += 1
+                failed = True
+            self._account(stats, clock() - start, failed)
+
+    @property
+    def has_maskers(self) -> bool:
+        return bool(self._maskers)
+
+    def counters(self) -> dict[str, int]:
+        """Flat counters for /metrics: `hooks_<plugin>_<counter>` plus totals."""
+        out: dict[str, int] = {"hooks_errors_total": self.errors}
+        for stats in self._stats.values():
+            prefix = f"hooks_{stats.name}_"
+            out[prefix + "calls"] = stats.calls
+            out[prefix + "errors"] = stats.errors
+            out[prefix + "slow"] = stats.slow
+            out[prefix + "disabled"] = int(stats.disabled)
+            out[prefix + "time_ns"] = stats.total_ns
+        return out
+
+    def stats(self, name: str) -> PluginStats:
+        return self._stats[name]
