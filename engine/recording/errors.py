@@ -59,6 +59,11 @@ class TruncatedChunkError(ChunkError):
     """The file ends inside this chunk."""
 
 
+class FrameLengthError(ChunkError):
+    """The frame's length field is impossible: the frame was altered, or is crash debris at the
+    end of an unfinished file (a filesystem may show zeros or garbage after a power cut)."""
+
+
 class MissingFinalChunkError(RecordingFormatError):
     """The file ends after a complete chunk that is not marked final: truncated, or writer crash."""
 

@@ -37,6 +37,7 @@ from .container import (
 )
 from .errors import (
     ChunkError,
+    FrameLengthError,
     HeaderError,
     MissingFinalChunkError,
     RecordingFormatError,
@@ -117,7 +118,7 @@ class RecordingReader:
             )
         frame = parse_frame_header(head)
         if frame.body_len < TAG_SIZE or frame.body_len > MAX_CHUNK_BODY:
-            raise ChunkError(position, f"impossible chunk length {frame.body_len} (frame altered)")
+            raise FrameLengthError(position, f"impossible chunk length {frame.body_len}")
         body = _read_exact(self._file, frame.body_len)
         if len(body) < frame.body_len:
             raise TruncatedChunkError(
@@ -129,15 +130,15 @@ class RecordingReader:
         """Yield authenticated chunks in order.
 
         With `allow_incomplete`, a file that a crashed writer left behind (no final chunk, maybe a
-        partly written last frame) yields its sealed chunks and stops without error; tampering
-        still raises.
+        partly written or garbled last frame) yields its sealed chunks and stops without error;
+        a chunk that fails its tag still raises.
         """
         self._file.seek(self.header_size)
         position = 0
         while True:
             try:
                 framed = self._read_frame(position)
-            except TruncatedChunkError:
+            except (TruncatedChunkError, FrameLengthError):
                 if allow_incomplete:
                     return
                 raise
