@@ -421,8 +421,10 @@ def test_garbage_never_raises(text: str) -> None:
 
 @settings(max_examples=200)
 @given(
-    username=st.text(st.characters(min_codepoint=0x20, exclude_characters="\x7f"), min_size=1),
-    password=st.text(),
+    username=st.text(
+        st.characters(codec="utf-8", min_codepoint=0x20, exclude_characters="\x7f"), min_size=1
+    ),
+    password=st.text(st.characters(codec="utf-8")),
     nc=st.integers(1, 0xFFFFFFFF),
 )
 def test_round_trip_any_credentials(username: str, password: str, nc: int) -> None:
