@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from recording_helpers import flip_bit, frame_offsets, write_recording
 from vaultpbx.recording.container import (
     FIXED_HEADER_SIZE,
     FRAME_HEADER_SIZE,
@@ -35,6 +34,8 @@ from vaultpbx.recording.errors import (
 from vaultpbx.recording.export import export_wav, verify_recording
 from vaultpbx.recording.g711 import decode_alaw, decode_ulaw
 from vaultpbx.recording.reader import RecordingReader
+
+from .recording_helpers import flip_bit, frame_offsets, write_recording
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -12,13 +12,14 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from recording_helpers import FRAME, T0, WALL, audio, frame_offsets, write_recording
 from vaultpbx.hooks.registry import HookPoint
 from vaultpbx.recording.container import Codec, Direction, EventKind, RecordingMetadata
 from vaultpbx.recording.export import export_wav, verify_all, verify_recording
 from vaultpbx.recording.g711 import decode_ulaw
 from vaultpbx.recording.reader import RecordingReader
 from vaultpbx.recording.recorder import recover_unfinished, scan_unfinished, start_recording
+
+from .recording_helpers import FRAME, T0, WALL, audio, frame_offsets, write_recording
 
 CALLER, CALLEE = Direction.FROM_CALLER, Direction.FROM_CALLEE
 
