@@ -557,15 +557,17 @@ class B2BUA:
         self._layer().start_client_transaction(bye, leg.flow, now,
                                                owner=LegRequest(leg=leg, method="BYE"))
 
-    def on_stray_response(self, response: Response, flow: Flow, now: float) -> None:
+    def on_stray_response(self, response: Response, flow: Flow, now: float) -> bool:
         """A 2xx retransmission after our INVITE transaction ended (Timer M): re-ACK it."""
         try:
             key = (response.call_id, response.from_.tag or "", response.to.tag)
         except SipParseError:
-            return
+            return False
         leg = self.dialogs.get(key)
-        if leg is not None and leg.ack_bytes is not None:
-            self._layer().send(leg.ack_bytes, leg.flow, retransmission=True)
+        if leg is None or leg.ack_bytes is None:
+            return False
+        self._layer().send(leg.ack_bytes, leg.flow, retransmission=True)
+        return True
 
     # -- ACK, CANCEL, in-dialog requests -----------------------------------------------------------
     def _on_ack(self, ack: Request, now: float) -> None:

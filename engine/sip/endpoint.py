@@ -69,7 +69,7 @@ class TransactionUser(Protocol):
 
     def on_response(self, txn: ClientTransaction, response: Response, now: float) -> None: ...
 
-    def on_stray_response(self, response: Response, flow: Flow, now: float) -> None: ...
+    def on_stray_response(self, response: Response, flow: Flow, now: float) -> bool: ...
 
     def on_transaction_timeout(self, txn: Transaction, now: float) -> None: ...
 
@@ -258,9 +258,9 @@ class TransactionLayer:
         branch = via.branch
         txn = self.client_transactions.get((branch, cseq.method)) if branch else None
         if txn is None:
-            if 200 <= response.status < 300 and cseq.method == "INVITE":
-                self.tu.on_stray_response(response, flow, now)
-            else:
+            # A 2xx to INVITE may outlive its transaction (RFC 6026): the TU may claim it.
+            if not (200 <= response.status < 300 and cseq.method == "INVITE"
+                    and self.tu.on_stray_response(response, flow, now)):
                 self.counters.dropped_responses += 1
             return
         if not txn.fire(response_input(response.status), now, response):

@@ -10,7 +10,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -111,8 +110,8 @@ def parse_uri(text: str) -> SipUri:
     host = match.group("host")
     if host.startswith("[") and _IPV6.match(host) is None:
         raise SipParseError(f"malformed IPv6 reference: {host!r}")
-    if host.startswith("[") and not _valid_ipv6(host[1:-1]):
-        raise SipParseError(f"malformed IPv6 reference: {host!r}")
+    # A bracketed reference is not checked further: RFC 5118 §4.4 asks elements to accept the
+    # three-colon form the RFC 3261 ABNF allowed ("[2001:db8:::192.0.2.1]").
     port_text = match.group("port")
     port = int(port_text) if port_text else None
     if port is not None and port > 65535:
@@ -141,11 +140,3 @@ def parse_uri_params(text: str) -> tuple[tuple[str, str | None], ...]:
         else:
             out.append((piece.lower(), None))
     return tuple(out)
-
-
-def _valid_ipv6(addr: str) -> bool:
-    try:
-        ipaddress.IPv6Address(addr)
-    except ValueError:
-        return False
-    return True
