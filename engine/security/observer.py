@@ -1,0 +1,61 @@
+"""The audit observer: every security-relevant hook point leaves an audit record.
+
+Invariants:
+- Subscribes only to read-only points (`AUDITED_POINTS`); it never changes what passes.
+- An event may be a mapping or any object with attributes; `actor`, `action`, `target` and
+  `details` are read from it, the action defaults to the hook point's name. Anything else the
+  event carries goes into `details` (masked by the audit log before it is written).
+- The clock is injected: runtime passes `time.time`, tests pass a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from ..hooks.registry import AUDITED_POINTS, HookPoint, HookRegistry
+from .audit import AuditLog
+
+_KNOWN = ("actor", "action", "target", "details")
+
+
+def _as_mapping(event: object) -> dict[str, Any]:
+    if isinstance(event, Mapping):
+        return dict(event)
+    if is_dataclass(event) and not isinstance(event, type):
+        return asdict(event)
+    if hasattr(event, "__dict__"):
+        return dict(vars(event))
+    slots = getattr(type(event), "__slots__", ())
+    if slots:
+        return {name: getattr(event, name) for name in slots if hasattr(event, name)}
+    return {"value": str(event)}
+
+
+class AuditObserver:
+    __slots__ = ("log", "clock")
+
+    def __init__(self, log: AuditLog, clock: Callable[[], float]) -> None:
+        self.log = log
+        self.clock = clock
+
+    def __call__(self, point: HookPoint, event: object) -> None:
+        fields = _as_mapping(event)
+        details = dict(fields.get("details") or {})
+        for key, value in fields.items():
+            if key not in _KNOWN:
+                details[key] = value
+        self.log.append(
+            actor=str(fields.get("actor", "system")),
+            action=str(fields.get("action") or point.value),
+            target=str(fields.get("target", "")),
+            details=details,
+            now=self.clock(),
+        )
+
+    def attach(
+        self, registry: HookRegistry, points: tuple[HookPoint, ...] = AUDITED_POINTS
+    ) -> None:
+        for point in points:
+            registry.add_observer(point, self, name="audit")
