@@ -101,7 +101,8 @@ class B2BUA:
         self.config = config
         self.dialplan = Dialplan(config.dialplan)
         self.digest = DigestServer(
-            realm=config.sip.domain, secret=self.digest_secret, nonce_ttl=config.sip.nonce_ttl
+            realm=config.sip.domain, secret=self.digest_secret, nonce_ttl=config.sip.nonce_ttl,
+            algorithms=tuple(config.sip.digest_algorithms),
         )
         self.trusted = frozenset(config.auth.trusted_sources)
         self.trunk_sources = {

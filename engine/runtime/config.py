@@ -66,6 +66,12 @@ class SipConfig:
     """Largest SIP message accepted on any transport, in bytes."""
     nonce_ttl: float = 300.0
     """Seconds a digest nonce stays valid."""
+    digest_algorithms: list[Literal["SHA-256", "MD5"]] = field(
+        default_factory=lambda: ["SHA-256", "MD5"]
+    )
+    """Digest algorithms offered in 401/407 challenges, one header each, in this order
+    (RFC 8760). Clients that answer only the topmost challenge and know only MD5 (SIPp, older
+    phones) need MD5 first or alone."""
     user_agent: str = "vaultpbx"
     """User-Agent/Server header value."""
     session_expires: int = 1800
@@ -93,6 +99,8 @@ class SipConfig:
             seen.add(listener.transport)
         if not self.listen:
             raise ValueError("at least one listener is needed")
+        if not self.digest_algorithms:
+            raise ValueError("digest_algorithms needs at least one algorithm")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
