@@ -46,7 +46,7 @@ DATA_KEY_SIZE = 32
 # magic, version, header_len, recording_id, key_id, cipher, codec, channels, reserved,
 # sample_rate, start_time_us, meta_len
 _FIXED = struct.Struct(">8sHI16s16sBBBBIqI")
-FIXED_HEADER_SIZE = _FIXED.size  # 62
+FIXED_HEADER_SIZE = _FIXED.size  # 66
 MAX_HEADER_SIZE = 64 * 1024
 
 # body_len, chunk_index, flags, recording_id

@@ -104,7 +104,7 @@ def expect(env, rid: str, path: Path, exc_type: type[Exception], match: str) -> 
 
 @pytest.mark.parametrize("offset", [9, 12, 30, 50, 57, FIXED_HEADER_SIZE + 3])
 def test_flipped_bit_in_header_is_named(env, offset: int) -> None:
-    # 9: version, 12: header length, 30: key id, 50: sample rate, 57: start time, 65: metadata
+    # 9: version, 12: header length, 30: key id, 50: sample rate, 57: start time, 69: metadata
     rid, path, _, _ = write_recording(env.store, env.directory)
     flip_bit(path, offset)
     expect(env, rid, path, HeaderError, r"^header: ")
