@@ -209,3 +209,27 @@ def test_close_marks_the_index_and_notifies(env) -> None:
     points = [p for p, _ in env.events]
     assert HookPoint.RECORDING_STARTED in points and HookPoint.RECORDING_STOPPED in points
     assert scan_unfinished(env.directory) == []
+
+
+def test_export_memory_stays_bounded_for_a_long_call(env, tmp_path: Path) -> None:
+    import tracemalloc
+
+    w = start_recording(env.store, env.directory, codec=Codec.PCMU, now=T0, wall_time=WALL)
+    frame = audio(0.02, 3)
+    seconds = 600  # 10 minutes; the WAV is 19 MB
+    for i in range(seconds * 50):
+        now = T0 + i * 0.02
+        w.append(CALLER, frame, now)
+        if i % 3000 < 1500:  # the callee speaks only half of each minute
+            w.append(CALLEE, frame, now)
+        w.maybe_seal(now)
+    w.close(T0 + seconds)
+    tracemalloc.start()
+    try:
+        result = export_wav(env.store, w.recording_id.hex(), tmp_path / "o.wav", actor="qa")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.frames == seconds * 8000
+    assert (tmp_path / "o.wav").stat().st_size == 44 + seconds * 8000 * 4
+    assert peak < 2_000_000, peak
