@@ -51,6 +51,8 @@ class Agent:
     agent_id: str
     order: int
     config: AgentConfig
+    skills: dict[str, int]
+    """A plain-dict copy of `config.skills`: the hot path reads it (a mappingproxy is slower)."""
     presence: Presence = Presence.OFFLINE
     break_reason: str | None = None
     seats: dict[str, Seat] = field(default_factory=dict)
@@ -62,6 +64,8 @@ class Agent:
     busy_since: float | None = None
     idle_from: float | None = None
     indexed: bool = False
+    index_sets: tuple[set[Agent], ...] = ()
+    """The availability-index sets this agent sits in while available (see Router)."""
     retired: bool = False
     candidate_queues: tuple[Queue, ...] = ()
     counters: AgentCounters = field(default_factory=AgentCounters)
@@ -75,7 +79,7 @@ class Agent:
         return allowed is None or queue_name in allowed
 
     def meets(self, requirement: Requirement) -> bool:
-        skills = self.config.skills
+        skills = self.skills
         for skill, level in requirement:
             if skills.get(skill, 0) < level:
                 return False

@@ -47,7 +47,7 @@ from .events import (
     RouterEvent,
     RoutingDecision,
 )
-from .model import Agent, Call, CallBucket, CallState, Queue, Requirement, Seat
+from .model import Agent, Call, CallBucket, CallState, HeapEntry, Queue, Requirement, Seat
 from .states import (
     PRESENCE_TRANSITIONS,
     SEAT_TRANSITIONS,
@@ -143,8 +143,7 @@ class Router:
             q.ringing -= 1
             out.append(CancelOffer(call_id=call_id, agent_id=agent.agent_id,
                                    reason=OfferEndReason.CALLER_ABANDONED))
-            self._refresh_agent(agent, now, out)
-            self._dispatch_agent(agent, now, out)
+            self._fill_agent(agent, now, out)
         else:
             raise RoutingError(f"call {call_id!r} is connected: use call_ended")
         q.counters.abandoned += 1
@@ -274,7 +273,7 @@ class Router:
         out: list[RouterEvent] = []
         self._install(new_config, now, out)
         for agent in sorted(self._agents.values(), key=lambda a: a.order):
-            self._dispatch_agent(agent, now, out, DecisionTrigger.CONFIG_APPLIED)
+            self._fill_agent(agent, now, out, DecisionTrigger.CONFIG_APPLIED)
         return out
 
     # -----------------------------------------------------------------------------------------
@@ -342,16 +341,20 @@ class Router:
 
     def _pick_call_for_agent(self, agent: Agent) -> tuple[Call | None, int]:
         """The best waiting call `agent` can take: highest priority, then earliest arrival."""
-        best = None
+        best: HeapEntry | None = None
         considered = 0
-        skills = agent.config.skills
+        get_level = agent.skills.get
         for q in agent.candidate_queues:
             if not q.waiting:
                 continue
             for requirement, bucket in q.buckets.items():
                 considered += 1
+                # heap[0] bounds the live head from below (stale entries only sit above or at
+                # the top), so a bucket whose top cannot beat `best` needs no skill check.
+                if best is not None and bucket.heap[0] >= best:
+                    continue
                 for skill, level in requirement:
-                    if skills.get(skill, 0) < level:
+                    if get_level(skill, 0) < level:
                         break
                 else:
                     entry = bucket.head()
@@ -384,7 +387,7 @@ class Router:
             return min(candidates, key=lambda a: (a.idle_since, a.order))
         if strategy is Strategy.MOST_SKILLED_FIRST:
             return min(candidates, key=lambda a: (
-                -sum(a.config.skills.get(s, 0) for s, _ in requirement), a.idle_since, a.order))
+                -sum(a.skills.get(s, 0) for s, _ in requirement), a.idle_since, a.order))
         if strategy is Strategy.LEAST_OCCUPIED:
             return min(candidates, key=lambda a: (
                 a.busy_seats / a.config.capacity, self._occupancy(a, now), a.idle_since, a.order))
@@ -399,13 +402,17 @@ class Router:
             idle += now - agent.idle_from
         return busy / (busy + idle) if busy + idle > 0 else 0.0
 
-    def _dispatch_agent(self, agent: Agent, now: float, out: list[RouterEvent],
-                        trigger: DecisionTrigger = DecisionTrigger.AGENT_FREED) -> None:
-        while agent.indexed:
+    def _fill_agent(self, agent: Agent, now: float, out: list[RouterEvent],
+                    trigger: DecisionTrigger = DecisionTrigger.AGENT_FREED) -> None:
+        """Offer the agent's free seats the best waiting calls, then publish its state once
+        (an agent whose wrap-up ends straight into a new offer goes wrap-up -> reserved)."""
+        while (agent.presence is Presence.READY and not agent.retired
+               and agent.busy_seats < agent.config.capacity):
             call, considered = self._pick_call_for_agent(agent)
             if call is None:
-                return
-            self._offer(call, agent, now, trigger, considered, out)
+                break
+            self._offer(call, agent, now, trigger, considered, out, refresh=False)
+        self._refresh_agent(agent, now, out)
 
     def _dispatch_call(self, call: Call, now: float, trigger: DecisionTrigger,
                        out: list[RouterEvent]) -> None:
@@ -414,7 +421,7 @@ class Router:
             self._offer(call, agent, now, trigger, considered, out)
 
     def _offer(self, call: Call, agent: Agent, now: float, trigger: DecisionTrigger,
-               considered: int, out: list[RouterEvent]) -> None:
+               considered: int, out: list[RouterEvent], refresh: bool = True) -> None:
         q = call.queue
         out.append(RoutingDecision(
             at=now, call_id=call.call_id, agent_id=agent.agent_id, queue=q.name, trigger=trigger,
@@ -434,7 +441,8 @@ class Router:
         self._push_timer(now + ring, _RING, seat, 0)
         out.append(OfferCall(call_id=call.call_id, agent_id=agent.agent_id, queue=q.name,
                              ring_timeout=ring))
-        self._refresh_agent(agent, now, out)
+        if refresh:
+            self._refresh_agent(agent, now, out)
 
     # -----------------------------------------------------------------------------------------
     # Waiting calls
@@ -548,8 +556,7 @@ class Router:
         out: list[RouterEvent] = []
         if agent.presence is Presence.READY and not was_ready:
             agent.idle_since = now
-        self._refresh_agent(agent, now, out)
-        self._dispatch_agent(agent, now, out)
+        self._fill_agent(agent, now, out)
         return out
 
     def _presence_change(self, agent: Agent, event: PresenceInput, reason: str | None) -> None:
@@ -586,9 +593,8 @@ class Router:
             counters.handled += 1
             counters.handle_time_total += handle
         agent.idle_since = now
-        self._refresh_agent(agent, now, out)
         self._drop_if_retired(seat.queue)
-        self._dispatch_agent(agent, now, out)
+        self._fill_agent(agent, now, out)
 
     def _refresh_agent(self, agent: Agent, now: float, out: list[RouterEvent]) -> None:
         """Re-derive the shown state, time accounting and availability-index membership."""
@@ -628,23 +634,24 @@ class Router:
 
     def _index_add(self, agent: Agent) -> None:
         agent.indexed = True
-        self._available_any.add(agent)
-        available = self._available
-        for skill, proficiency in agent.config.skills.items():
-            levels = available.get(skill)
-            if levels is None:
-                levels = available[skill] = [set() for _ in range(MAX_PROFICIENCY + 1)]
-            for level in range(MIN_PROFICIENCY, proficiency + 1):
-                levels[level].add(agent)
+        for members in agent.index_sets:
+            members.add(agent)
 
     def _index_remove(self, agent: Agent) -> None:
         agent.indexed = False
-        self._available_any.discard(agent)
-        available = self._available
-        for skill, proficiency in agent.config.skills.items():
-            levels = available[skill]
-            for level in range(MIN_PROFICIENCY, proficiency + 1):
-                levels[level].discard(agent)
+        for members in agent.index_sets:
+            members.discard(agent)
+
+    def _resolve_index_sets(self, agent: Agent) -> None:
+        """The availability sets `agent` belongs to while available, resolved once per config
+        so that joining and leaving them is a flat loop (it happens twice per decision)."""
+        sets = [self._available_any]
+        for skill, proficiency in agent.skills.items():
+            levels = self._available.get(skill)
+            if levels is None:
+                levels = self._available[skill] = [set() for _ in range(MAX_PROFICIENCY + 1)]
+            sets.extend(levels[MIN_PROFICIENCY:proficiency + 1])
+        agent.index_sets = tuple(sets)
 
     # -----------------------------------------------------------------------------------------
     # Timers
@@ -688,7 +695,9 @@ class Router:
         for agent_id, ac in config.agents.items():
             agent = self._agents.get(agent_id)
             if agent is None:
-                agent = self._agents[agent_id] = Agent(agent_id=agent_id, order=order, config=ac)
+                agent = self._agents[agent_id] = Agent(agent_id=agent_id, order=order, config=ac,
+                                                       skills=dict(ac.skills))
+                self._resolve_index_sets(agent)
             else:
                 self._reconfigure_agent(agent, ac)
                 agent.order = order
@@ -718,6 +727,8 @@ class Router:
         if was_indexed:
             self._index_remove(agent)
         agent.config = ac
+        agent.skills = dict(ac.skills)
+        self._resolve_index_sets(agent)
         agent.retired = False
         if was_indexed:
             self._index_add(agent)
