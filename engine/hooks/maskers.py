@@ -241,8 +241,15 @@ _SECRET_TEXT_RE = re.compile(
 )
 
 
+# Cheap screens, run on most strings before the full expressions (which cost ~10x more).
+_SECRET_HINT_RE = re.compile(
+    r"authori[sz]ation|inline:|bearer|nonce|pass|secret|token|key|otp|pin|response"
+)
+_PII_HINT_RE = re.compile(r"\d{4}[ -]?\d{3}|@|\+\d")
+
+
 def redact_secrets(text: str) -> str:
-    if not _SECRET_TEXT_RE.search(text):
+    if _SECRET_HINT_RE.search(text.lower()) is None:
         return text
     return _SECRET_TEXT_RE.sub(_redact_match, text)
 
@@ -305,6 +312,8 @@ class TextMasker:
 
     def mask_text(self, text: str, role: str = "system") -> str:
         text = redact_secrets(text)
+        if _PII_HINT_RE.search(text) is None:
+            return text
         policy = self.policies.get(role, STRICT)
         return _PII_RE.sub(lambda m: _shape(m, policy), text)
 
@@ -330,8 +339,18 @@ _SECRET_KEY_RE = re.compile(
 )
 
 
+_secret_key_cache: dict[str, bool] = {}
+
+
 def is_secret_key(key: object) -> bool:
-    return isinstance(key, str) and _SECRET_KEY_RE.search(key) is not None
+    if not isinstance(key, str):
+        return False
+    found = _secret_key_cache.get(key)
+    if found is None:
+        found = _SECRET_KEY_RE.search(key) is not None
+        if len(_secret_key_cache) < 4096:  # log keys are a small fixed set; stay bounded
+            _secret_key_cache[key] = found
+    return found
 
 
 def mask_value(value: Any, role: str = "system", masker: TextMasker = DEFAULT_MASKER) -> Any:
