@@ -117,3 +117,12 @@ def test_slow_plugin_gets_strikes_then_disabled() -> None:
         reg.notify(HookPoint.LOGIN, None)
     stats = reg.stats("slow")
     assert stats.slow == 2 and stats.disabled and stats.calls == 2
+
+
+def test_register_builtins() -> None:
+    from vaultpbx.hooks.builtins import register_builtins
+
+    reg = register_builtins(HookRegistry())
+    assert reg.available()["maskers"] == "builtin"
+    reg.enable(["maskers"])
+    assert reg.mask("text", "card 4111111111111111", "qa") == "card 4111********1111"
