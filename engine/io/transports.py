@@ -117,6 +117,10 @@ class StreamConnection(asyncio.Protocol):
                     self.transport.write(KEEPALIVE_PONG)
                 continue
             manager.deliver(frame, flow)
+        if self.framer.error is not None:
+            manager.counters.framing_errors += 1
+            if self.transport is not None:
+                self.transport.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is None:

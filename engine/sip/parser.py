@@ -140,19 +140,32 @@ _CL_STREAM = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.
 class StreamFramer:
     """Cuts a TCP/TLS byte stream into SIP frames by Content-Length.
 
-    `feed` returns complete frames (bytes) and keep-alive pings; it raises `SipFramingError`
-    when the stream cannot be framed any more, after which the connection must be closed."""
+    `feed` returns complete frames (bytes) and keep-alive pings. When the stream cannot be
+    framed any more, the frames before the bad one are still returned and `error` is set; the
+    connection must then be closed (the next `feed` raises it)."""
 
-    __slots__ = ("_buffer", "max_message_size")
+    __slots__ = ("_buffer", "max_message_size", "error")
 
     def __init__(self, max_message_size: int = 65535) -> None:
         self._buffer = bytearray()
         self.max_message_size = max_message_size
+        self.error: SipFramingError | None = None
 
     def feed(self, data: bytes) -> list[bytes | KeepAlivePing]:
+        if self.error is not None:
+            raise self.error
+        out: list[bytes | KeepAlivePing] = []
+        try:
+            self._frame(data, out)
+        except SipFramingError as exc:
+            self.error = exc
+            if not out:
+                raise
+        return out
+
+    def _frame(self, data: bytes, out: list[bytes | KeepAlivePing]) -> None:
         buffer = self._buffer
         buffer += data
-        out: list[bytes | KeepAlivePing] = []
         while buffer:
             if buffer[:2] == b"\r\n":
                 if buffer[:4] == b"\r\n\r\n":
@@ -185,7 +198,6 @@ class StreamFramer:
                 break
             out.append(bytes(buffer[:total]))
             del buffer[:total]
-        return out
 
     @property
     def pending(self) -> int:
