@@ -412,8 +412,9 @@ class MaskProcessor:
                 event_dict[key] = REDACTED
                 continue
             masked = mask_value(value, role, masker)
-            if registry is not None and isinstance(masked, str) and registry.has_maskers:
-                masked = registry.mask("log", masked, role)
+            if (registry is not None and isinstance(masked, str)
+                    and registry.has_masker_other_than(masker)):
+                masked = registry.mask("log", masked, role, skip=masker)
             event_dict[key] = masked
         return event_dict
 

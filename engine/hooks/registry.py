@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 ENTRY_POINT_GROUP = "vaultpbx.hooks"
 
@@ -113,6 +114,7 @@ class HookRegistry:
         "budget_ns",
         "max_strikes",
         "errors",
+        "log_processor",
     )
 
     def __init__(
@@ -131,6 +133,12 @@ class HookRegistry:
         self.budget_ns = int(budget_seconds * 1e9)
         self.max_strikes = max_strikes
         self.errors = 0
+        # runtime/logs.py runs every structlog record through this: built-in masking and secret
+        # redaction always, then the enabled plug-in maskers. Replace it to change the policies:
+        # `registry.log_processor = MaskProcessor(TextMasker(policies), registry=registry)`.
+        from .maskers import MaskProcessor
+
+        self.log_processor: Callable[..., Any] = MaskProcessor(registry=self)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -221,11 +229,14 @@ class HookRegistry:
                 f"{self.budget_ns / 1e6:g} ms)",
             )
 
-    def mask(self, kind: str, value: str, role: str = "system") -> str:
-        """Shape `value` (a phone number, URI, free text...) for storage or display to `role`."""
+    def mask(self, kind: str, value: str, role: str = "system", *, skip: object = None) -> str:
+        """Shape `value` (a phone number, URI, free text...) for storage or display to `role`.
+
+        `skip`: a masker already applied by the caller (the log processor's built-in one).
+        """
         clock = self._clock_ns
         for masker, stats in self._maskers:
-            if stats.disabled:
+            if stats.disabled or masker is skip:
                 continue
             start = clock()
             failed = False
@@ -259,6 +270,9 @@ class HookRegistry:
     @property
     def has_maskers(self) -> bool:
         return bool(self._maskers)
+
+    def has_masker_other_than(self, masker: object) -> bool:
+        return any(m is not masker and not s.disabled for m, s in self._maskers)
 
     def counters(self) -> dict[str, int]:
         """Flat counters for /metrics: `hooks_<plugin>_<counter>` plus totals."""

@@ -126,3 +126,16 @@ def test_register_builtins() -> None:
     assert reg.available()["maskers"] == "builtin"
     reg.enable(["maskers"])
     assert reg.mask("text", "card 4111111111111111", "qa") == "card 4111********1111"
+
+
+def test_registry_log_processor_always_masks_and_runs_plugins_once() -> None:
+    from vaultpbx.hooks.builtins import register_builtins
+
+    reg = register_builtins(HookRegistry())
+    out = reg.log_processor(None, "info", {"event": "from 13812345678", "password": "x"})
+    assert out == {"event": "from 138****5678", "password": "[redacted]"}
+    reg.enable(["maskers"])
+    reg.add_masker(lambda k, v, r: v.replace("from", "FROM"), name="shout")
+    out = reg.log_processor(None, "info", {"event": "from 13812345678"})
+    assert out == {"event": "FROM 138****5678"}
+    assert reg.counters()["hooks_maskers_calls"] == 0  # built-in not applied twice
