@@ -31,7 +31,7 @@ def add_audit_commands(subparsers: Any) -> argparse.ArgumentParser:
                        help=f"outside checkpoint file (default {DEFAULT_SINK} if present)")
     check.add_argument("--public-key", dest="audit_public_key", default=None,
                        help="pinned Ed25519 public key (hex) to trust")
-    check.set_defaults(func=run_verify)
+    check.set_defaults(func=run_verify, handler=run_verify)  # runtime/cli.py calls `handler`
     return audit
 
 
