@@ -67,7 +67,8 @@ ICT_TABLE: dict[tuple[State, Input], tuple[str, State]] = {
     (S.PROCEEDING, I.RESPONSE_1XX): ("pass_provisional", S.PROCEEDING),  # §17.1.1.2
     (S.PROCEEDING, I.RESPONSE_2XX): ("pass_2xx_accept", S.ACCEPTED),  # RFC 6026 §7.2
     (S.PROCEEDING, I.RESPONSE_FINAL_ERROR): ("ack_and_pass_final", S.COMPLETED),  # §17.1.1.2
-    (S.PROCEEDING, I.TIMER_TIMEOUT): ("report_timeout", S.TERMINATED),  # §17.1.1.2 Timer B
+    # No Timer B in Proceeding (§17.1.1.2); the TU arms 64*T1 after a CANCEL (§9.1).
+    (S.PROCEEDING, I.TIMER_TIMEOUT): ("report_timeout", S.TERMINATED),
     (S.COMPLETED, I.RESPONSE_FINAL_ERROR): ("resend_ack", S.COMPLETED),  # §17.1.1.2
     (S.COMPLETED, I.TIMER_TIMEOUT): ("terminate", S.TERMINATED),  # §17.1.1.2 Timer D
     (S.COMPLETED, I.TRANSPORT_ERROR): ("report_transport_error", S.TERMINATED),  # §17.1.1.2
@@ -147,7 +148,7 @@ class Transaction:
 
     __slots__ = (
         "key", "layer", "flow", "state", "owner", "request", "method",
-        "retransmit_at", "retransmit_interval", "timeout_at", "last_bytes", "__weakref__",
+        "retransmit_at", "retransmit_interval", "timeout_at", "last_bytes", "fired_at",
     )
     TABLE: dict[tuple[State, Input], tuple[str, State]] = {}
     IS_INVITE = False
@@ -166,6 +167,9 @@ class Transaction:
         self.retransmit_interval = 0.0
         self.timeout_at: float | None = None
         self.last_bytes: bytes | None = None  # what a retransmission resends
+        # The deadline of the retransmission timer that just fired: the next one is armed from
+        # it, not from the (later) time the loop woke up, so intervals do not drift.
+        self.fired_at = 0.0
 
     @property
     def timers(self) -> TimerConfig:
@@ -195,6 +199,7 @@ class Transaction:
 
     def on_timer(self, now: float) -> None:
         if self.retransmit_at is not None and now >= self.retransmit_at:
+            self.fired_at = self.retransmit_at
             self.retransmit_at = None
             self.fire(Input.TIMER_RETRANSMIT, now)
         if self.timeout_at is not None and now >= self.timeout_at:
@@ -259,11 +264,12 @@ class ClientTransaction(Transaction):
             interval = min(interval, self.timers.t2)  # §17.1.2.2: E doubles up to T2
         if not self.IS_INVITE and self.state is State.PROCEEDING:
             interval = self.timers.t2  # §17.1.2.2: in Proceeding, E fires every T2
-        self.arm_retransmit(now, interval)
+        self.arm_retransmit(self.fired_at, interval)
 
     def pass_provisional(self, now: float, message: Response | None = None) -> None:
-        if self.IS_INVITE:
-            self.retransmit_at = None  # §17.1.1.2: Proceeding stops retransmissions
+        if self.IS_INVITE and self.state is State.PROCEEDING:
+            self.retransmit_at = None  # §17.1.1.2: Proceeding stops retransmissions and Timer B
+            self.timeout_at = None
         assert message is not None
         self.deliver(message, now)
 
@@ -375,7 +381,7 @@ class ServerInviteTransaction(ServerTransaction):
 
     def retransmit_final(self, now: float, message: Response | None = None) -> None:
         self.resend_final(now)
-        self.arm_retransmit(now, min(self.retransmit_interval * 2, self.timers.t2))
+        self.arm_retransmit(self.fired_at, min(self.retransmit_interval * 2, self.timers.t2))
 
     def report_no_ack(self, now: float, message: Response | None = None) -> None:
         self.terminate(now)
