@@ -13,8 +13,13 @@ Arguments (JSON object):
     tls_proto                   "1.2" or "1.3": the only TLS version offered (default: pjsip's)
     rtp_port                    first local RTP port (give every UA its own)
     call                        URI to call once registered (omit to wait for calls)
-    hangup_after                seconds a confirmed outgoing call lasts before we hang up
-    answer_calls                incoming calls to auto-answer (200) before finishing
+    hangup_after                seconds a confirmed call lasts before we hang up (caller:
+                                default 1; callee: default never; null: wait for the far end)
+    cancel_after                caller: hang up (CANCEL) if not answered after this many seconds
+    answer_calls                incoming calls to handle (180 at once, then 200) before finishing
+    answer_after                seconds between the 180 and the 200 (negative: never answer)
+    expect_confirmed            whether our calls should have been answered (default: true
+                                unless cancel_after is given); decides the exit code
     timeout                     hard limit on the whole run, seconds (default 20)
     log_file                    append pjsip's whole log here (for debugging a failure)
     probe                       only report pjsua2's OpenSSL ("openssl" event) and exit
@@ -119,6 +124,9 @@ def run_peer(args: dict[str, Any]) -> int:
             self.hung_up = False
             self.disconnected = False
             self.to_answer = False
+            self.answered = False
+            self.incoming_at: float | None = None
+            self.started_at = 0.0
 
         def onCallState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 callback name
             info = self.getInfo()
@@ -210,8 +218,11 @@ def run_peer(args: dict[str, Any]) -> int:
     emit("ready", transport=transport)
 
     target = args.get("call")
-    hangup_after = float(args.get("hangup_after", 1.0))
+    hangup_after = args.get("hangup_after", 1.0 if target else None)
+    cancel_after = args.get("cancel_after")
+    answer_after = float(args.get("answer_after", 0.0))
     answer_calls = int(args.get("answer_calls", 0))
+    expect_confirmed = bool(args.get("expect_confirmed", cancel_after is None))
     outgoing: Any = None
     ok = False
     while True:
@@ -226,32 +237,47 @@ def run_peer(args: dict[str, Any]) -> int:
             emit("error", reason="timeout")
             break
         for call in state["calls"]:
-            if call.to_answer:
+            if call.to_answer:  # ring at once, answer after answer_after (never if < 0)
                 call.to_answer = False
+                call.incoming_at = now
+                op = pj.CallOpParam()
+                op.statusCode = 180
+                call.answer(op)
+            if (call.incoming_at is not None and not call.answered and answer_after >= 0
+                    and not call.disconnected and now - call.incoming_at >= answer_after):
+                call.answered = True
                 op = pj.CallOpParam()
                 op.statusCode = 200
                 call.answer(op)
                 state["answered"] += 1
         if target and state["registered"] and outgoing is None:
             outgoing = Call(account)
-            op = pj.CallOpParam(True)
-            outgoing.makeCall(target, op)
+            outgoing.started_at = now
+            outgoing.makeCall(target, pj.CallOpParam(True))
             emit("calling", target=target)
+        for call in [outgoing, *state["calls"]]:
+            if call is None or call.hung_up or call.disconnected:
+                continue
+            if call.confirmed_at is not None:
+                due = hangup_after is not None and now - call.confirmed_at >= hangup_after
+            else:
+                due = (call is outgoing and cancel_after is not None
+                       and now - call.started_at >= cancel_after)
+            if due:
+                call.hung_up = True
+                call.hangup(pj.CallOpParam())
+                emit("hangup", confirmed=call.confirmed_at is not None)
         if outgoing is not None:
-            if (outgoing.confirmed_at is not None and not outgoing.hung_up
-                    and now - outgoing.confirmed_at >= hangup_after):
-                outgoing.hung_up = True
-                outgoing.hangup(pj.CallOpParam())
-                emit("hangup")
             if outgoing.disconnected:
-                ok = outgoing.confirmed_at is not None and outgoing.hung_up
+                ok = (outgoing.confirmed_at is not None) == expect_confirmed
                 break
         elif target is None:
             if answer_calls == 0 and state["registered"]:
                 ok = True
                 break
             if answer_calls and state["ended"] >= answer_calls:
-                ok = all(c.confirmed_at is not None for c in state["calls"])
+                ok = all((c.confirmed_at is not None) == expect_confirmed
+                         for c in state["calls"])
                 break
     # Let the last transaction's answer (200 to BYE) show in the log, then leave.
     end = time.monotonic() + 0.3

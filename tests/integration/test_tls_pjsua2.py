@@ -145,7 +145,9 @@ def _peer(engine: RunningEngine, ca: Path, user: str, **extra: object) -> PeerPr
     return PeerProcess(args, name=user)
 
 
-def _cdr_rows(engine: RunningEngine, timeout: float = 5.0) -> list[sqlite3.Row]:
+def _cdr_rows(engine: RunningEngine, timeout: float = 5.0,
+              at_least: int = 1) -> list[sqlite3.Row]:
+    """The call records, waiting (up to `timeout`) until there are `at_least` of them."""
     db_path = engine.data_dir / "cdr.db"
     end = time.monotonic() + timeout
     while True:
@@ -156,10 +158,10 @@ def _cdr_rows(engine: RunningEngine, timeout: float = 5.0) -> list[sqlite3.Row]:
                 rows = db.execute("SELECT * FROM calls ORDER BY started").fetchall()
             finally:
                 db.close()
-            if rows:
+            if len(rows) >= at_least:
                 return rows
         if time.monotonic() > end:
-            return []
+            return rows if db_path.exists() else []
         time.sleep(0.2)
 
 
@@ -218,7 +220,7 @@ def test_register_and_call_over_tls(engines, pki: dict[str, Path], pjsua2_openss
     assert bob.sip(dir="rx", kind="request", method="BYE"), detail
     assert alice.sip(dir="rx", kind="response", method="BYE", code=200), detail
 
-    rows = _cdr_rows(engine)
+    rows = _cdr_rows(engine, at_least=calls_before + 1)
     assert len(rows) == calls_before + 1, [dict(r) for r in rows]
     row = rows[-1]
     assert row["cause"] == "normal_clearing" and row["answered"] is not None, dict(row)
@@ -235,6 +237,73 @@ def test_register_and_call_over_tls(engines, pki: dict[str, Path], pjsua2_openss
     assert grew("vaultpbx_calls_answered_total") == 1, after
     assert grew("vaultpbx_auth_challenges_total") >= 3, after  # two REGISTERs, one INVITE
     assert after["vaultpbx_active_calls"] == 0, after
+
+
+def _pair(engine: RunningEngine, ca: Path, version: str, bob_args: dict,
+          alice_args: dict) -> tuple[PeerProcess, PeerProcess]:
+    """Bob (1002) registers and waits; Alice (1001) registers and calls him; both finish."""
+    bob = _peer(engine, ca, "1002", answer_calls=1, tls_proto=version, **bob_args)
+    alice: PeerProcess | None = None
+    try:
+        bob.wait_for("registered", 15)
+        alice = _peer(engine, ca, "1001", tls_proto=version,
+                      call=f"sip:1002@127.0.0.1:{engine.tls_port};transport=tls",
+                      **alice_args)
+        alice.wait_for("done", 25)
+        bob.wait_for("done", 10)
+    finally:
+        codes = {p.name: p.finish(10) for p in (bob, alice) if p is not None}
+    assert alice is not None
+    assert codes == {"1002": 0, "1001": 0}, _detail(alice, bob)
+    return alice, bob
+
+
+def _usable_version(pjsua2_openssl: dict) -> str:
+    return "1.3" if pjsua2_openssl["tls13"] else "1.2"
+
+
+def test_callee_hangs_up_over_tls(engines, pki: dict[str, Path], pjsua2_openssl: dict) -> None:
+    """The BYE from the callee reaches the caller over the caller's own TLS connection."""
+    version = _usable_version(pjsua2_openssl)
+    engine = engines(version)
+    calls_before = len(_cdr_rows(engine, timeout=0))
+    alice, bob = _pair(engine, pki["ca"], version, {"hangup_after": 1.0},
+                       {"hangup_after": None})
+    detail = _detail(alice, bob)
+    assert bob.of("hangup") and not alice.of("hangup"), detail
+    assert alice.sip(dir="rx", kind="request", method="BYE", transport="TLS"), detail
+    assert bob.sip(dir="rx", kind="response", method="BYE", code=200), detail
+    for peer in (alice, bob):
+        (end,) = peer.of("disconnected")
+        assert end["confirmed"] and end["duration"] >= 0.8, detail
+    rows = _cdr_rows(engine, at_least=calls_before + 1)
+    assert len(rows) == calls_before + 1, [dict(r) for r in rows]
+    assert rows[-1]["cause"] == "normal_clearing", dict(rows[-1])
+    assert engine.metrics()["vaultpbx_active_calls"] == 0
+
+
+def test_caller_cancels_while_ringing_over_tls(engines, pki: dict[str, Path],
+                                               pjsua2_openssl: dict) -> None:
+    """180 relayed to the caller, then its CANCEL: 487 to the caller, CANCEL to the callee."""
+    version = _usable_version(pjsua2_openssl)
+    engine = engines(version)
+    calls_before = len(_cdr_rows(engine, timeout=0))
+    alice, bob = _pair(engine, pki["ca"], version,
+                       {"answer_after": -1, "expect_confirmed": False},
+                       {"cancel_after": 1.0})
+    detail = _detail(alice, bob)
+    invite_codes = [e["code"] for e in alice.sip(dir="rx", kind="response", method="INVITE")]
+    assert invite_codes[0] == 407 and 180 in invite_codes and invite_codes[-1] == 487, detail
+    assert alice.sip(dir="rx", kind="response", method="CANCEL", code=200), detail
+    assert bob.sip(dir="rx", kind="request", method="CANCEL", transport="TLS"), detail
+    for peer in (alice, bob):
+        (end,) = peer.of("disconnected")
+        assert not end["confirmed"] and end["code"] == 487, detail
+    rows = _cdr_rows(engine, at_least=calls_before + 1)
+    assert len(rows) == calls_before + 1, [dict(r) for r in rows]
+    row = rows[-1]
+    assert (row["cause"], row["status"], row["answered"]) == ("cancelled", 487, None), dict(row)
+    assert engine.metrics()["vaultpbx_active_calls"] == 0
 
 
 def _refused_registration(peer: PeerProcess) -> dict:
