@@ -217,6 +217,39 @@ def test_register_with_wrong_password_is_refused(sipp: SippRunner,
     assert watch.delta("vaultpbx_auth_failures_total") == 1
 
 
+def test_unregister_then_call_gets_480(sipp: SippRunner, engines: list[RunningEngine],
+                                       tmp_path: Path) -> None:
+    engine = start_pbx(engines, tmp_path, pbx_overrides())
+    watch = Watch(engine)
+    port = free_port()
+    for name, scenario in (("register", "register.xml"), ("unregister", "unregister.xml")):
+        sipp.run(name, scenario=scenario, remote=remote(engine), port=port, service="1002",
+                 auth=("1002", PASSWORDS["1002"]), keys={"domain": DOMAIN},
+                 timeout=15).assert_ok(calls=1)
+        if name == "register":
+            assert engine.health()["registrations"] == 1
+    assert engine.health()["registrations"] == 0
+    assert "unregistered, contact=\n" in sipp.processes[-1].wait().logs
+
+    result = call(sipp, engine, "uac_rejected.xml", "1002")
+    result.assert_ok(calls=1)
+    assert "status=480" in result.logs, result.describe()
+    [row] = cdr_rows(engine, 1)
+    assert (row["cause"], row["status"], row["answered"]) == ("unavailable", 480, None), row
+    watch.settle()
+
+
+def test_unknown_number_gets_404(sipp: SippRunner, engines: list[RunningEngine],
+                                 tmp_path: Path) -> None:
+    engine = start_pbx(engines, tmp_path, pbx_overrides())
+    watch = Watch(engine)
+    result = call(sipp, engine, "uac_rejected.xml", "9999")
+    result.assert_ok(calls=1)
+    assert "status=404" in result.logs, result.describe()
+    watch.settle()
+    assert watch.delta("vaultpbx_calls_started_total") == 0  # refused before any call existed
+
+
 # ------------------------------------------------------------------------------------------------
 # 2, 3, 7. Answered calls (caller hangs up) to an extension and through a trunk, UDP and TCP
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -325,14 +358,21 @@ def test_busy(kind: str, sipp: SippRunner, engines: list[RunningEngine],
 # ------------------------------------------------------------------------------------------------
 # 8. Load: SIPp's built-in uac through a loadtest-like engine to SIPp's built-in uas
 def run_load(sipp: SippRunner, engine: RunningEngine, uas_port: int, *, calls: int,
-             rate: float, transport: str = "udp") -> tuple[SippResult, SippResult]:
+             rate: float, transport: str = "udp", hold_ms: int = 0
+             ) -> tuple[SippResult, SippResult, int]:
+    """Built-in uas on the trunk, built-in uac through the engine; returns both results and
+    the most calls /health saw active at once."""
     uas = sipp.start("load-uas", scenario="uas", port=uas_port, calls=calls, timeout=40,
                      transport=SIPP_TRANSPORT[transport], trace_msg=False)
     time.sleep(0.2)  # let the UAS bind before the first INVITE reaches it
-    uac = sipp.run("load-uac", scenario="uac", remote=remote(engine), port=free_port(),
-                   calls=calls, rate=rate, timeout=40, transport=SIPP_TRANSPORT[transport],
-                   trace_msg=False)
-    return uac, uas.wait(15)
+    uac = sipp.start("load-uac", scenario="uac", remote=remote(engine), port=free_port(),
+                     calls=calls, rate=rate, timeout=40, transport=SIPP_TRANSPORT[transport],
+                     trace_msg=False, extra=["-d", str(hold_ms)])
+    peak = 0
+    while uac.running() and time.monotonic() < uac.deadline:
+        peak = max(peak, engine.health()["active_calls"])
+        time.sleep(0.2)
+    return uac.wait(), uas.wait(15), peak
 
 
 def test_load_through_trusted_trunk_config(sipp: SippRunner, engines: list[RunningEngine],
@@ -345,8 +385,10 @@ def test_load_through_trusted_trunk_config(sipp: SippRunner, engines: list[Runni
         "logging": {"level": "warning"},
     })
     watch = Watch(engine)
-    uac, uas = run_load(sipp, engine, uas_port, calls=300, rate=50)
+    # Each call is held 1 s, so about 50 are up at once.
+    uac, uas, peak = run_load(sipp, engine, uas_port, calls=300, rate=50, hold_ms=1000)
     uac.assert_ok(calls=300)
+    assert peak >= 20, peak
     uas.assert_ok(calls=300)
     watch.settle(timeout=15)
     assert watch.delta("vaultpbx_calls_started_total") == 300
@@ -381,7 +423,7 @@ def test_shipped_loadtest_config(sipp: SippRunner, engines: list[RunningEngine],
     assert (engine.sip_port, engine.admin_port) == (sip_port, admin_port)
 
     watch = Watch(engine)
-    uac, uas = run_load(sipp, engine, uas_port, calls=100, rate=50)
+    uac, uas, _ = run_load(sipp, engine, uas_port, calls=100, rate=50)
     uac.assert_ok(calls=100)
     uas.assert_ok(calls=100)
     watch.settle(timeout=15)
@@ -399,7 +441,7 @@ def test_load_over_tcp(sipp: SippRunner, engines: list[RunningEngine], tmp_path:
         "logging": {"level": "warning"},
     })
     watch = Watch(engine)
-    uac, uas = run_load(sipp, engine, uas_port, calls=100, rate=50, transport="tcp")
+    uac, uas, _ = run_load(sipp, engine, uas_port, calls=100, rate=50, transport="tcp")
     uac.assert_ok(calls=100)
     uas.assert_ok(calls=100)
     watch.settle(timeout=15)
