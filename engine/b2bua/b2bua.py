@@ -39,6 +39,7 @@ from ..sip.validate import ALLOWED_METHODS
 from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
 from .dialplan import Dialplan
 from .location import LocationService
+from .timers import CallTimer, CallTimerWheel
 
 # Final responses from a callee mapped to what the caller hears (RFC 3261 §16.7 picks the
 # "best" response; a B2BUA passes the callee's meaning through).
@@ -95,6 +96,11 @@ class B2BUA:
 
     def attach(self, layer: TransactionLayer) -> None:
         self.layer = layer
+        self.wheel = CallTimerWheel(self, layer.schedule)
+
+    def _short_timer(self, call: Call, at: float) -> None:
+        assert call.timer is not None
+        self._layer().schedule(call.timer, at)
 
     def apply_config(self, config: Config) -> None:
         """Take a new configuration; calls in progress keep going (SIGHUP)."""
@@ -307,9 +313,10 @@ class B2BUA:
         self.dialogs[a_dialog.key] = a_leg
         self.stats["calls_started"] += 1
         self._notify_state(call, now)
+        call.timer = CallTimer(self, call)
         call.ring_deadline = now + self.config.sip.ring_timeout
         call.hard_end_at = now + self.config.sip.max_call_duration
-        self._layer().schedule(CallTimer(self, call), call.ring_deadline)
+        self.wheel.add(call, call.ring_deadline)
         if route.kind == "extension":
             self._ring_extension(call, route.name, route.number, now)
         elif route.kind == "trunk":
@@ -341,7 +348,7 @@ class B2BUA:
             if self.location.lookup(member, now):
                 ring_for = queue.ring_timeout if queue is not None else 20.0
                 call.ring_deadline = now + ring_for
-                self._layer().schedule(CallTimer(self, call), call.ring_deadline)
+                self.wheel.add(call, call.ring_deadline)
                 self._ring_extension(call, member, member, now)
                 return
         self._fail_call(call, 480, "unavailable", now)
@@ -537,9 +544,9 @@ class B2BUA:
         if not a.flow.reliable:
             call.ok_interval = t1
             call.ok_retransmit_at = now + t1
-            self._layer().schedule(CallTimer(self, call), call.ok_retransmit_at)
+            self._short_timer(call, call.ok_retransmit_at)
         call.ok_giveup_at = now + 64 * t1
-        self._layer().schedule(CallTimer(self, call), call.ok_giveup_at)
+        self._short_timer(call, call.ok_giveup_at)
         a.invite_server = None
         self._notify_state(call, now)
 
@@ -639,7 +646,7 @@ class B2BUA:
                 leg.dialog.refresh_target(request)
                 if call.session_interval:
                     call.session_deadline = now + call.session_interval
-                    self._layer().schedule(CallTimer(self, call), call.session_deadline)
+                    self.wheel.add(call, call.session_deadline)
             out = other.dialog.new_request(method, request.body, request.get("content-type"))
             for name in ("session-expires", "min-se", "supported"):
                 value = request.get(name)
@@ -793,6 +800,7 @@ class B2BUA:
         if call.trunk is not None:
             self.trunk_calls[call.trunk] = max(0, self.trunk_calls.get(call.trunk, 1) - 1)
         self.calls.pop(call.id, None)
+        self.wheel.cancel(call)
         for leg in call.legs():
             if self.dialogs.get(leg.dialog.key) is leg:
                 del self.dialogs[leg.dialog.key]
@@ -821,15 +829,14 @@ class B2BUA:
 
     # -- call timers -----------------------------------------------------------------------------
     def _arm_keepalive(self, call: Call, now: float) -> None:
-        layer = self._layer()
         if call.session_interval:
             call.session_deadline = now + call.session_interval
-            layer.schedule(CallTimer(self, call), call.session_deadline)
+            self.wheel.add(call, call.session_deadline)
         elif self.config.sip.keepalive_probe_interval:
             call.probe_at = now + self.config.sip.keepalive_probe_interval
-            layer.schedule(CallTimer(self, call), call.probe_at)
+            self.wheel.add(call, call.probe_at)
         if call.hard_end_at is not None:
-            layer.schedule(CallTimer(self, call), call.hard_end_at)
+            self.wheel.add(call, call.hard_end_at)
 
     def on_call_timer(self, call: Call, now: float) -> None:
         if call.state is CallState.ENDED:
@@ -849,8 +856,9 @@ class B2BUA:
             if a is not None:
                 self._layer().send(call.ok_bytes, a.flow, retransmission=True)
             call.ok_interval = min(call.ok_interval * 2, self.config.sip.timers.t2)
-            call.ok_retransmit_at = now + call.ok_interval
-            self._layer().schedule(CallTimer(self, call), call.ok_retransmit_at)
+            # Re-armed from the deadline that fired, so the doubling does not drift.
+            call.ok_retransmit_at += call.ok_interval
+            self._short_timer(call, call.ok_retransmit_at)
         if call.ok_giveup_at is not None and now >= call.ok_giveup_at:
             # No ACK for our 2xx (RFC 3261 §13.3.1.4): the session is torn down.
             call.ok_giveup_at = call.ok_retransmit_at = None
@@ -869,7 +877,7 @@ class B2BUA:
                     self._layer().start_client_transaction(
                         probe, leg.flow, now, owner=LegRequest(leg=leg, method="OPTIONS"))
             call.probe_at = now + self.config.sip.keepalive_probe_interval
-            self._layer().schedule(CallTimer(self, call), call.probe_at)
+            self.wheel.add(call, call.probe_at)
 
     # -- drain -----------------------------------------------------------------------------------
     def start_drain(self) -> None:
@@ -878,20 +886,6 @@ class B2BUA:
     def end_all(self, now: float, cause: str = "shutdown") -> None:
         for call in list(self.calls.values()):
             self._end_call(call, cause, 503, now)
-
-
-class CallTimer:
-    """A heap entry that wakes the B2BUA for one call. Holding the call here (not a bound method)
-    keeps the heap free of reference cycles."""
-
-    __slots__ = ("b2bua", "call")
-
-    def __init__(self, b2bua: B2BUA, call: Call) -> None:
-        self.b2bua = b2bua
-        self.call = call
-
-    def on_timer(self, now: float) -> None:
-        self.b2bua.on_call_timer(self.call, now)
 
 
 def _timeout_response() -> Response:

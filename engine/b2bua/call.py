@@ -16,6 +16,7 @@ from ..sip.dialog import Dialog
 from ..sip.endpoint import Flow
 from ..sip.message import Request
 from ..sip.transaction import ClientInviteTransaction, ServerInviteTransaction
+from .timers import CallTimer
 
 
 class CallState(enum.Enum):
@@ -66,6 +67,7 @@ class Call:
         "callee", "started", "answered_at", "ended_at", "cause", "status", "trunk",
         "ring_deadline", "ok_retransmit_at", "ok_interval", "ok_giveup_at", "ok_bytes",
         "probe_at", "session_deadline", "hard_end_at", "session_interval", "draining",
+        "timer", "wheel_seconds",
     )
 
     def __init__(self, call_id: str, now: float) -> None:
@@ -95,6 +97,8 @@ class Call:
         self.hard_end_at: float | None = None
         self.session_interval = 0
         self.draining = False
+        self.timer: CallTimer | None = None  # set by the B2BUA; disarmed when the call ends
+        self.wheel_seconds: list[int] = []
 
     def legs(self) -> list[Leg]:
         out = [self.a] if self.a is not None else []
@@ -104,6 +108,8 @@ class Call:
         return out
 
     def finish(self) -> None:
+        if self.timer is not None:
+            self.timer.call = None
         for leg in self.legs():
             leg.call = None
             leg.invite_server = None

@@ -64,6 +64,7 @@ SINGLE_HEADERS = frozenset(
     {"call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type", "expires"}
 )
 
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 TOKEN_CHARS = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
@@ -79,7 +80,10 @@ def display_name(lower: str) -> str:
     known = _DISPLAY_NAMES.get(lower)
     if known is not None:
         return known
-    return "-".join(part[:1].upper() + part[1:] for part in lower.split("-"))
+    shown = "-".join(part[:1].upper() + part[1:] for part in lower.split("-"))
+    if len(_DISPLAY_NAMES) < 4096:  # bounded: header names come from the network
+        _DISPLAY_NAMES[lower] = shown
+    return shown
 
 
 def split_list(value: str) -> list[str]:
@@ -135,7 +139,7 @@ def parse_params(text: str) -> dict[str, str]:
                 raise SipParseError(f"empty header parameter in {text[:80]!r}")
         else:
             key, value = piece.lower(), ""
-        if not all(ch in TOKEN_CHARS for ch in key):
+        if _TOKEN.match(key) is None:
             raise SipParseError(f"bad header parameter name {key[:40]!r}")
         params[key] = value
     return params
@@ -214,7 +218,7 @@ def parse_name_addr(value: str) -> NameAddr:
                 raise SipParseError(f"addr-spec with spaces, comma or '?': {value[:80]!r}")
             return NameAddr(None, uri, parse_params(params_text), bracketed=False)
     uri = uri.strip()
-    if any(ch in uri for ch in " \t"):
+    if " " in uri or "\t" in uri:
         raise SipParseError(f"spaces inside a URI: {uri[:80]!r}")
     params_text = params_text.strip()
     if params_text and params_text[0] != ";":

@@ -144,18 +144,17 @@ class SipMessage:
         raise NotImplementedError
 
     def serialize(self) -> bytes:
-        parts = [self.start_line(), "\r\n"]
+        parts = [self.start_line()]
         for name, lines in self.headers.items():
             if name == "content-length":
                 continue
             shown = display_name(name)
-            for line in lines:
-                parts.append(shown)
-                parts.append(": ")
-                parts.append(line)
-                parts.append("\r\n")
+            if len(lines) == 1:
+                parts.append(f"{shown}: {lines[0]}")
+            else:
+                parts.extend(f"{shown}: {line}" for line in lines)
         parts.append(f"Content-Length: {len(self.body)}\r\n\r\n")
-        head = "".join(parts).encode("utf-8", "surrogateescape")
+        head = "\r\n".join(parts).encode("utf-8", "surrogateescape")
         return head + self.body if self.body else head
 
 

@@ -52,18 +52,16 @@ def parse_message(data: bytes, *, datagram: bool = True) -> SipMessage:
     start = lines[0]
     message = _parse_start_line(start)
     headers = message.headers
+    names = _NAME_CACHE
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon:
             if not line.strip():
                 continue
             raise SipParseError(f"header line without a colon: {line[:60]!r}")
-        name = name.rstrip(" \t")
-        if _HEADER_NAME.match(name) is None:
-            raise SipParseError(f"bad header name: {name[:60]!r}")
-        lower = name.lower()
-        if len(lower) == 1:
-            lower = COMPACT_FORMS.get(lower, lower)
+        lower = names.get(name)
+        if lower is None:
+            lower = _canonical_header_name(name)
         value = value.strip(" \t")
         existing = headers.get(lower)
         if existing is None:
@@ -84,6 +82,23 @@ def parse_message(data: bytes, *, datagram: bool = True) -> SipMessage:
         )
     message.body = rest[:length] if length < len(rest) else rest
     return message
+
+
+# Raw header name as received → canonical lower-case name. Bounded, because names come from
+# the network; a miss costs one regular expression match.
+_NAME_CACHE: dict[str, str] = {}
+
+
+def _canonical_header_name(raw: str) -> str:
+    name = raw.rstrip(" \t")
+    if _HEADER_NAME.match(name) is None:
+        raise SipParseError(f"bad header name: {name[:60]!r}")
+    lower = name.lower()
+    if len(lower) == 1:
+        lower = COMPACT_FORMS.get(lower, lower)
+    if len(_NAME_CACHE) < 4096:
+        _NAME_CACHE[raw] = lower
+    return lower
 
 
 def _content_length(lines: list[str]) -> int:

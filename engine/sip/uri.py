@@ -80,8 +80,25 @@ class SipUri:
         return "".join(out)
 
 
+_CACHE: dict[str, SipUri] = {}
+
+
 def parse_uri(text: str) -> SipUri:
-    """Parse a URI. Non-SIP schemes are accepted as opaque; malformed SIP URIs raise 400."""
+    """Parse a URI. Non-SIP schemes are accepted as opaque; malformed SIP URIs raise 400.
+
+    Results are shared (SipUri is frozen) through a bounded cache: the same From, Contact and
+    Request-URI come back on every message of a dialog and from every call of an extension."""
+    cached = _CACHE.get(text)
+    if cached is not None:
+        return cached
+    uri = _parse_uri(text)
+    if len(_CACHE) >= 8192:
+        _CACHE.clear()
+    _CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> SipUri:
     text = text.strip()
     scheme_match = _SCHEME.match(text)
     if scheme_match is None:
