@@ -315,13 +315,18 @@ def test_answered_call_callee_hangs_up(kind: str, sipp: SippRunner,
 
 # ------------------------------------------------------------------------------------------------
 # 4. CANCEL before answer
+@pytest.mark.parametrize(("when", "uac", "uas"), [
+    ("ringing", "uac_cancel.xml", "uas_ring_cancel.xml"),
+    # The caller cancels on 100 Trying; the engine may CANCEL the callee's INVITE only once
+    # the callee has sent a provisional (RFC 3261 §9.1), here a second later.
+    ("before_ringing", "uac_cancel_early.xml", "uas_slow_ring_cancel.xml"),
+])
 @pytest.mark.parametrize("kind", ["extension", "trunk"])
-def test_cancel_before_answer(kind: str, sipp: SippRunner, engines: list[RunningEngine],
-                              tmp_path: Path) -> None:
-    engine, callee, number = setup_destination(kind, sipp, engines, tmp_path,
-                                               "uas_ring_cancel.xml")
+def test_cancel_before_answer(kind: str, when: str, uac: str, uas: str, sipp: SippRunner,
+                              engines: list[RunningEngine], tmp_path: Path) -> None:
+    engine, callee, number = setup_destination(kind, sipp, engines, tmp_path, uas)
     watch = Watch(engine)
-    result = call(sipp, engine, "uac_cancel.xml", number)
+    result = call(sipp, engine, uac, number)
     result.assert_ok(calls=1)
     callee_result = callee.wait(15)
     callee_result.assert_ok()
