@@ -22,7 +22,8 @@ from ..sip.errors import SipFramingError
 from ..sip.parser import KEEPALIVE_PONG, KeepAlivePing, StreamFramer
 
 Deliver = Callable[[bytes, Flow], None]
-Admit = Callable[[str], bool]
+# Asked before anything is parsed: (source host, the datagram or frame, or None on connect).
+Admit = Callable[[str, bytes | None], bool]
 
 
 class TransportCounters:
@@ -54,7 +55,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         counters = self.counters
         counters.datagrams_in += 1
         host = addr[0]
-        if not self.admit(host):
+        if not self.admit(host, data):
             counters.dropped_by_guard += 1
             return
         if len(data) > self.max_size:
@@ -89,7 +90,7 @@ class StreamConnection(asyncio.Protocol):
         self.flow = Flow(self.transport_name, peer[0], peer[1], self.id)
         self.last_activity = self.manager.loop.time()
         manager = self.manager
-        if not self.outbound and not manager.admit(peer[0]):
+        if not self.outbound and not manager.admit(peer[0], None):
             manager.counters.dropped_by_guard += 1
             transport.abort()
             return
@@ -115,6 +116,9 @@ class StreamConnection(asyncio.Protocol):
                 manager.counters.keepalives += 1
                 if self.transport is not None:
                     self.transport.write(KEEPALIVE_PONG)
+                continue
+            if not self.outbound and not manager.admit(flow.host, frame):
+                manager.counters.dropped_by_guard += 1
                 continue
             manager.deliver(frame, flow)
         if self.framer.error is not None:
@@ -142,7 +146,7 @@ class TransportManager:
                  client_tls: ssl.SSLContext | None = None) -> None:
         self.loop = loop
         self.deliver = deliver
-        self.admit: Admit = admit or (lambda host: True)
+        self.admit: Admit = admit or (lambda host, data: True)
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
         self.client_tls = client_tls

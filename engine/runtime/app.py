@@ -26,9 +26,15 @@ from .. import __version__
 from ..api.http import HttpRequest, HttpResponse, HttpServer
 from ..api.metrics import Sample, make_registry, render
 from ..b2bua.b2bua import B2BUA
-from ..hooks.registry import HookRegistry
+from ..hooks.builtins import register_builtins
+from ..hooks.maskers import MaskProcessor, TextMasker
+from ..hooks.registry import HookPoint, HookRegistry
 from ..io.tlscontext import create_self_signed, server_context
 from ..io.transports import TransportManager
+from ..security.audit import AuditLog, FileSink
+from ..security.config import SecurityConfig
+from ..security.floodguard import FloodGuard
+from ..security.observer import AuditObserver
 from ..sip.endpoint import Flow, TransactionLayer
 from .cdr import CdrStore
 from .config import Config, ConfigError, LoadedConfig, load_config
@@ -72,13 +78,22 @@ class Engine:
         self.config: Config = loaded.config
         self.loop = loop
         self.data_dir = Path(self.config.data_dir)
+        self.security = SecurityConfig.from_dict(self.config.security)
         self.hooks = HookRegistry()
+        register_builtins(self.hooks)
+        self.hooks.enable(self.security.hooks.enabled)
+        self.hooks.log_processor = MaskProcessor(TextMasker(self.security.masking),
+                                                 registry=self.hooks)
+        self.guard = FloodGuard(self.security.floodguard)
         self.b2bua = B2BUA(self.config, token=new_token, hooks=self.hooks,
                            digest_secret=os.urandom(32))
+        self.b2bua.on_auth_failure = self._auth_failed
         self.transports = TransportManager(
-            loop, self.deliver, max_message_size=self.config.sip.max_message_size,
+            loop, self.deliver, admit=self._admit,
+            max_message_size=self.config.sip.max_message_size,
             idle_timeout=self.config.sip.tcp_idle_timeout,
         )
+        self.audit: AuditLog | None = None
         self.layer: TransactionLayer | None = None
         self.cdr = CdrStore(self.data_dir / "cdr.db")
         self.http: HttpServer | None = None
@@ -94,9 +109,40 @@ class Engine:
         self._next_full_gc = 0.0
 
     # -- start -----------------------------------------------------------------------------
+    def data_path(self, configured: str) -> Path:
+        """Paths written `var/...` in the YAML live under `data_dir` (tests move it)."""
+        path = Path(configured)
+        if not path.is_absolute() and path.parts[:1] == ("var",):
+            return self.data_dir.joinpath(*path.parts[1:])
+        return path
+
+    def _open_audit(self) -> None:
+        audit = self.security.audit
+        sinks = [FileSink(self.data_path(audit.sink))] if audit.sink else []
+        self.audit = AuditLog(
+            self.data_path(audit.dir), sinks=sinks,
+            key_path=self.data_path(audit.key_path) if audit.key_path else None,
+            checkpoint_every=audit.checkpoint_every,
+            checkpoint_interval=audit.checkpoint_interval,
+            min_retention=audit.min_retention_days * 86400,
+        )
+        AuditObserver(self.audit, time.time).attach(self.hooks)
+
+    def _admit(self, host: str, data: bytes | None) -> bool:
+        now = self.loop.time()
+        return self.guard.check(host, now) if data is None else self.guard.admit(host, data, now)
+
+    def _auth_failed(self, username: str, why: str, flow: Flow) -> None:
+        self.guard.auth_failed(flow.host, self.loop.time())
+        # The wording of Asterisk's message, which fail2ban's usual SIP filters match.
+        log.warning(f"Registration from '{username}' failed for '{flow.host}:{flow.port}' - "
+                    f"{'Wrong password' if why == 'bad-response' else why}",
+                    source=flow.host, transport=flow.transport)
+
     async def start(self) -> None:
         config = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._open_audit()
         local: dict[str, tuple[str, int]] = {}
         for listener in config.sip.listen:
             if listener.transport == "udp":
@@ -128,6 +174,9 @@ class Engine:
         # live calls (TESTING.md), are replaced by one every GC_FULL_INTERVAL from housekeeping.
         gc.set_threshold(5_000, 10, 1_000_000_000)
         gc.callbacks.append(self.gc_pauses)
+        self.hooks.notify(HookPoint.CONFIG_CHANGE, {
+            "actor": "system", "action": "engine.start", "target": str(self.loaded.path),
+            "details": {"version": __version__}})
         log.info("engine.started", version=__version__, listen={k: f"{h}:{p}" for k, (h, p)
                                                                  in local.items()},
                  admin=f"{config.admin.host}:{config.admin.port}", data_dir=str(self.data_dir))
@@ -201,6 +250,7 @@ class Engine:
         if now > first_t:
             self.calls_per_second = (started - first_n) / (now - first_t)
         self.b2bua.location.sweep(now)
+        self.guard.sweep(now)
         self.transports.close_idle(now)
         if now >= self._next_full_gc:
             if self._next_full_gc:
@@ -249,6 +299,10 @@ class Engine:
                             "Live SIP transactions"))
             for name, value in layer.counters.as_dict().items():
                 samples.append((f"vaultpbx_sip_{name}", "counter", value, name.replace("_", " ")))
+        for name, value in self.guard.counters().items():
+            kind = "counter" if name.endswith("_total") else "gauge"
+            samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
+                            name.replace("_", " ")))
         for name, value in self.transports.counters.as_dict().items():
             samples.append((f"vaultpbx_transport_{name}", "counter", value,
                             name.replace("_", " ")))
@@ -271,12 +325,18 @@ class Engine:
             loaded = load_config(self.loaded.path)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=str(exc))
+            self.hooks.notify(HookPoint.CONFIG_CHANGE, {
+                "actor": "system", "action": "config.reload_rejected",
+                "target": str(self.loaded.path), "details": {"error": str(exc)}})
             return
         if loaded.config.sip.listen != self.config.sip.listen:
             log.warning("config.listen_changed_needs_restart")
         self.loaded = loaded
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)
+        self.hooks.notify(HookPoint.CONFIG_CHANGE, {
+            "actor": "system", "action": "config.reload", "target": str(loaded.path),
+            "details": {}})
         log.info("config.reloaded", path=str(loaded.path))
 
     async def drain(self) -> None:
@@ -311,6 +371,11 @@ class Engine:
             self.http.close()
         self.transports.close()
         self.cdr.close()
+        self.hooks.notify(HookPoint.CONFIG_CHANGE, {
+            "actor": "system", "action": "engine.stop", "target": str(self.loaded.path),
+            "details": {}})
+        if self.audit is not None:
+            self.audit.close(time.time())
         log.info("engine.stopped")
 
 

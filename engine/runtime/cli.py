@@ -62,16 +62,43 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-c", "--config", default=argparse.SUPPRESS,
                        help=f"YAML configuration (default {DEFAULT_CONFIG})")
         p.set_defaults(handler=handler)
-    for module, function in (("vaultpbx.recording.cli", "add_recording_commands"),
-                             ("vaultpbx.security.cli", "add_audit_commands")):
-        try:
-            imported = __import__(module, fromlist=[function])
-        except ImportError:
-            continue
-        adder = getattr(imported, function, None)
-        if adder is not None:
-            adder(sub)
+    from ..recording.cli import add_recording_commands
+    from ..security.cli import add_audit_commands
+
+    before = set(sub.choices)
+    add_recording_commands(sub)
+    for name in set(sub.choices) - before:
+        # Recording commands take the data directory the configuration names.
+        _with_data_dir(sub.choices[name])
+    add_audit_commands(sub)
     return parser
+
+
+def _with_data_dir(command: argparse.ArgumentParser) -> None:
+    subcommands = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+    targets = [p for action in subcommands for p in action.choices.values()] or [command]
+    for target in targets:
+        handler = target.get_default("handler")
+        if handler is None:
+            continue
+        try:
+            target.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                                help=f"YAML configuration (default {DEFAULT_CONFIG})")
+        except argparse.ArgumentError:
+            pass  # the command defines its own -c
+
+        def with_dir(args: argparse.Namespace, _handler=handler) -> int:  # type: ignore[no-untyped-def]
+            try:
+                data_dir = load_config(args.config).config.data_dir
+            except ConfigError as exc:
+                print(f"vaultpbx: configuration error: {exc}", file=sys.stderr)
+                return 2
+            from pathlib import Path
+
+            result: int = _handler(args, Path(data_dir))
+            return result
+
+        target.set_defaults(handler=with_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

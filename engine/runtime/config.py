@@ -242,13 +242,34 @@ class LoadedConfig:
     lines: LineMap
 
 
+def check_sections(loaded: LoadedConfig) -> None:
+    """Validate the sections owned by other packages, naming the YAML line of the error."""
+    from ..security.config import SecurityConfig
+
+    checks: list[tuple[str, Any]] = [("security", SecurityConfig.from_dict)]
+    if loaded.config.routing:
+        from ..routing.config import RouterConfig
+
+        checks.append(("routing", RouterConfig.from_dict))
+    for name, build_section in checks:
+        try:
+            build_section(getattr(loaded.config, name))
+        except ValueError as exc:
+            message = str(exc)
+            path = message.split(":", 1)[0] if message.startswith(name) else name
+            raise ConfigError(path, loaded.lines.line_of(path),
+                              message.split(":", 1)[-1].strip(), str(loaded.path)) from exc
+
+
 def load_config(path: str | Path) -> LoadedConfig:
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError("", None, f"cannot read {path}: {exc.strerror}") from exc
-    return parse_config(text, str(path), path)
+    loaded = parse_config(text, str(path), path)
+    check_sections(loaded)
+    return loaded
 
 
 def parse_config(text: str, source: str = "<config>", path: Path | None = None) -> LoadedConfig:

@@ -112,6 +112,7 @@ def base_config(data_dir: Path, sip_port: int, tls_port: int, admin_port: int) -
         },
         "admin": {"host": "127.0.0.1", "port": admin_port},
         "logging": {"level": "info"},
+        "security": {"floodguard": {"trusted": ["127.0.0.1/32"]}},
     }
 
 
