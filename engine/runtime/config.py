@@ -254,7 +254,7 @@ def check_sections(loaded: LoadedConfig) -> None:
     for name, build_section in checks:
         try:
             build_section(getattr(loaded.config, name))
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             message = str(exc)
             path = message.split(":", 1)[0] if message.startswith(name) else name
             raise ConfigError(path, loaded.lines.line_of(path),

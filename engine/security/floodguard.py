@@ -64,6 +64,11 @@ class FloodGuardConfig:
         unknown = set(config) - names
         if unknown:
             raise ValueError(f"floodguard: unknown setting(s) {sorted(unknown)}")
+        for name, value in config.items():
+            if name in ("trusted",):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"floodguard.{name}: must be a number, not {value!r}")
         if "trusted" in config:
             config["trusted"] = tuple(config["trusted"])
             for net in config["trusted"]:
