@@ -254,7 +254,11 @@ class B2BUA:
                              extra=[("min-expires", str(sip.register_min_expires))])
                 return
             expires = min(expires, sip.register_max_expires)
-            q = float(addr.params.get("q", "1") or 1)
+            try:
+                q = float(addr.params.get("q", "1") or 1)
+            except ValueError:
+                self.respond(txn, request, 400, now, reason="Bad q value")
+                return
             if not self.location.update(aor, addr.uri, expires, flow, call_id, cseq, now, q=q,
                                         max_contacts=ext.max_contacts):
                 self.respond(txn, request, 500, now, reason="Out of order CSeq")

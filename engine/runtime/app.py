@@ -132,6 +132,9 @@ class Engine:
         now = self.loop.time()
         return self.guard.check(host, now) if data is None else self.guard.admit(host, data, now)
 
+    def _internal_error(self, exc: BaseException, message: object) -> None:
+        log.error("sip.internal_error", error=repr(exc), message=repr(message))
+
     def _auth_failed(self, username: str, why: str, flow: Flow) -> None:
         self.guard.auth_failed(flow.host, self.loop.time())
         # The wording of Asterisk's message, which fail2ban's usual SIP filters match.
@@ -162,6 +165,7 @@ class Engine:
             user_agent=config.sip.user_agent,
         )
         self.b2bua.attach(self.layer)
+        self.layer.on_internal_error = self._internal_error
         if config.admin.port:
             self.http = HttpServer(self._routes())
             await self.http.start(config.admin.host, config.admin.port)

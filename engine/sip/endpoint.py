@@ -80,7 +80,7 @@ class LayerCounters:
     __slots__ = (
         "messages_in", "messages_out", "parse_errors", "rejected_requests", "dropped_responses",
         "retransmissions_sent", "retransmissions_received", "transactions_created",
-        "transaction_timeouts",
+        "transaction_timeouts", "internal_errors",
     )
 
     def __init__(self) -> None:
@@ -113,6 +113,8 @@ class TransactionLayer:
         self._heap: list[tuple[float, int, TimerTarget]] = []
         self._seq = itertools.count()
         self.on_rejected: Callable[[Request | None, int, Flow, str], None] | None = None
+        # Told about an exception raised by the TU while handling a message (for the log).
+        self.on_internal_error: Callable[[BaseException, SipMessage], None] | None = None
 
     # -- output ----------------------------------------------------------------------------
     def send(self, data: bytes, flow: Flow, *, retransmission: bool = False) -> None:
@@ -211,7 +213,10 @@ class TransactionLayer:
                 txn.fire(Input.REQUEST_RETRANSMIT, now)
             return
         if method == "ACK":
-            self.tu.on_request(None, request, flow, now)
+            try:
+                self.tu.on_request(None, request, flow, now)
+            except Exception as exc:  # noqa: BLE001 - see below
+                self._internal_error(exc, request)
             return
         if method == "CANCEL":
             self._receive_cancel(request, key, flow, now)
@@ -220,7 +225,18 @@ class TransactionLayer:
         txn = cls(key, self, flow, request)
         self.server_transactions[key] = txn
         self.counters.transactions_created += 1
-        self.tu.on_request(txn, request, flow, now)
+        try:
+            self.tu.on_request(txn, request, flow, now)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not escape the core
+            self._internal_error(exc, request)
+            if txn.state in (State.TRYING, State.PROCEEDING):
+                txn.respond(build_response(request, 500, "Server Internal Error",
+                                           to_tag=txn.to_tag or self.token()), now)
+
+    def _internal_error(self, exc: BaseException, message: SipMessage) -> None:
+        self.counters.internal_errors += 1
+        if self.on_internal_error is not None:
+            self.on_internal_error(exc, message)
 
     def _receive_cancel(self, cancel: Request, key: object, flow: Flow, now: float) -> None:
         """RFC 3261 §9.2: answer the CANCEL itself, then let the TU end the INVITE."""
@@ -263,8 +279,11 @@ class TransactionLayer:
                     and self.tu.on_stray_response(response, flow, now)):
                 self.counters.dropped_responses += 1
             return
-        if not txn.fire(response_input(response.status), now, response):
-            self.counters.retransmissions_received += 1
+        try:
+            if not txn.fire(response_input(response.status), now, response):
+                self.counters.retransmissions_received += 1
+        except Exception as exc:  # noqa: BLE001 - see _receive_request
+            self._internal_error(exc, response)
 
     def _answer_unparseable(self, data: bytes, exc: SipParseError, flow: Flow) -> None:
         """Best effort 4xx for a request that did not parse (RFC 3261 §8.2, §16.3)."""

@@ -121,3 +121,24 @@ def _fix_content_length(data: bytes) -> bytes:
     their line endings were converted; these messages test IPv6 parsing, not framing."""
     head, sep, body = data.partition(b"\r\n\r\n")
     return re.sub(rb"Content-Length: *\d+", b"Content-Length: %d" % len(body), head) + sep + body
+
+
+def test_an_exception_in_the_b2bua_answers_500_and_is_counted() -> None:
+    engine = InMemoryEngine()
+    register = (
+        b"REGISTER sip:vaultpbx.test SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-q\r\n"
+        b"From: <sip:1001@vaultpbx.test>;tag=q1\r\nTo: <sip:1001@vaultpbx.test>\r\n"
+        b"Call-ID: q@x\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+        b"Contact: <sip:1001@127.0.0.1:5099>;q=notanumber\r\nContent-Length: 0\r\n\r\n"
+    )
+
+    def explode(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    engine.b2bua._on_register = explode  # type: ignore[method-assign]
+    answers = responses(engine.receive(register, Flow("udp", "127.0.0.1", 5099)))
+    assert [r.status for r in answers] == [500]
+    assert engine.layer.counters.internal_errors == 1
+    after = responses(engine.receive(OPTIONS, Flow("udp", "127.0.0.1", 5099)))
+    assert [r.status for r in after] == [200]
