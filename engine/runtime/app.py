@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -46,6 +47,11 @@ log = structlog.get_logger("vaultpbx")
 def new_token() -> str:
     return os.urandom(8).hex()
 
+
+# Auth-failure reasons (DigestReason values and the B2BUA's own) in Asterisk's words.
+_ASTERISK_ENDINGS = {"unknown-user": "No matching peer found",
+                     "identity-mismatch": "Username/auth name mismatch"}
+_UNSAFE_USER = re.compile(r"[^\x21-\x7e]|['\"\\]")
 
 GC_FULL_INTERVAL = 600.0  # seconds between full collections (a safety net; nothing should leak)
 
@@ -137,10 +143,14 @@ class Engine:
 
     def _auth_failed(self, username: str, why: str, flow: Flow) -> None:
         self.guard.auth_failed(flow.host, self.loop.time())
-        # The wording of Asterisk's message, which fail2ban's usual SIP filters match.
-        log.warning(f"Registration from '{username}' failed for '{flow.host}:{flow.port}' - "
-                    f"{'Wrong password' if why == 'bad-response' else why}",
-                    source=flow.host, transport=flow.transport)
+        # The wording of Asterisk's message, which fail2ban's usual SIP filters match: only
+        # Asterisk's own endings match (the detail goes in `reason`), and the user name is the
+        # sender's text: a quote in it could end the name early and make the line name
+        # another address for fail2ban to ban, so quotes and controls become "?".
+        user = _UNSAFE_USER.sub("?", username[:64])
+        log.warning(f"Registration from '{user}' failed for '{flow.host}:{flow.port}' - "
+                    f"{_ASTERISK_ENDINGS.get(why, 'Wrong password')}",
+                    source=flow.host, transport=flow.transport, reason=why)
 
     async def start(self) -> None:
         config = self.config
