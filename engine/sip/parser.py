@@ -187,7 +187,7 @@ class StreamFramer:
                     del buffer[:4]
                     out.append(KEEPALIVE_PING)
                     continue
-                if len(buffer) < 4 and buffer == b"\r\n"[: len(buffer)] * 2:
+                if len(buffer) < 4 and b"\r\n\r\n".startswith(buffer):
                     break  # maybe the start of a ping: wait for more
                 del buffer[:2]  # a lone CRLF before a message (RFC 3261 §7.5)
                 continue

@@ -154,3 +154,30 @@ def test_counters_after_torture(engine: RunningEngine) -> None:
     assert metrics["vaultpbx_sip_parse_errors_total"] > 0
     assert metrics["vaultpbx_sip_rejected_requests_total"] > 0
     assert engine.health()["status"] == "ok"
+
+
+def test_tcp_keepalive_ping_gets_pong(engine: RunningEngine) -> None:
+    sock = socket.create_connection(("127.0.0.1", engine.sip_port), timeout=2)
+    try:
+        sock.sendall(b"\r\n\r\n")
+        assert sock.recv(16) == b"\r\n"  # RFC 5626 §3.5.1
+        sock.sendall(options("after-ping").replace(b"/UDP", b"/TCP"))
+        assert first_status(sock.recv(65535)) == 200  # the same connection still works
+    finally:
+        sock.close()
+
+
+def test_oversize_messages_are_refused(tmp_path: Path) -> None:
+    small = start_engine(tmp_path, {"sip": {"max_message_size": 1500}})
+    try:
+        big = options("big").replace(b"Max-Forwards: 70\r\n",
+                                     b"Max-Forwards: 70\r\nX-Pad: " + b"a" * 2000 + b"\r\n")
+        assert udp_exchange(small.sip_port, big, 0.5) == []
+        answers, closed = tcp_exchange(small.sip_port, big.replace(b"/UDP", b"/TCP"), 2.0)
+        assert answers == [] and closed
+        assert udp_exchange(small.sip_port, options("small"), 1.0)  # still answering
+        metrics = small.metrics()
+        assert metrics["vaultpbx_transport_oversize_total"] == 1
+        assert metrics["vaultpbx_transport_framing_errors_total"] == 1
+    finally:
+        small.stop()
