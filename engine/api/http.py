@@ -1,6 +1,7 @@
 """A small HTTP/1.1 server for the admin API (asyncio streams; one request per connection
 turn, keep-alive honoured). Handlers are plain functions of a `HttpRequest` returning a
-`HttpResponse`; routing is a dict of (method, path) → handler.
+`HttpResponse`; routing is a dict of (method, path) → handler. A path may be a template such
+as `/recordings/{id}/export` (see router.py); the matched values arrive in `request.params`.
 
 Invariants: request heads over 16 KiB or bodies over 1 MiB are refused (413/431); a handler
 that raises answers 500 and is counted, never closes the server.
@@ -12,8 +13,10 @@ import asyncio
 import json
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, urlsplit
+
+from .router import TemplateRouter, is_template
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
@@ -27,6 +30,8 @@ class HttpRequest:
     headers: dict[str, str]
     body: bytes
     peer: str
+    params: dict[str, str] = field(default_factory=dict)
+    """Values of the `{name}` segments of the route template that matched."""
 
     def json(self) -> object:
         return json.loads(self.body or b"null")
@@ -48,13 +53,14 @@ Handler = Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Payload Too Large", 423: "Locked",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+            429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class HttpServer:
     def __init__(self, routes: dict[tuple[str, str], Handler]) -> None:
         self.routes = routes
+        self.templates: TemplateRouter[Handler] = TemplateRouter(routes.items())
         self.server: asyncio.base_events.Server | None = None
         self.errors = 0
         self.requests = 0
@@ -113,9 +119,17 @@ class HttpServer:
 
     async def _dispatch(self, request: HttpRequest) -> HttpResponse:
         self.requests += 1
-        handler = self.routes.get((request.method, request.path))
+        # A literal "{id}" in a request path is a segment value, never a route key.
+        handler = None if is_template(request.path) else self.routes.get(
+            (request.method, request.path))
+        if handler is None and self.templates:
+            handler, params, known = self.templates.match(request.method, request.path)
+            if handler is not None:
+                request = replace(request, params=params)
+            elif known:
+                return HttpResponse.of_json({"error": "method not allowed"}, 405)
         if handler is None:
-            if any(path == request.path for _, path in self.routes):
+            if any(path == request.path for _, path in self.routes if not is_template(path)):
                 return HttpResponse.of_json({"error": "method not allowed"}, 405)
             return HttpResponse.of_json({"error": "not found"}, 404)
         try:
