@@ -79,6 +79,22 @@ class UserStore:
         self._users[name] = user
         return user
 
+    def add_hashed(self, name: str, role: str, password_hash: str, *,
+                   totp_secret: str | None = None) -> User:
+        """An account whose argon2id hash was made elsewhere (the YAML `security.users` list).
+
+        Hashes with weaker parameters than this store's are upgraded at the next good login."""
+        if name in self._users:
+            raise ValueError(f"user {name} exists")
+        role_ = Role(role)
+        if role_ in MFA_ROLES and not totp_secret:
+            raise ValueError(f"role {role_} requires a TOTP secret")
+        if not password_hash.startswith("$argon2id$"):
+            raise ValueError(f"user {name}: only argon2id hashes are accepted")
+        user = User(name=name, role=role_, password_hash=password_hash, totp_secret=totp_secret)
+        self._users[name] = user
+        return user
+
     def get(self, name: str) -> User | None:
         return self._users.get(name)
 
