@@ -1,0 +1,86 @@
+"""Typed `media:` section of the YAML config (validated once at load time).
+
+The core never sees the raw dict: `MediaConfig.from_dict(raw, path="media")` checks every field
+and names the YAML path of the first bad one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from .ports import PortRange
+
+__all__ = ["LatchMode", "MediaConfig"]
+
+LatchMode = Literal["host", "any", "off"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaConfig:
+    workers: int = 0
+    """Media worker processes; 0 = one per CPU core."""
+    address: str = "127.0.0.1"
+    """Local address the RTP sockets bind to."""
+    advertised_address: str = ""
+    """Address written into SDP (c=); empty = `address`."""
+    port_min: int = 20000
+    """First RTP port (inclusive); the range is cut into one slice per worker."""
+    port_max: int = 32767
+    """Last RTP port (inclusive); must stay below 32768, where ephemeral ports start."""
+    timeout: float = 60.0
+    """Seconds without media (in either direction) after which the call is reported dead."""
+    hold_timeout: float = 3600.0
+    """The same while both legs are on hold (nobody is supposed to send)."""
+    latch: LatchMode = "host"
+    """After a leg has latched, who may take it over: a new port on the same host, any source,
+    or nobody. Before the first packet any source may latch (comedia); SRTP legs only latch on a
+    packet that authenticates."""
+    relatch_idle: float = 0.25
+    """Seconds the current source must have been silent before another source takes over."""
+
+    def __post_init__(self) -> None:
+        PortRange(self.port_min, self.port_max)
+        if self.workers < 0:
+            raise ValueError("workers must be 0 (one per core) or more")
+        if self.timeout <= 0 or self.hold_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.latch not in ("host", "any", "off"):
+            raise ValueError("latch must be host, any or off")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    @property
+    def sdp_address(self) -> str:
+        return self.advertised_address or self.address
+
+    @property
+    def port_range(self) -> PortRange:
+        return PortRange(self.port_min, self.port_max)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None, *, path: str = "media") -> MediaConfig:
+        raw = dict(raw or {})
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(f"{path}.{key}: unknown setting")
+            expected = known[name].type
+            if expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{path}.{key}: expected an integer, got {value!r}")
+            if expected == "float":
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise ValueError(f"{path}.{key}: expected a number, got {value!r}")
+                value = float(value)
+            if expected in ("str", "LatchMode") and not isinstance(value, str):
+                raise ValueError(f"{path}.{key}: expected a string, got {value!r}")
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
