@@ -13,8 +13,10 @@ command, 99 no call processed, 255 fatal error, 254 could not bind its socket.
 from __future__ import annotations
 
 import csv
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -24,6 +26,23 @@ SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = shutil.which("sipp")
 EXIT_CODES = {0: "all calls succeeded", 1: "at least one call failed", 97: "internal exit",
               99: "no call processed", 255: "fatal error", 254: "cannot bind socket"}
+
+
+def sipp_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1 in 10000-19999: outside the ephemeral range
+    (32768-60999 here), where the outgoing connections of busy neighbours (load benches) would
+    take a port between our check and SIPp's bind, and below the RTP range (20000 up)."""
+    for _ in range(500):
+        port = random.randrange(10000, 20000)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            try:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port in 10000-19999")
 
 
 @dataclass
@@ -73,16 +92,28 @@ class SippResult:
     def failed(self) -> int:
         return self.count("FailedCall")
 
+    @property
+    def stopped_from_outside(self) -> bool:
+        """Exit 0 with no call finished and no final screen: what SIGTERM does to SIPp (its
+        handler exits 0). Seen here when a neighbour stopped every `sipp` by name."""
+        return (self.returncode == 0 and not self.killed and self.successful == 0
+                and self.failed == 0 and not self.screen)
+
     def describe(self) -> str:
         tail = "\n".join(self.screen.splitlines()[-40:])
+        outside = ("\nSIPp was STOPPED FROM OUTSIDE (SIGTERM: exit 0, no call finished, no "
+                   "final screen) - did another process kill sipp by name?"
+                   if self.stopped_from_outside else "")
         return (f"sipp {self.name}: exit {self.returncode} "
                 f"({EXIT_CODES.get(self.returncode, 'unknown')}"
                 f"{', killed at the deadline' if self.killed else ''}), "
-                f"successful={self.successful} failed={self.failed}\n"
+                f"successful={self.successful} failed={self.failed}{outside}\n"
                 f"--- errors ---\n{self.errors[-3000:]}\n--- screen ---\n{tail}\n"
                 f"--- logs ---\n{self.logs[-2000:]}")
 
     def assert_ok(self, calls: int | None = None) -> None:
+        """Exit 0 and, given `calls`, exactly that many successful calls: SIPp also exits 0
+        when stopped by SIGTERM (say, someone's `pkill sipp`), so the count is the real check."""
         assert self.returncode == 0 and not self.killed, self.describe()
         if calls is not None:
             assert self.successful == calls and self.failed == 0, self.describe()
@@ -136,7 +167,7 @@ class SippRunner:
         name: str,
         *,
         scenario: str,
-        port: int,
+        port: int | None = None,
         remote: str | None = None,
         service: str | None = None,
         transport: str = "u1",
@@ -154,8 +185,38 @@ class SippRunner:
     ) -> SippProcess:
         """Start SIPp. `scenario` is a built-in name ("uac", "uas") or a file under scenarios/.
 
-        `remote` is host:port of the engine (None for a pure UAS). The run is killed
-        `timeout` + 10 s after its start if SIPp's own `-timeout` did not end it."""
+        `remote` is host:port of the engine (None for a pure UAS). Without `port`, one is
+        picked, and picked again if SIPp cannot bind it (a neighbour took it meanwhile). The
+        run is killed `timeout` + 10 s after its start if SIPp's own `-timeout` did not end it.
+        """
+        if port is not None:
+            return self._start(name, scenario=scenario, port=port, remote=remote,
+                               service=service, transport=transport, calls=calls, rate=rate,
+                               limit=limit, timeout=timeout, recv_timeout_ms=recv_timeout_ms,
+                               auth=auth, auth_uri=auth_uri, keys=keys, ooc=ooc,
+                               trace_msg=trace_msg, extra=extra)
+        for _ in range(3):
+            process = self._start(name, scenario=scenario, port=sipp_port(), remote=remote,
+                                  service=service, transport=transport, calls=calls,
+                                  rate=rate, limit=limit, timeout=timeout,
+                                  recv_timeout_ms=recv_timeout_ms, auth=auth,
+                                  auth_uri=auth_uri, keys=keys, ooc=ooc,
+                                  trace_msg=trace_msg, extra=extra)
+            try:
+                if process.process.wait(0.15) == 254:  # "Unable to bind main socket"
+                    self.processes.remove(process)
+                    continue
+            except subprocess.TimeoutExpired:
+                pass
+            return process
+        return process
+
+    def _start(self, name: str, *, scenario: str, port: int, remote: str | None,
+               service: str | None, transport: str, calls: int, rate: float | None,
+               limit: int | None, timeout: float, recv_timeout_ms: int,
+               auth: tuple[str, str] | None, auth_uri: str | None,
+               keys: dict[str, str] | None, ooc: str | None, trace_msg: bool,
+               extra: list[str] | None) -> SippProcess:
         workdir = self.workdir / name
         workdir.mkdir(parents=True, exist_ok=True)
         args = [SIPP]
@@ -197,8 +258,11 @@ class SippRunner:
         args += extra or []
         stdout = open(workdir / f"{name}.stdout.log", "wb")  # noqa: SIM115 - owned by the child
         try:
+            # Own session: signals aimed at the test runner's process group miss SIPp; the
+            # runner ends it by pid (cleanup, deadline).
             process = subprocess.Popen(args, cwd=workdir, stdin=subprocess.DEVNULL,
-                                       stdout=stdout, stderr=subprocess.STDOUT)
+                                       stdout=stdout, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         finally:
             stdout.close()
         (workdir / f"{name}.cmd").write_text(" ".join(args) + "\n")
