@@ -1,0 +1,561 @@
+"""The admin HTTP API: password + TOTP login, call records and recordings shown through the
+role's mask policy, four-eyes recording export, and the audit log for auditors.
+
+  POST /login                             {user, password, otp} → token     anyone
+  POST /logout, GET /me                                                      any session
+  GET  /calls?limit=N                     call records, masked for the role  metadata.read
+  GET  /recordings                        list, caller masked for the role   recording.list
+  POST /recordings/{id}/export-requests   ask for an export                  recording.export
+  GET  /export-requests                   open requests (approvers: all)     recording.export
+  POST /export-requests/{id}/approve      a second admin approves            approval.grant
+  GET  /recordings/{id}/export?request=ID the WAV, once per approval         recording.export
+  GET  /recordings/{id}/verify            integrity of one recording         recording.export
+  GET  /audit?after=SEQ&limit=N           audit records                      audit.read
+  GET  /audit/verify                      chain, Merkle roots, signatures    audit.verify
+
+Invariants:
+- Every request passes HookPoint.API_REQUEST exactly once, after it is answered (method, route,
+  status, peer, user, role); never a header or a body, so tokens and passwords cannot leak.
+- A route names one permission of the RBAC matrix (security.access); the matrix is the only
+  source of truth, and it cannot grant agents/QA an export nor auditors anything but audit.*.
+  Missing/expired session → 401; a permission the role lacks → 403 with a JSON error and an
+  ACCESS_DENIED hook (so an audit record).
+- /login answers unknown users, wrong passwords, locked accounts and missing enrolment with the
+  same status and body; "second factor required" is only said after a correct password.
+- Personal data leaves only through the role's policy: the configured TextMasker, then any
+  plug-in maskers of the registry; party fields (caller/callee) mask any 7+ digit user part.
+- An export needs an approval of exactly (recording.export, this recording, this requester) by
+  someone else holding approval.grant, and uses it up. Each export is a download for the anomaly
+  rules: the first one over the limit locks the account (sessions revoked) and answers 423.
+- Time comes only from the injected clock; nothing here reads the system time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from argon2 import PasswordHasher
+
+from ..hooks.maskers import DEFAULT_MASKER, TextMasker, mask_phone_number, mask_value
+from ..hooks.registry import HookPoint, HookRegistry
+from ..recording.errors import RecordingError, UnknownRecordingError
+from ..security import audit as audit_log
+from ..security.anomaly import AnomalyDetector, hook_sink, log_sink
+from ..security.approvals import Approval, ApprovalStore
+from ..security.config import SecurityConfig, UserEntry, parse_users
+from ..security.mfa import TotpVerifier
+from ..security.rbac import Permission
+from ..security.sessions import Session, SessionStore
+from ..security.users import Authenticator, UserStore
+from .http import HttpRequest, HttpResponse
+from .recordings import RecordingAccess
+
+P = Permission
+ANY_SESSION = "session"  # a route any logged-in user may call, whatever the role
+PUBLIC = "public"
+
+# (method, path template, permission | ANY_SESSION | PUBLIC, handler method name)
+ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("POST", "/login", PUBLIC, "login"),
+    ("POST", "/logout", ANY_SESSION, "logout"),
+    ("GET", "/me", ANY_SESSION, "me"),
+    ("GET", "/calls", P.METADATA_READ, "calls"),
+    ("GET", "/recordings", P.RECORDING_LIST, "recordings"),
+    ("POST", "/recordings/{id}/export-requests", P.RECORDING_EXPORT, "request_export"),
+    ("GET", "/export-requests", P.RECORDING_EXPORT, "export_requests"),
+    ("POST", "/export-requests/{id}/approve", P.APPROVE, "approve_export"),
+    ("GET", "/recordings/{id}/export", P.RECORDING_EXPORT, "export"),
+    ("GET", "/recordings/{id}/verify", P.RECORDING_EXPORT, "verify_recording"),
+    ("GET", "/audit", P.AUDIT_READ, "audit"),
+    ("GET", "/audit/verify", P.AUDIT_VERIFY, "audit_verify"),
+)
+
+PARTY_FIELDS = frozenset({"caller", "callee", "caller_number", "callee_number"})
+_PARTY_USER_RE = re.compile(r"(?P<head>^|sips?:|tel:|<)(?P<number>\+?\d{7,})(?=$|[@;>])")
+_log = logging.getLogger("vaultpbx.api.admin")
+_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+class CallRecordSource(Protocol):
+    def recent(self, limit: int = 100) -> list[dict[str, object]]: ...
+
+
+def load_users(store: UserStore, entries: Iterable[UserEntry | Mapping[str, Any]]) -> UserStore:
+    """Add the configured accounts (SecurityConfig.users, or raw dicts of the same shape:
+    {name, role, password_hash: "$argon2id$...", totp_secret}) to `store`."""
+    items = list(entries)
+    raw = [item for item in items if not isinstance(item, UserEntry)]
+    parsed = list(parse_users(raw)) if raw else []
+    for entry in [item for item in items if isinstance(item, UserEntry)] + parsed:
+        store.add_hashed(entry.name, entry.role.value, entry.password_hash,
+                         totp_secret=entry.totp_secret)
+    return store
+
+
+@dataclass(slots=True)
+class _LoginWindow:
+    times: deque[float]
+    told: bool = False
+
+
+class _Denied(Exception):
+    """A refusal inside a handler; the wrapper answers it and records ACCESS_DENIED."""
+
+    def __init__(self, reason: str, *, status: int = 403, permission: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.permission = permission
+
+
+class AdminApi:
+    """Handlers for HttpServer: `HttpServer(api.routes())` (merge with the engine's own routes)."""
+
+    def __init__(
+        self,
+        security: SecurityConfig,
+        *,
+        users: UserStore,
+        sessions: SessionStore,
+        approvals: ApprovalStore,
+        anomaly: AnomalyDetector,
+        hooks: HookRegistry,
+        cdr: CallRecordSource,
+        recordings: RecordingAccess | None = None,
+        clock: Callable[[], float] = time.time,
+        audit_dir: str | os.PathLike[str] | None = None,
+        audit_sink: str | os.PathLike[str] | None = None,
+        totp: TotpVerifier | None = None,
+        login_attempts: int = 10,
+        login_window: float = 60.0,
+    ) -> None:
+        self.security = security
+        self.policy = security.access
+        self.users = users
+        self.sessions = sessions
+        self.approvals = approvals
+        self.anomaly = anomaly
+        self.hooks = hooks
+        self.cdr = cdr
+        self.recordings = recordings
+        self.clock = clock
+        self.audit_dir = Path(audit_dir) if audit_dir is not None else None
+        self.audit_sink = Path(audit_sink) if audit_sink is not None else None
+        self.masker = TextMasker(security.masking)
+        self.auth = Authenticator(users, sessions, totp=totp, anomaly=anomaly, hooks=hooks)
+        self.login_attempts = login_attempts
+        self.login_window = login_window
+        self._login_sources: dict[str, _LoginWindow] = {}
+        self.counters: dict[str, int] = {
+            "admin_requests_total": 0, "admin_logins_total": 0, "admin_login_failures_total": 0,
+            "admin_login_rate_limited_total": 0, "admin_unauthenticated_total": 0,
+            "admin_denied_total": 0, "admin_exports_total": 0, "admin_errors_total": 0,
+        }
+
+    @classmethod
+    def from_config(
+        cls,
+        security: SecurityConfig,
+        *,
+        hooks: HookRegistry,
+        cdr: CallRecordSource,
+        recordings: RecordingAccess | None = None,
+        clock: Callable[[], float] = time.time,
+        audit_dir: str | os.PathLike[str] | None = None,
+        audit_sink: str | os.PathLike[str] | None = None,
+        hasher: PasswordHasher | None = None,
+    ) -> AdminApi:
+        """Build the stores from the `security:` section: users, sessions, approvals (policy),
+        anomaly rules with alerts to the log and to the SECURITY_ALERT hook (hence the audit)."""
+        users = load_users(UserStore(hasher), security.users)
+        sessions = SessionStore(lifetime=security.sessions.lifetime_seconds,
+                                idle_timeout=security.sessions.idle_seconds)
+        anomaly = AnomalyDetector(security.anomaly, sinks=[log_sink(), hook_sink(hooks)])
+        return cls(security, users=users, sessions=sessions,
+                   approvals=ApprovalStore(security.access), anomaly=anomaly, hooks=hooks,
+                   cdr=cdr, recordings=recordings, clock=clock, audit_dir=audit_dir,
+                   audit_sink=audit_sink)
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def routes(self) -> dict[tuple[str, str], Callable[[HttpRequest], HttpResponse]]:
+        return {(method, path): self._guarded(method, path, permission, getattr(self, name))
+                for method, path, permission, name in ROUTES}
+
+    def _guarded(self, method: str, path: str, permission: str,
+                 handler: Callable[[HttpRequest, Session | None], HttpResponse]
+                 ) -> Callable[[HttpRequest], HttpResponse]:
+        def serve(request: HttpRequest) -> HttpResponse:
+            self.counters["admin_requests_total"] += 1
+            session: Session | None = None
+            try:
+                if permission != PUBLIC:
+                    session = self._session(request)
+                    if session is None:
+                        self.counters["admin_unauthenticated_total"] += 1
+                        response = _error(401, "authentication required",
+                                          headers={"WWW-Authenticate": 'Bearer realm="vaultpbx"'})
+                        return self._finish(request, path, session, response)
+                    if permission != ANY_SESSION and not self.policy.allows(session.role,
+                                                                            permission):
+                        raise _Denied(f"role {session.role} may not {permission}",
+                                      permission=permission)
+                response = handler(request, session)
+            except _Denied as denied:
+                response = self._deny(request, path, session, denied)
+            except Exception:
+                self.counters["admin_errors_total"] += 1
+                _log.exception("admin api handler failed: %s %s", method, path)
+                response = _error(500, "internal error")
+            return self._finish(request, path, session, response)
+        serve.__name__ = f"admin_{handler.__name__}"
+        return serve
+
+    def _finish(self, request: HttpRequest, route: str, session: Session | None,
+                response: HttpResponse) -> HttpResponse:
+        self.hooks.notify(HookPoint.API_REQUEST, {
+            "actor": session.user if session else "-", "action": "api.request",
+            "target": f"{request.method} {route}",
+            "details": {"path": request.path, "status": response.status, "peer": request.peer,
+                        "role": session.role if session else None}})
+        response.headers.update(_SECURITY_HEADERS)
+        return response
+
+    def _deny(self, request: HttpRequest, route: str, session: Session | None,
+              denied: _Denied) -> HttpResponse:
+        self.counters["admin_denied_total"] += 1
+        self.hooks.notify(HookPoint.ACCESS_DENIED, {
+            "actor": session.user if session else "-", "action": "access.denied",
+            "target": f"{request.method} {request.path}",
+            "details": {"role": session.role if session else None, "reason": denied.reason,
+                        "permission": denied.permission or None, "peer": request.peer}})
+        body: dict[str, object] = {"error": "forbidden", "reason": denied.reason}
+        if denied.permission:
+            body["permission"] = denied.permission
+        return HttpResponse.of_json(body, denied.status)
+
+    def _session(self, request: HttpRequest) -> Session | None:
+        token = _bearer(request)
+        if token is None:
+            return None
+        session = self.sessions.get(token, self.clock())
+        if session is None:
+            return None
+        user = self.users.get(session.user)
+        now = self.clock()
+        if (user is None or session.user in self.anomaly.locked
+                or (user.locked_until is not None and now < user.locked_until)):
+            self.sessions.revoke_user(session.user)
+            return None
+        return session
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def login(self, request: HttpRequest, _: Session | None) -> HttpResponse:
+        body = _json_object(request)
+        if body is None:
+            return _error(400, "expected a JSON object {user, password, otp}")
+        name, password, otp = body.get("user"), body.get("password"), body.get("otp")
+        if not isinstance(name, str) or not isinstance(password, str) or not (
+                otp is None or isinstance(otp, str)):
+            return _error(400, "user and password must be strings, otp a string or absent")
+        try:
+            ipaddress.ip_address(request.peer)
+        except ValueError:
+            return _error(400, "unknown peer address")
+        now = self.clock()
+        if not self._login_admitted(request.peer, now):
+            return _error(429, "too many login attempts", headers={
+                "Retry-After": str(int(self.login_window))})
+        result = self.auth.login(name, password, otp, source_ip=request.peer, now=now)
+        if not result.ok or result.token is None:
+            self.counters["admin_login_failures_total"] += 1
+            payload: dict[str, object] = {"error": result.public_message}
+            if result.second_factor_required:
+                payload["second_factor_required"] = True
+            return HttpResponse.of_json(payload, 401)
+        self.counters["admin_logins_total"] += 1
+        session = self.sessions.get(result.token, now)
+        assert session is not None
+        return HttpResponse.of_json({
+            "token": result.token, "token_type": "Bearer",
+            "expires_in": round(session.expires - now), "user": session.user,
+            "role": session.role})
+
+    def _login_admitted(self, peer: str, now: float) -> bool:
+        """At most `login_attempts` per source per window: each costs an argon2 hash (tens of
+        ms of CPU on the loop), so one source must not be able to stall the engine."""
+        window = self._login_sources.get(peer)
+        if window is None:
+            if len(self._login_sources) > 10_000:  # bounded: drop sources that went quiet
+                self._login_sources = {k: w for k, w in self._login_sources.items()
+                                       if w.times and now - w.times[-1] < self.login_window}
+            window = self._login_sources[peer] = _LoginWindow(deque())
+        times = window.times
+        while times and now - times[0] >= self.login_window:
+            times.popleft()
+        if len(times) >= self.login_attempts:
+            self.counters["admin_login_rate_limited_total"] += 1
+            if not window.told:  # one audit record per burst, not one fsync per attempt
+                window.told = True
+                self.hooks.notify(HookPoint.ACCESS_DENIED, {
+                    "actor": "-", "action": "login.rate_limited", "target": "admin-api",
+                    "details": {"peer": peer, "attempts": len(times),
+                                "window_seconds": self.login_window}})
+            return False
+        window.told = False
+        times.append(now)
+        return True
+
+    def logout(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        token = _bearer(request)
+        if token is not None:
+            self.sessions.revoke(token)
+        self.hooks.notify(HookPoint.LOGOUT, {
+            "actor": session.user, "action": "logout", "target": "admin-api",
+            "details": {"peer": request.peer}})
+        return HttpResponse.of_json({"status": "logged out"})
+
+    def me(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        return HttpResponse.of_json({
+            "user": session.user, "role": session.role, "mfa": session.mfa,
+            "expires": session.expires,
+            "permissions": sorted(p.value for p in self.policy.permissions(session.role))})
+
+    # -- call records ---------------------------------------------------------------------------
+
+    def calls(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        limit = _int_query(request, "limit", 100, 1, 1000)
+        if limit is None:
+            return _error(400, "limit must be an integer from 1 to 1000")
+        records = [self.mask_record(record, session.role) for record in self.cdr.recent(limit)]
+        return HttpResponse.of_json({"calls": records})
+
+    def mask_record(self, record: Mapping[str, object], role: str) -> dict[str, object]:
+        """One record as `role` may see it (also used for recording listings)."""
+        out: dict[str, object] = {}
+        for key, value in record.items():
+            masked = mask_value(value, role, self.masker)
+            if isinstance(masked, str):
+                if key in PARTY_FIELDS:
+                    masked = self._mask_party(masked, role)
+                masked = self._plugins(masked, role)
+            out[key] = masked
+        return out
+
+    def _mask_party(self, value: str, role: str) -> str:
+        # A caller or callee field is a phone number by definition: mask any 7+ digit user part
+        # the validating maskers let through (landlines, foreign numbers without a "+").
+        policy = self.masker.policy_for(role)
+        return _PARTY_USER_RE.sub(
+            lambda m: m.group("head") + mask_phone_number(m.group("number"), policy), value)
+
+    def _plugins(self, value: str, role: str) -> str:
+        if self.hooks.has_masker_other_than(DEFAULT_MASKER):
+            # The built-in masker already ran above with the configured policies; skip its
+            # default-policy registration so an admin's configured view is not re-masked.
+            return self.hooks.mask("api", value, role, skip=DEFAULT_MASKER)
+        return value
+
+    # -- recordings -----------------------------------------------------------------------------
+
+    def _recordings(self) -> RecordingAccess:
+        if self.recordings is None:
+            raise _Denied("recordings are not available on this node", status=404)
+        return self.recordings
+
+    def _recording_accessed(self, session: Session, action: str, recording_id: str, *,
+                            allowed: bool, **details: object) -> None:
+        self.hooks.notify(HookPoint.RECORDING_ACCESSED, {
+            "actor": session.user, "action": f"recording.{action}", "target": recording_id,
+            "details": {"role": session.role, "allowed": allowed, "via": "admin-api",
+                        **details}})
+
+    def recordings(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        rows = self._recordings().list_recordings()
+        self._recording_accessed(session, "list", "*", allowed=True, count=len(rows))
+        return HttpResponse.of_json(
+            {"recordings": [self.mask_record(row, session.role) for row in rows]})
+
+    def request_export(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        recording_id = request.params.get("id", "")
+        if not self._recordings().exists(recording_id):
+            return _error(404, "no such recording")
+        approval = self.approvals.request(action=P.RECORDING_EXPORT, target=recording_id,
+                                          requester=session.user, role=session.role,
+                                          now=self.clock())
+        self.hooks.notify(HookPoint.APPROVAL, {
+            "actor": session.user, "action": "approval.request", "target": recording_id,
+            "details": {"request": approval.id, "kind": P.RECORDING_EXPORT.value}})
+        return HttpResponse.of_json(_approval_json(approval), 201)
+
+    def export_requests(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        approver = self.policy.allows(session.role, P.APPROVE)
+        items = [a for a in self.approvals.pending(self.clock())
+                 if a.action == P.RECORDING_EXPORT and (approver or a.requester == session.user)]
+        return HttpResponse.of_json({"requests": [_approval_json(a) for a in items]})
+
+    def approve_export(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        request_id = request.params.get("id", "")
+        now = self.clock()
+        pending = next((a for a in self.approvals.pending(now)
+                        if a.id == request_id and a.action == P.RECORDING_EXPORT), None)
+        if pending is None:
+            return _error(404, "no pending export request with this id")
+        if pending.requester == session.user:
+            raise _Denied("an export needs a second person: the requester cannot approve it")
+        approval = self.approvals.approve(request_id, approver=session.user, role=session.role,
+                                          now=now)
+        self.hooks.notify(HookPoint.APPROVAL, {
+            "actor": session.user, "action": "approval.grant", "target": approval.target,
+            "details": {"request": approval.id, "requester": approval.requester,
+                        "kind": P.RECORDING_EXPORT.value}})
+        return HttpResponse.of_json(_approval_json(approval))
+
+    def export(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        recording_id = request.params.get("id", "")
+        request_id = (request.query.get("request") or [""])[0]
+        recordings = self._recordings()
+        if not recordings.exists(recording_id):
+            return _error(404, "no such recording")
+        now = self.clock()
+        try:
+            self.approvals.consume(request_id, action=P.RECORDING_EXPORT, target=recording_id,
+                                   requester=session.user, now=now)
+        except PermissionError as exc:  # ApprovalError: none, not approved, other target...
+            self._recording_accessed(session, "export", recording_id, allowed=False,
+                                     reason="no approval", request=request_id or None)
+            raise _Denied(f"export needs an approved request (?request=ID): {exc}") from None
+        if not self.anomaly.record_download(session.user, now):
+            # Over the limit: the detector has alerted and locked the account (sessions gone).
+            self._recording_accessed(session, "export", recording_id, allowed=False,
+                                     reason="download limit", request=request_id)
+            return _error(423, "account locked: too many recording downloads")
+        self._recording_accessed(session, "export", recording_id, allowed=True,
+                                 request=request_id)
+        try:
+            wav = recordings.export(recording_id, actor=session.user)
+        except UnknownRecordingError:
+            return _error(404, "no such recording")
+        except RecordingError as exc:
+            return _error(409, f"recording cannot be exported: {type(exc).__name__}")
+        self.counters["admin_exports_total"] += 1
+        return HttpResponse(body=wav, content_type="audio/wav", headers={
+            "Content-Disposition": f'attachment; filename="{recording_id}.wav"'})
+
+    def verify_recording(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        recording_id = request.params.get("id", "")
+        recordings = self._recordings()
+        if not recordings.exists(recording_id):
+            return _error(404, "no such recording")
+        self._recording_accessed(session, "verify", recording_id, allowed=True)
+        return HttpResponse.of_json(dict(recordings.verify(recording_id, actor=session.user)))
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    def audit(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        if self.audit_dir is None:
+            return _error(404, "no audit log on this node")
+        after = _int_query(request, "after", -1, -1, 2**62)
+        limit = _int_query(request, "limit", 100, 1, 1000)
+        if after is None or limit is None:
+            return _error(400, "after must be an integer >= -1, limit from 1 to 1000")
+        records = read_audit_records(self.audit_dir, after=after, limit=limit)
+        body: dict[str, object] = {"records": records}
+        if len(records) == limit:
+            body["next"] = f"/audit?after={records[-1]['seq']}&limit={limit}"
+        return HttpResponse.of_json(body)
+
+    def audit_verify(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        if self.audit_dir is None:
+            return _error(404, "no audit log on this node")
+        report = audit_log.verify(self.audit_dir, self.audit_sink)
+        return HttpResponse.of_json({"ok": report.ok, "summary": report.summary()})
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def read_audit_records(directory: Path, *, after: int = -1, limit: int = 100
+                       ) -> list[dict[str, Any]]:
+    """Records with seq > `after`, at most `limit`, read line by line (memory ∝ limit). A line
+    that does not parse is shown as such: the reader must see damage, not skip it."""
+    out: list[dict[str, Any]] = []
+    path = directory / audit_log.RECORDS_FILE
+    if not path.exists():
+        return out
+    with path.open("rb") as handle:
+        for line_number, line in enumerate(handle, 1):
+            try:
+                record = json.loads(line)
+                seq = int(record["seq"])
+            except (ValueError, KeyError, TypeError):
+                out.append({"seq": None, "line": line_number, "error": "unreadable record"})
+            else:
+                if seq > after:
+                    out.append(record)
+            if len(out) >= limit:
+                break
+    return out
+
+
+def _approval_json(approval: Approval) -> dict[str, object]:
+    status = "used" if approval.used else "approved" if approval.approver else "pending"
+    out: dict[str, object] = {
+        "id": approval.id, "recording_id": approval.target, "requester": approval.requester,
+        "requested_at": approval.requested_at, "expires": approval.expires, "status": status,
+        "approver": approval.approver}
+    if status == "approved":
+        out["download"] = f"/recordings/{approval.target}/export?request={approval.id}"
+    return out
+
+
+def _bearer(request: HttpRequest) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _json_object(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        value = request.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _int_query(request: HttpRequest, name: str, default: int, low: int, high: int) -> int | None:
+    values = request.query.get(name)
+    if not values:
+        return default
+    try:
+        value = int(values[0])
+    except ValueError:
+        return None
+    return value if low <= value <= high else None
+
+
+def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> HttpResponse:
+    response = HttpResponse.of_json({"error": message}, status)
+    if headers:
+        response.headers.update(headers)
+    return response
