@@ -69,14 +69,14 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/login", PUBLIC, "login"),
     ("POST", "/logout", ANY_SESSION, "logout"),
     ("GET", "/me", ANY_SESSION, "me"),
-    ("GET", "/calls", P.METADATA_READ, "calls"),
-    ("GET", "/recordings", P.RECORDING_LIST, "recordings"),
+    ("GET", "/calls", P.METADATA_READ, "list_calls"),
+    ("GET", "/recordings", P.RECORDING_LIST, "list_recordings"),
     ("POST", "/recordings/{id}/export-requests", P.RECORDING_EXPORT, "request_export"),
     ("GET", "/export-requests", P.RECORDING_EXPORT, "export_requests"),
     ("POST", "/export-requests/{id}/approve", P.APPROVE, "approve_export"),
-    ("GET", "/recordings/{id}/export", P.RECORDING_EXPORT, "export"),
+    ("GET", "/recordings/{id}/export", P.RECORDING_EXPORT, "export_recording"),
     ("GET", "/recordings/{id}/verify", P.RECORDING_EXPORT, "verify_recording"),
-    ("GET", "/audit", P.AUDIT_READ, "audit"),
+    ("GET", "/audit", P.AUDIT_READ, "read_audit"),
     ("GET", "/audit/verify", P.AUDIT_VERIFY, "audit_verify"),
 )
 
@@ -336,7 +336,7 @@ class AdminApi:
 
     # -- call records ---------------------------------------------------------------------------
 
-    def calls(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+    def list_calls(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         assert session is not None
         limit = _int_query(request, "limit", 100, 1, 1000)
         if limit is None:
@@ -372,7 +372,7 @@ class AdminApi:
 
     # -- recordings -----------------------------------------------------------------------------
 
-    def _recordings(self) -> RecordingAccess:
+    def _recording_store(self) -> RecordingAccess:
         if self.recordings is None:
             raise _Denied("recordings are not available on this node", status=404)
         return self.recordings
@@ -384,9 +384,9 @@ class AdminApi:
             "details": {"role": session.role, "allowed": allowed, "via": "admin-api",
                         **details}})
 
-    def recordings(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+    def list_recordings(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         assert session is not None
-        rows = self._recordings().list_recordings()
+        rows = self._recording_store().list_recordings()
         self._recording_accessed(session, "list", "*", allowed=True, count=len(rows))
         return HttpResponse.of_json(
             {"recordings": [self.mask_record(row, session.role) for row in rows]})
@@ -394,7 +394,7 @@ class AdminApi:
     def request_export(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         assert session is not None
         recording_id = request.params.get("id", "")
-        if not self._recordings().exists(recording_id):
+        if not self._recording_store().exists(recording_id):
             return _error(404, "no such recording")
         approval = self.approvals.request(action=P.RECORDING_EXPORT, target=recording_id,
                                           requester=session.user, role=session.role,
@@ -429,11 +429,11 @@ class AdminApi:
                         "kind": P.RECORDING_EXPORT.value}})
         return HttpResponse.of_json(_approval_json(approval))
 
-    def export(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+    def export_recording(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         assert session is not None
         recording_id = request.params.get("id", "")
         request_id = (request.query.get("request") or [""])[0]
-        recordings = self._recordings()
+        recordings = self._recording_store()
         if not recordings.exists(recording_id):
             return _error(404, "no such recording")
         now = self.clock()
@@ -464,7 +464,7 @@ class AdminApi:
     def verify_recording(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         assert session is not None
         recording_id = request.params.get("id", "")
-        recordings = self._recordings()
+        recordings = self._recording_store()
         if not recordings.exists(recording_id):
             return _error(404, "no such recording")
         self._recording_accessed(session, "verify", recording_id, allowed=True)
@@ -472,7 +472,7 @@ class AdminApi:
 
     # -- audit ----------------------------------------------------------------------------------
 
-    def audit(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+    def read_audit(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         if self.audit_dir is None:
             return _error(404, "no audit log on this node")
         after = _int_query(request, "after", -1, -1, 2**62)

@@ -1,0 +1,143 @@
+"""Each role against each endpoint: allowed → 2xx, denied → 403 + ACCESS_DENIED audited;
+no session → 401; every request passes the API_REQUEST hook point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from vaultpbx.api.admin import ROUTES
+from vaultpbx.hooks.registry import HookPoint
+
+from .api_helpers import RECORDING_ID, ROLES, Harness, body
+
+# (method, path as called, roles that may) — every route of the API but /login.
+TABLE: list[tuple[str, str, set[str]]] = [
+    ("POST", "/logout", set(ROLES)),
+    ("GET", "/me", set(ROLES)),
+    ("GET", "/calls", {"agent", "qa", "supervisor", "admin"}),
+    ("GET", "/recordings", {"agent", "qa", "supervisor", "admin"}),
+    ("POST", f"/recordings/{RECORDING_ID}/export-requests", {"supervisor", "admin"}),
+    ("GET", "/export-requests", {"supervisor", "admin"}),
+    ("POST", "/export-requests/{request}/approve", {"admin"}),
+    ("GET", f"/recordings/{RECORDING_ID}/export?request={{request}}", {"supervisor", "admin"}),
+    ("GET", f"/recordings/{RECORDING_ID}/verify", {"supervisor", "admin"}),
+    ("GET", "/audit", {"auditor"}),
+    ("GET", "/audit/verify", {"auditor"}),
+]
+
+
+def _template(path: str) -> str:
+    return path.split("?")[0].replace(RECORDING_ID, "{id}").replace("{request}", "{id}")
+
+
+def test_table_covers_every_route() -> None:
+    routes = {(m, p) for m, p, _, _ in ROUTES} - {("POST", "/login")}
+    assert {(m, _template(p)) for m, p, _ in TABLE} == routes
+
+
+def _prepare(h: Harness, role: str, method: str, path: str) -> str:
+    """Make what a call needs to succeed for `role`, e.g. an export request to approve."""
+    if "{request}" not in path:
+        return path
+    if path.endswith("/approve"):
+        # Someone else (the supervisor) asks, so an admin's approval is a second person's.
+        ask = h.request("POST", f"/recordings/{RECORDING_ID}/export-requests",
+                        token=h.token("supervisor"))
+        return path.replace("{request}", body(ask)["id"])
+    if role in ("supervisor", "admin"):
+        token = h.token(role)
+        ask = body(h.request("POST", f"/recordings/{RECORDING_ID}/export-requests",
+                             token=token))
+        h.request("POST", f"/export-requests/{ask['id']}/approve", token=h.token("admin2"))
+        return path.replace("{request}", ask["id"])
+    return path.replace("{request}", "apr-999")
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(("method", "path", "allowed"), TABLE,
+                         ids=[f"{m} {_template(p)}" for m, p, _ in TABLE])
+def test_role_endpoint_table(harness: Harness, role: str, method: str, path: str,
+                             allowed: set[str]) -> None:
+    h = harness
+    path = _prepare(h, role, method, path)
+    token = h.token(role)
+    before = len(h.heard(HookPoint.ACCESS_DENIED))
+    response = h.request(method, path, token=token)
+    denied = h.heard(HookPoint.ACCESS_DENIED)[before:]
+    if role in allowed:
+        assert 200 <= response.status < 300, (response.status, response.body)
+        assert denied == []
+    else:
+        assert response.status == 403, (response.status, response.body)
+        assert response.content_type == "application/json"
+        assert body(response)["error"] == "forbidden"
+        assert [(e["actor"], e["details"]["role"]) for e in denied] == [(role, role)]
+        # ...and the audit log holds it.
+        h.audit.close()
+        lines = (h.audit.directory / "audit.jsonl").read_text().splitlines()
+        assert any(json.loads(line)["action"] == "access.denied"
+                   and json.loads(line)["actor"] == role for line in lines)
+
+
+@pytest.mark.parametrize(("method", "path", "_allowed"), TABLE,
+                         ids=[f"{m} {_template(p)}" for m, p, _ in TABLE])
+@pytest.mark.parametrize("token", [None, "not-a-token"])
+def test_no_session_is_401(harness: Harness, method: str, path: str, _allowed: set[str],
+                           token: str | None) -> None:
+    response = harness.request(method, path.replace("{request}", "apr-1"), token=token)
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert harness.heard(HookPoint.ACCESS_DENIED) == []
+
+
+def test_auditor_reads_audit_log_and_nothing_else(harness: Harness) -> None:
+    h = harness
+    h.login("agent", password="wrong")
+    token = h.token("auditor")
+    h.request("GET", "/calls", token=token)
+    records = body(h.request("GET", "/audit", token=token))["records"]
+    actions = [(r["actor"], r["action"]) for r in records]
+    assert ("agent", "login.failed") in actions
+    assert ("auditor", "login") in actions
+    assert ("auditor", "access.denied") in actions
+    # Paging: after= skips what was read, limit bounds the answer.
+    page = body(h.request("GET", "/audit?after=0&limit=1", token=token))
+    assert [r["seq"] for r in page["records"]] == [1] and "after=1" in page["next"]
+    verified = body(h.request("GET", "/audit/verify", token=token))
+    assert verified["ok"] is True
+    assert set(p.value for p in h.api.policy.permissions("auditor")) == {
+        "audit.read", "audit.verify"}
+
+
+def test_every_request_passes_api_request_hook(harness: Harness) -> None:
+    h = harness
+    token = h.token("qa")
+    h.request("GET", "/calls", token=token)
+    h.request("GET", "/audit", token=token)
+    h.request("GET", "/me")
+    seen = [(e["target"], e["details"]["status"], e["actor"])
+            for e in h.heard(HookPoint.API_REQUEST)]
+    assert seen == [("POST /login", 200, "-"), ("GET /calls", 200, "qa"),
+                    ("GET /audit", 403, "qa"), ("GET /me", 401, "-")]
+    for event in h.heard(HookPoint.API_REQUEST):  # never a token, header or body
+        assert token not in json.dumps(event)
+        assert "password" not in json.dumps(event)
+
+
+def test_logout_ends_the_session(harness: Harness) -> None:
+    h = harness
+    token = h.token("supervisor")
+    assert h.request("GET", "/me", token=token).status == 200
+    assert h.request("POST", "/logout", token=token).status == 200
+    assert h.request("GET", "/me", token=token).status == 401
+    assert h.heard(HookPoint.LOGOUT)[0]["actor"] == "supervisor"
+
+
+def test_security_headers_and_me(harness: Harness) -> None:
+    h = harness
+    response = h.request("GET", "/me", token=h.token("admin"))
+    assert response.headers["Cache-Control"] == "no-store"
+    me = body(response)
+    assert me["user"] == "admin" and me["role"] == "admin" and me["mfa"] is True
+    assert "approval.grant" in me["permissions"]
