@@ -10,6 +10,7 @@ role's mask policy, four-eyes recording export, and the audit log for auditors.
   POST /export-requests/{id}/approve      a second admin approves            approval.grant
   GET  /recordings/{id}/export?request=ID the WAV, once per approval         recording.export
   GET  /recordings/{id}/verify            integrity of one recording         recording.export
+  POST /users/{name}/unlock               lift a lock (not one's own)        users.manage
   GET  /audit?after=SEQ&limit=N           audit records                      audit.read
   GET  /audit/verify                      chain, Merkle roots, signatures    audit.verify
 
@@ -76,6 +77,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/export-requests/{id}/approve", P.APPROVE, "approve_export"),
     ("GET", "/recordings/{id}/export", P.RECORDING_EXPORT, "export_recording"),
     ("GET", "/recordings/{id}/verify", P.RECORDING_EXPORT, "verify_recording"),
+    ("POST", "/users/{name}/unlock", P.USERS_MANAGE, "unlock_user"),
     ("GET", "/audit", P.AUDIT_READ, "read_audit"),
     ("GET", "/audit/verify", P.AUDIT_VERIFY, "audit_verify"),
 )
@@ -469,6 +471,20 @@ class AdminApi:
             return _error(404, "no such recording")
         self._recording_accessed(session, "verify", recording_id, allowed=True)
         return HttpResponse.of_json(dict(recordings.verify(recording_id, actor=session.user)))
+
+    # -- accounts -------------------------------------------------------------------------------
+
+    def unlock_user(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        """Lift a failure or anomaly lock. A locked account has no session, so this is always
+        someone else's decision; the USER_CHANGE hook records who lifted it."""
+        assert session is not None
+        name = request.params.get("name", "")
+        if name == session.user:
+            raise _Denied("an account cannot unlock itself")
+        if self.users.get(name) is None:
+            return _error(404, "no such user")
+        self.auth.unlock(name, by=session.user)
+        return HttpResponse.of_json({"user": name, "status": "unlocked"})
 
     # -- audit ----------------------------------------------------------------------------------
 

@@ -22,13 +22,15 @@ TABLE: list[tuple[str, str, set[str]]] = [
     ("POST", "/export-requests/{request}/approve", {"admin"}),
     ("GET", f"/recordings/{RECORDING_ID}/export?request={{request}}", {"supervisor", "admin"}),
     ("GET", f"/recordings/{RECORDING_ID}/verify", {"supervisor", "admin"}),
+    ("POST", "/users/agent/unlock", {"admin"}),
     ("GET", "/audit", {"auditor"}),
     ("GET", "/audit/verify", {"auditor"}),
 ]
 
 
 def _template(path: str) -> str:
-    return path.split("?")[0].replace(RECORDING_ID, "{id}").replace("{request}", "{id}")
+    return (path.split("?")[0].replace(RECORDING_ID, "{id}").replace("{request}", "{id}")
+            .replace("/users/agent/", "/users/{name}/"))
 
 
 def test_table_covers_every_route() -> None:
@@ -141,3 +143,10 @@ def test_security_headers_and_me(harness: Harness) -> None:
     me = body(response)
     assert me["user"] == "admin" and me["role"] == "admin" and me["mfa"] is True
     assert "approval.grant" in me["permissions"]
+
+
+def test_no_one_unlocks_their_own_account(harness: Harness) -> None:
+    h = harness
+    token = h.token("admin")
+    assert h.request("POST", "/users/admin/unlock", token=token).status == 403
+    assert h.request("POST", "/users/ghost/unlock", token=token).status == 404

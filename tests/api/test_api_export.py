@@ -124,8 +124,11 @@ def test_501_downloads_in_10_minutes_lock_the_account(harness: Harness) -> None:
     assert h.request("GET", "/me", token=alice).status == 401
     assert h.login("admin").status == 401
     assert [e["target"] for e in h.heard(HookPoint.USER_CHANGE, "account.lock")] == ["admin"]
-    # The other admin is untouched.
+    # The other admin is untouched, and lifts the lock (audited); then alice may log in.
     assert h.request("GET", "/me", token=bob).status == 200
+    assert h.request("POST", "/users/admin/unlock", token=bob).status == 200
+    assert [e["actor"] for e in h.heard(HookPoint.USER_CHANGE, "account.unlock")] == ["admin2"]
+    assert h.login("admin").status == 200
 
 
 def test_downloads_spread_over_more_than_10_minutes_do_not_lock(tmp_path: Path) -> None:
