@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,24 +24,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port(both: bool = True) -> int:
-    """A port free on 127.0.0.1 for UDP and (when `both`) TCP, below the ephemeral range
-    reserved elsewhere for SIPp's own sockets."""
-    for _ in range(200):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        port = udp.getsockname()[1]
-        if not both:
-            udp.close()
-            return port
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A port free on 127.0.0.1 for UDP and (when `both`) TCP, picked at random above the
+    ephemeral range (32768-60999 here), so that no client socket of a neighbouring test or
+    bench can take it between this check and the engine's bind."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(61000, 65500)
+        sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM)]
+        if both:
+            sockets.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
         try:
-            tcp.bind(("127.0.0.1", port))
+            for sock in sockets:
+                sock.bind(("127.0.0.1", port))
         except OSError:
-            udp.close()
-            tcp.close()
             continue
-        udp.close()
-        tcp.close()
+        finally:
+            for sock in sockets:
+                sock.close()
         return port
     raise RuntimeError("no free port")
 
