@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..hooks.registry import HookPoint, HookRegistry
 from ..runtime.config import Config
@@ -48,6 +49,21 @@ CAUSES = {
     408: "no_answer", 480: "unavailable", 487: "cancelled",
 }
 SUPPORTED = "timer"
+
+
+class QueueRouter(Protocol):
+    """The skills-based router as the B2BUA sees it (issue 5). The router offers calls back
+    through `B2BUA.offer_to_agent`, `withdraw_offer`, `end_queued_call` and `redirect_call`."""
+
+    def handles(self, queue: str) -> bool: ...
+
+    def enqueue(self, call: Call, queue: str, now: float) -> None: ...
+
+    def agent_answered(self, call: Call, agent: str, now: float) -> None: ...
+
+    def agent_no_answer(self, call: Call, agent: str, now: float) -> None: ...
+
+    def call_ended(self, call: Call, answered: bool, now: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +107,7 @@ class B2BUA:
             "auth_challenges": 0, "auth_failures": 0, "registrations": 0,
         }
         self.on_auth_failure: Callable[[str, str, Flow], None] | None = None
+        self.queue_router: QueueRouter | None = None
         self.digest_secret = digest_secret
         self.apply_config(config)
 
@@ -325,10 +342,79 @@ class B2BUA:
             self._ring_extension(call, route.name, route.number, now)
         elif route.kind == "trunk":
             self._ring_trunk(call, route.name, route.number, now)
+        elif self.queue_router is not None and self.queue_router.handles(route.name):
+            # The router decides who rings and for how long; the caller hears ringing (music
+            # on hold comes with the media plane) until an agent answers or the queue gives up.
+            call.acd_queue = route.name
+            call.state = CallState.QUEUED
+            call.ring_deadline = None
+            self.respond(txn, request, 180, now, extra=[("contact", a_dialog.local_contact)])
+            self.queue_router.enqueue(call, route.name, now)
         else:
             queue = self.config.queues[route.name]
             call.hunt = list(queue.members)
             self._hunt_next(call, now)
+
+    # -- the router's side (issue 5) --------------------------------------------------------------
+    def offer_to_agent(self, call_id: str, agent: str, ring_timeout: float, now: float) -> bool:
+        """Ring `agent`'s registered devices for `ring_timeout` seconds. False when the call is
+        gone or the agent has no registration (the router treats it as no answer)."""
+        call = self.calls.get(call_id)
+        if call is None or call.b is not None or call.state is CallState.ENDED:
+            return False
+        if not self.location.lookup(agent, now) or agent not in self.config.extensions:
+            return False
+        call.agent = agent
+        call.ring_deadline = now + ring_timeout
+        self.wheel.add(call, call.ring_deadline)
+        self._ring_extension(call, agent, agent, now)
+        return True
+
+    def withdraw_offer(self, call_id: str, now: float) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.b is not None:
+            return
+        for leg in list(call.attempts):
+            self._cancel_leg(leg, now)
+        call.attempts = []
+        call.agent = None
+        call.ring_deadline = None
+        call.state = CallState.QUEUED
+
+    def end_queued_call(self, call_id: str, status: int, cause: str, now: float) -> None:
+        call = self.calls.get(call_id)
+        if call is not None:
+            self._fail_call(call, status, cause, now)
+
+    def redirect_call(self, call_id: str, number: str, now: float) -> None:
+        """Overflow: route the waiting call again by the dialplan, as if `number` was dialled."""
+        call = self.calls.get(call_id)
+        if call is None:
+            return
+        self.withdraw_offer(call_id, now)
+        route = self.dialplan.route(number)
+        if route is None or route.kind == "queue":
+            self._fail_call(call, 480, "overflow_failed", now)
+            return
+        call.acd_queue = None
+        call.route_kind, call.route_name = route.kind, route.name
+        call.ring_deadline = now + self.config.sip.ring_timeout
+        self.wheel.add(call, call.ring_deadline)
+        if route.kind == "extension":
+            self._ring_extension(call, route.name, route.number, now)
+        else:
+            self._ring_trunk(call, route.name, route.number, now)
+
+    def _agent_missed(self, call: Call, now: float) -> None:
+        """The offered agent did not answer (ring timeout, busy, rejected, unreachable)."""
+        agent = call.agent
+        for leg in list(call.attempts):
+            self._cancel_leg(leg, now)
+        call.attempts = []
+        call.agent = None
+        call.state = CallState.QUEUED
+        if agent is not None and self.queue_router is not None:
+            self.queue_router.agent_no_answer(call, agent, now)
 
     def _ring_extension(self, call: Call, extension: str, number: str, now: float) -> bool:
         if extension not in self.config.extensions:
@@ -465,6 +551,9 @@ class B2BUA:
             return
         if call.attempts:
             return  # other forks still ringing
+        if call.acd_queue is not None:
+            self._agent_missed(call, now)
+            return
         if call.hunt and status not in (600, 603):
             self._hunt_next(call, now)
             return
@@ -544,6 +633,8 @@ class B2BUA:
         call.state = CallState.ANSWERED
         call.ring_deadline = None
         self.stats["calls_answered"] += 1
+        if call.acd_queue is not None and call.agent is not None and self.queue_router:
+            self.queue_router.agent_answered(call, call.agent, now)
         t1 = self.config.sip.timers.t1
         if not a.flow.reliable:
             call.ok_interval = t1
@@ -798,6 +889,8 @@ class B2BUA:
                 self._bye_leg(leg, now)
         call.cause = call.cause or cause
         call.status = call.status or status
+        if call.acd_queue is not None and self.queue_router is not None:
+            self.queue_router.call_ended(call, call.answered_at is not None, now)
         call.state = CallState.ENDED
         call.ended_at = now
         self.stats["calls_ended"] += 1
@@ -847,6 +940,10 @@ class B2BUA:
             return
         if call.ring_deadline is not None and now >= call.ring_deadline and call.b is None:
             call.ring_deadline = None
+            if call.acd_queue is not None:
+                if call.agent is not None:
+                    self._agent_missed(call, now)
+                return
             if call.hunt:
                 for leg in list(call.attempts):
                     self._cancel_leg(leg, now)

@@ -21,6 +21,7 @@ from .timers import CallTimer
 
 class CallState(enum.Enum):
     ROUTING = "routing"
+    QUEUED = "queued"  # waiting in a router queue for an agent
     RINGING = "ringing"
     EARLY = "early"  # early media flowing
     ANSWERED = "answered"  # 2xx sent to the caller, waiting for its ACK
@@ -67,7 +68,7 @@ class Call:
         "callee", "started", "answered_at", "ended_at", "cause", "status", "trunk",
         "ring_deadline", "ok_retransmit_at", "ok_interval", "ok_giveup_at", "ok_bytes",
         "probe_at", "session_deadline", "hard_end_at", "session_interval", "draining",
-        "timer", "wheel_seconds",
+        "timer", "wheel_seconds", "acd_queue", "agent",
     )
 
     def __init__(self, call_id: str, now: float) -> None:
@@ -99,6 +100,8 @@ class Call:
         self.draining = False
         self.timer: CallTimer | None = None  # set by the B2BUA; disarmed when the call ends
         self.wheel_seconds: list[int] = []
+        self.acd_queue: str | None = None  # queued with the skills-based router
+        self.agent: str | None = None  # the agent extension being offered the call
 
     def legs(self) -> list[Leg]:
         out = [self.a] if self.a is not None else []

@@ -227,7 +227,9 @@ class Config:
         for index, rule in enumerate(self.dialplan):
             if rule.trunk is not None and rule.trunk not in self.trunks:
                 raise ValueError(f"dialplan[{index}] names unknown trunk {rule.trunk!r}")
-            if rule.queue is not None and rule.queue not in self.queues:
+            routed = (self.routing.get("queues") or {}) if isinstance(self.routing, dict) else {}
+            if rule.queue is not None and rule.queue not in self.queues and (
+                    rule.queue not in routed):
                 raise ValueError(f"dialplan[{index}] names unknown queue {rule.queue!r}")
         for name, queue in self.queues.items():
             for member in queue.members:
