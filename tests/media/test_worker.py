@@ -36,9 +36,7 @@ class Events:
         self.timeouts: list[str] = []
 
 
-def run(
-    scenario: Callable[[MediaController, Events], Awaitable[None]], **settings: Any
-) -> None:
+def run(scenario: Callable[[MediaController, Events], Awaitable[None]], **settings: Any) -> None:
     async def main() -> None:
         events = Events()
         config = MediaConfig(**{"workers": 1, "relatch_idle": 0.1, **PORTS, **settings})

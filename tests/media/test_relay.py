@@ -1,0 +1,176 @@
+"""The relay in-process on real 127.0.0.1 sockets (no worker process), the port pool and the
+control-protocol framing: what the end-to-end tests cannot reach easily (the recorder tap,
+strict latching, RTCP on a separate port, timeouts on a hand-moved clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import pytest
+import uvloop
+from vaultpbx.media.config import MediaConfig
+from vaultpbx.media.ports import PortPool, PortPoolExhausted, PortRange
+from vaultpbx.media.protocol import MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+from vaultpbx.media.relay import MediaSession, Relay
+from vaultpbx.media.rtppeer import RtpPeer, numbered_payload, payload_number
+
+pytestmark = pytest.mark.integration
+
+
+def run_relay(scenario: Callable[[Relay], Awaitable[None]], **settings: object) -> None:
+    async def main() -> None:
+        relay = Relay(address="127.0.0.1", pool=PortPool(PortRange(26000, 26099)), **settings)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(scenario(relay), 10)
+        finally:
+            relay.close()
+
+    uvloop.run(main())
+
+
+async def wire(relay: Relay, a: RtpPeer, b: RtpPeer, **leg_a: object) -> tuple[int, int]:
+    port_a, port_b = await relay.open_session("s1", "call-1")
+    await relay.update_leg("s1", 0, remote=("127.0.0.1", a.port), **leg_a)  # type: ignore[arg-type]
+    await relay.update_leg("s1", 1, remote=("127.0.0.1", b.port))
+    a.target, b.target = ("127.0.0.1", port_a), ("127.0.0.1", port_b)
+    return port_a, port_b
+
+
+def test_tap_sees_every_relayed_packet_in_the_clear() -> None:
+    tapped: list[tuple[str, int, bytes]] = []
+
+    async def scenario(relay: Relay) -> None:
+        a = RtpPeer(ssrc=0xA, suite="AES_CM_128_HMAC_SHA1_80")
+        b = RtpPeer(ssrc=0xB)
+        await wire(relay, a, b, srtp_in=("AES_CM_128_HMAC_SHA1_80", a.key))
+        for number in range(5):
+            a.send(number)
+            b.send(100 + number)
+        assert len(await b.receive(5)) == 5
+        assert len(await a.receive(5)) == 5
+
+    run_relay(scenario, tap=lambda sid, leg, packet, now: tapped.append((sid, leg, packet)))
+    from_a = [payload_number(p[12:]) for sid, leg, p in tapped if leg == 0]
+    from_b = [payload_number(p[12:]) for sid, leg, p in tapped if leg == 1]
+    assert from_a == [0, 1, 2, 3, 4] and from_b == [100, 101, 102, 103, 104]
+    assert all(
+        sid == "s1" and p[12:] == numbered_payload(payload_number(p[12:])) for sid, _, p in tapped
+    )
+
+
+def test_strict_latching_drops_other_sources() -> None:
+    async def scenario(relay: Relay) -> None:
+        a, b = RtpPeer(ssrc=0xA), RtpPeer(ssrc=0xB)
+        await wire(relay, a, b)
+        a.send(1)
+        assert len(await b.receive(1)) == 1
+        intruder = RtpPeer(ssrc=0xE)
+        intruder.target = a.target
+        intruder.send(666)
+        await asyncio.sleep(0.05)
+        intruder.send(667)
+        assert await b.quiet(0.1) == []
+        leg = relay.sessions["s1"].legs[0]
+        assert leg.unexpected_source == 2 and leg.remote == ("127.0.0.1", a.port)
+
+    run_relay(scenario, latch="off", relatch_idle=0.0)
+
+
+def test_rtcp_on_port_plus_one_when_the_peer_does_not_multiplex() -> None:
+    async def scenario(relay: Relay) -> None:
+        a, b = RtpPeer(ssrc=0xA), RtpPeer(ssrc=0xB)
+        a_rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        a_rtcp.bind(("127.0.0.1", 0))
+        a_rtcp.setblocking(False)
+
+        async def rtcp_from_relay() -> tuple[bytes, tuple[str, int]]:
+            for _ in range(500):  # the relay runs on this loop: poll, never block it
+                try:
+                    return a_rtcp.recvfrom(100)
+                except BlockingIOError:
+                    await asyncio.sleep(0.002)
+            raise AssertionError("no RTCP arrived")
+
+        port_a, _ = await wire(
+            relay, a, b, rtcp_mux=False, rtcp_remote=("127.0.0.1", a_rtcp.getsockname()[1])
+        )
+        assert port_a % 2 == 0
+        receiver_report = struct.pack("!BBHI", 0x80, 201, 1, 0xB)
+        b.send_raw(receiver_report)  # B multiplexes: its RTCP arrives on its RTP port
+        assert await rtcp_from_relay() == (receiver_report, ("127.0.0.1", port_a + 1))
+        sender_report = struct.pack("!BBHI", 0x80, 200, 1, 0xA) + bytes(20)
+        a_rtcp.sendto(sender_report, ("127.0.0.1", port_a + 1))
+        assert await b.receive(1) == [sender_report]
+        a_rtcp.close()
+
+    run_relay(scenario)
+
+
+def test_timeout_reported_once_on_a_hand_moved_clock() -> None:
+    reported: list[tuple[str, float]] = []
+
+    async def scenario(relay: Relay) -> None:
+        a, b = RtpPeer(ssrc=0xA), RtpPeer(ssrc=0xB)
+        await wire(relay, a, b)
+        session = relay.sessions["s1"]
+        start = session.created
+        relay.check_timeouts(start + 5)
+        relay.check_timeouts(start + 11)
+        relay.check_timeouts(start + 12)
+        assert [sid for sid, _ in reported] == ["s1"]
+        for leg in session.legs:  # on hold both ways: the long timeout applies
+            leg.send = False
+        relay.refresh(session.legs[0])
+        session.timed_out = False
+        relay.check_timeouts(start + 100)
+        assert len(reported) == 1
+
+    def on_timeout(session: MediaSession, idle: float) -> None:
+        reported.append((session.session_id, idle))
+
+    run_relay(scenario, timeout=10.0, hold_timeout=1000.0, on_timeout=on_timeout)
+
+
+def test_ports_are_even_disjoint_per_worker_and_below_ephemeral() -> None:
+    whole = PortRange(20000, 32767)
+    slices = [whole.slice(i, 3) for i in range(3)]
+    seen: set[int] = set()
+    for part in slices:
+        ports = set(part.even_ports())
+        assert all(p % 2 == 0 and p + 1 <= part.high < 32768 for p in ports)
+        assert not ports & seen and not {p + 1 for p in ports} & seen
+        seen |= ports | {p + 1 for p in ports}
+    pool = PortPool(PortRange(30000, 30005))
+    assert [pool.allocate() for _ in range(3)] == [30000, 30002, 30004]
+    with pytest.raises(PortPoolExhausted):
+        pool.allocate()
+    pool.release(30002)
+    assert pool.allocate() == 30002
+    with pytest.raises(ValueError, match="ephemeral"):
+        PortRange(30000, 40000)
+
+
+def test_media_config_names_the_yaml_path() -> None:
+    assert MediaConfig.from_dict({"workers": 2, "port-min": 21000}).port_range.low == 21000
+    with pytest.raises(ValueError, match=r"media\.workers: expected an integer"):
+        MediaConfig.from_dict({"workers": "two"})
+    with pytest.raises(ValueError, match=r"media\.colour: unknown setting"):
+        MediaConfig.from_dict({"colour": 1})
+    with pytest.raises(ValueError, match="ephemeral"):
+        MediaConfig.from_dict({"port_max": 40000})
+
+
+def test_frames_split_anywhere_and_oversize_is_refused() -> None:
+    data = encode_frame({"id": 1, "command": "ping"}) + encode_frame({"event": "timeout"})
+    decoder = FrameDecoder()
+    got = []
+    for offset in range(len(data)):
+        got += decoder.feed(data[offset : offset + 1])
+    assert got == [{"id": 1, "command": "ping"}, {"event": "timeout"}]
+    with pytest.raises(ProtocolError, match="exceeds"):
+        FrameDecoder().feed(struct.pack("!I", MAX_FRAME + 1))
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        FrameDecoder().feed(struct.pack("!I", 2) + b"[]")
