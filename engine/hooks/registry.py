@@ -91,10 +91,14 @@ class PluginNotFound(LookupError):
 class PluginStats:
     """Per-plug-in accounting; `disabled` plug-ins are skipped without a call."""
 
-    __slots__ = ("name", "calls", "errors", "slow", "strikes", "disabled", "total_ns")
+    __slots__ = ("name", "calls", "errors", "slow", "strikes", "disabled", "total_ns",
+                 "essential")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        # Essential plug-ins (the audit log) are counted but never disabled: an audit trail
+        # that switches itself off after five slow fsyncs would be worse than a slow one.
+        self.essential = False
         self.calls = 0
         self.errors = 0
         self.slow = 0
@@ -156,10 +160,13 @@ class HookRegistry:
         self._maskers.append((masker, self._owner(name, fallback)))
 
     def add_observer(
-        self, point: HookPoint, observer: Observer, *, name: str | None = None
+        self, point: HookPoint, observer: Observer, *, name: str | None = None,
+        essential: bool = False,
     ) -> None:
         fallback = getattr(observer, "__qualname__", None) or repr(observer)
-        self._observers.setdefault(point, []).append((observer, self._owner(name, fallback)))
+        stats = self._owner(name, fallback)
+        stats.essential = stats.essential or essential
+        self._observers.setdefault(point, []).append((observer, stats))
 
     def register_builtin(self, name: str, setup: PluginSetup) -> None:
         """Make a plug-in available by name without an entry point (it still must be enabled)."""
@@ -222,7 +229,7 @@ class HookRegistry:
         if elapsed_ns > self.budget_ns:
             stats.slow += 1
             stats.strikes += 1
-        if stats.strikes >= self.max_strikes:
+        if stats.strikes >= self.max_strikes and not stats.essential:
             self._disable(
                 stats,
                 f"{stats.strikes} strikes ({stats.errors} errors, {stats.slow} over "

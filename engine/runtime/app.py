@@ -177,8 +177,7 @@ class Engine:
         self.b2bua.attach(self.layer)
         self.layer.on_internal_error = self._internal_error
         if config.admin.port:
-            self.http = HttpServer(self._routes())
-            await self.http.start(config.admin.host, config.admin.port)
+            await self._start_admin()
         self.tasks.append(self.loop.create_task(self._housekeeping()))
         gc.collect()
         gc.freeze()  # start-up objects never need scanning again
@@ -195,12 +194,40 @@ class Engine:
                                                                  in local.items()},
                  admin=f"{config.admin.host}:{config.admin.port}", data_dir=str(self.data_dir))
 
+    async def _start_admin(self) -> None:
+        from ..api.admin import AdminApi
+        from ..api.recordings import KeystoreRecordings
+        from ..recording.cli import open_store
+
+        admin = self.config.admin
+        self.keystore = open_store(self.data_dir, hooks=self.hooks)
+        audit = self.security.audit
+        self.admin_api = AdminApi.from_config(
+            self.security, hooks=self.hooks, cdr=self.cdr,
+            recordings=KeystoreRecordings(self.keystore), clock=time.time,
+            audit_dir=self.data_path(audit.dir),
+            audit_sink=self.data_path(audit.sink) if audit.sink else None,
+        )
+        # The authenticated API's routes (its masked /calls included) win over the open ones.
+        self.http = HttpServer({**self._routes(), **self.admin_api.routes()})
+        context = None
+        if admin.tls:
+            tls = self.config.sip.tls
+            cert = Path(admin.certificate or tls.certificate)
+            key = Path(admin.private_key or tls.private_key)
+            self._ensure_dev_certificate(cert, key)
+            context = server_context(cert, key, min_version=admin.min_version)
+        await self.http.start(admin.host, admin.port, context)
+
+    def _ensure_dev_certificate(self, cert: Path, key: Path) -> None:
+        if self.config.sip.tls.create_self_signed and not (cert.exists() and key.exists()):
+            create_self_signed(cert, key)
+            log.info("tls.self_signed_created", certificate=str(cert))
+
     def _tls_context(self):  # type: ignore[no-untyped-def]
         tls = self.config.sip.tls
         cert, key = Path(tls.certificate), Path(tls.private_key)
-        if tls.create_self_signed and not (cert.exists() and key.exists()):
-            create_self_signed(cert, key)
-            log.info("tls.self_signed_created", certificate=str(cert))
+        self._ensure_dev_certificate(cert, key)
         return server_context(
             cert, key, min_version=tls.min_version,
             client_ca=Path(tls.client_ca) if tls.client_ca else None,
@@ -288,11 +315,7 @@ class Engine:
             return HttpResponse(body=render(registry),
                                 content_type="text/plain; version=0.0.4; charset=utf-8")
 
-        def calls(request: HttpRequest) -> HttpResponse:
-            return HttpResponse.of_json(self.cdr.recent(100))
-
-        return {("GET", "/health"): health, ("GET", "/metrics"): metrics,
-                ("GET", "/calls"): calls}
+        return {("GET", "/health"): health, ("GET", "/metrics"): metrics}
 
     def metric_samples(self) -> list[Sample]:
         b = self.b2bua
@@ -322,6 +345,11 @@ class Engine:
                             name.replace("_", " ")))
         samples.append(("vaultpbx_hook_errors", "counter", self.hooks.errors,
                         "Plug-in errors isolated"))
+        admin_api = getattr(self, "admin_api", None)
+        if admin_api is not None:
+            for name, value in admin_api.counters.items():
+                samples.append((f"vaultpbx_{name.removesuffix('_total')}", "counter", value,
+                                name.replace("_", " ")))
         samples.append(("vaultpbx_gc_cycles_found", "counter", self.gc_cycles_found,
                         "Objects found in reference cycles by the periodic full collection"))
         for generation in range(3):

@@ -182,6 +182,14 @@ class AdminConfig:
     """Admin HTTP API bind address."""
     port: int = 8080
     """Admin HTTP API port; 0 disables it."""
+    tls: bool = True
+    """Serve the admin API over HTTPS (TLS 1.3 unless `min_version` says otherwise)."""
+    certificate: str | None = None
+    """PEM certificate for HTTPS; None: the SIP TLS certificate (`sip.tls`)."""
+    private_key: str | None = None
+    """PEM key of that certificate; None: the SIP TLS key."""
+    min_version: Literal["1.2", "1.3"] = "1.3"
+    """Lowest TLS version the admin API accepts."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

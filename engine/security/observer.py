@@ -58,4 +58,4 @@ class AuditObserver:
         self, registry: HookRegistry, points: tuple[HookPoint, ...] = AUDITED_POINTS
     ) -> None:
         for point in points:
-            registry.add_observer(point, self, name="audit")
+            registry.add_observer(point, self, name="audit", essential=True)

@@ -110,7 +110,7 @@ def base_config(data_dir: Path, sip_port: int, tls_port: int, admin_port: int) -
             "domain": "vaultpbx.test",
             "keepalive_probe_interval": 0,
         },
-        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "admin": {"host": "127.0.0.1", "port": admin_port, "tls": False},
         "logging": {"level": "info"},
         "security": {"floodguard": {"trusted": ["127.0.0.1/32"]}},
     }
