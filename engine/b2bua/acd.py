@@ -1,0 +1,551 @@
+"""The ACD bridge: the skills-based router (`vaultpbx.routing`) driving real calls.
+
+`AcdBridge` is the B2BUA's `QueueRouter`. It owns one `Router` and carries out its commands on
+the B2BUA: `OfferCall` rings the agent's extension (`offer_to_agent`), `CancelOffer` stops the
+ringing (`withdraw_offer`), `CallOverflowed` out of the router sends the caller to the overflow
+destination (`redirect_call`) or ends the call (480). Routing records (`RoutingDecision`,
+`CallRelaxed`, `AgentStateChanged`, `CallOverflowed`) go to the ROUTING_DECISION hook point.
+
+Invariants:
+- Router commands are carried out in the order the router emitted them, including those caused
+  while carrying out earlier ones (an offer that cannot ring is a no-answer at once, which may
+  offer the call to someone else): one FIFO, drained by whoever started it, so a nested router
+  call never acts ahead of what came before it.
+- The router's deadlines ride the transaction layer's single timer heap through one
+  `RouterTimer`; a heap entry is only added when the router's next deadline is earlier than
+  every entry still pending, and an entry that fires early or twice does nothing.
+- A call is in `self.calls` exactly while the router holds it (waiting, ringing or connected);
+  the B2BUA's `call_ended` for any other call is ignored, so a call that overflowed out of the
+  router is never also counted as abandoned.
+- Agent presence (signed in, on a break and why) is mirrored here with the router's own
+  transition table and written to SQLite at every change, so a restarted engine restores it.
+  Calls are not restored: they died with the process.
+- Nothing here raises into the B2BUA: a router refusal on the signalling path is counted
+  (`counters["errors"]`) and the call carries on. Agent control refusals raise `RoutingError`
+  to the caller (the admin API answers 409).
+
+No asyncio, socket or clock here: time comes in as `now` (or from the injected `clock` in the
+admin handlers); SQLite is the one I/O, at agent-control rate, never per message.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..hooks.registry import HookPoint
+from ..routing import (
+    CallOverflowed,
+    CancelOffer,
+    OfferCall,
+    OfferEndReason,
+    Router,
+    RouterConfig,
+    RouterEvent,
+    RoutingError,
+)
+from ..routing.states import PRESENCE_TRANSITIONS, AgentState, Presence, PresenceInput
+
+if TYPE_CHECKING:
+    # Types only: the admin API's server is asyncio; this module stays free of it.
+    from ..api.http import HttpRequest, HttpResponse
+    from ..api.metrics import Sample
+    from .b2bua import B2BUA
+    from .call import Call
+
+OVERFLOW_NO_DESTINATION_STATUS = 480
+"""What the caller hears when a queue's max wait passes with nowhere to overflow to."""
+RESTORED_NOT_RESPONDING_REASON = "not-responding"
+"""Break reason given on restart to an agent who had stopped answering: the router has no way
+in to not-responding but a missed offer, and a break keeps the same meaning (no offers until
+the agent says ready)."""
+
+_METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS agent_presence (
+    agent_id TEXT PRIMARY KEY,
+    presence TEXT NOT NULL,
+    reason TEXT
+);
+"""
+
+
+class AgentPresenceStore:
+    """Agent presence in SQLite (WAL): one row per agent who is not offline."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def load(self) -> dict[str, tuple[Presence, str | None]]:
+        out: dict[str, tuple[Presence, str | None]] = {}
+        for agent_id, presence, reason in self.db.execute(
+                "SELECT agent_id, presence, reason FROM agent_presence ORDER BY rowid"):
+            try:
+                out[agent_id] = (Presence(presence), reason)
+            except ValueError:
+                continue  # a value from a future version: treat the agent as signed out
+        return out
+
+    def save(self, agent_id: str, presence: Presence, reason: str | None) -> None:
+        if presence is Presence.OFFLINE:
+            self.db.execute("DELETE FROM agent_presence WHERE agent_id = ?", (agent_id,))
+        else:
+            self.db.execute(
+                "INSERT INTO agent_presence (agent_id, presence, reason) VALUES (?, ?, ?) "
+                "ON CONFLICT(agent_id) DO UPDATE SET presence = excluded.presence, "
+                "reason = excluded.reason", (agent_id, presence.value, reason))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class RouterTimer:
+    """The bridge's one entry on the transaction layer's heap (anything with `on_timer`)."""
+
+    __slots__ = ("bridge",)
+
+    def __init__(self, bridge: AcdBridge) -> None:
+        self.bridge = bridge
+
+    def on_timer(self, now: float) -> None:
+        self.bridge.on_timer(now)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedCall:
+    """What the bridge keeps about a call the router holds."""
+
+    queue: str
+    enqueued_at: float
+
+
+def router_config(routing: Mapping[str, Any] | RouterConfig | None) -> RouterConfig:
+    """The typed config of a YAML `routing:` section; empty or missing: no queues, no agents."""
+    if isinstance(routing, RouterConfig):
+        return routing
+    if not routing:
+        return RouterConfig(skills=frozenset(), agents={}, queues={})
+    return RouterConfig.from_dict(routing)
+
+
+class AcdBridge:
+    """The B2BUA's `QueueRouter`: one `Router`, its timers, agent control and statistics.
+
+    Build it after `b2bua.attach(layer)` and set `b2bua.queue_router` to it. `flush` is called
+    after agent control and reloads (they may ring agents and move timers outside any SIP
+    message, so the engine must drain its outbox and re-arm its loop timer); `clock` gives
+    `now` to the admin handlers (the engine's loop time, the clock the B2BUA runs on).
+    """
+
+    def __init__(
+        self,
+        b2bua: B2BUA,
+        routing: Mapping[str, Any] | RouterConfig | None,
+        now: float,
+        *,
+        state_path: Path | None = None,
+        clock: Callable[[], float] | None = None,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
+        self.b2bua = b2bua
+        self.router = Router(router_config(routing), now)
+        self.clock = clock
+        self.flush = flush
+        self.calls: dict[str, QueuedCall] = {}
+        self.counters = {"offers_failed": 0, "errors": 0, "overflowed_out": 0}
+        self.presence: dict[str, tuple[Presence, str | None]] = {}
+        self.store = AgentPresenceStore(state_path) if state_path is not None else None
+        self._pending: deque[RouterEvent] = deque()
+        self._draining = False
+        self._timer = RouterTimer(self)
+        self._armed_at: float | None = None
+        self._restore(now)
+
+    # -- QueueRouter (called by the B2BUA) ------------------------------------------------------
+    def handles(self, queue: str) -> bool:
+        return queue in self.router.config.queues
+
+    def enqueue(self, call: Call, queue: str, now: float) -> None:
+        try:
+            events = self.router.enqueue_call(call_id=call.id, queue=queue, now=now,
+                                              attributes={"caller": call.caller})
+        except RoutingError:
+            self.counters["errors"] += 1
+            self.b2bua.end_queued_call(call.id, 503, "queue_refused", now)
+            return
+        self.calls[call.id] = QueuedCall(queue=queue, enqueued_at=now)
+        self._run(events, now)
+
+    def agent_answered(self, call: Call, agent: str, now: float) -> None:
+        self._router_call(lambda: self.router.agent_answered(
+            call_id=call.id, agent_id=agent, now=now), now)
+
+    def agent_no_answer(self, call: Call, agent: str, now: float) -> None:
+        self._no_answer(call.id, agent, now)
+        self._drain(now)
+
+    def call_ended(self, call: Call, answered: bool, now: float) -> None:
+        if self.calls.pop(call.id, None) is None:
+            return  # overflowed out of the router, or never in it
+        if answered:
+            try:
+                self._run(self.router.call_ended(call_id=call.id, now=now), now)
+                return
+            except RoutingError:
+                self.counters["errors"] += 1  # answered outside the router's offer: unlikely
+        try:
+            events = self.router.caller_abandoned(call_id=call.id, now=now)
+        except RoutingError:
+            self.counters["errors"] += 1
+            return
+        self._run(events, now)
+
+    # -- agent control (admin API, phones' feature codes) ---------------------------------------
+    def login(self, agent: str, now: float) -> None:
+        self._control(agent, PresenceInput.LOGIN, None, now)
+
+    def logout(self, agent: str, now: float) -> None:
+        self._control(agent, PresenceInput.LOGOUT, None, now)
+
+    def pause(self, agent: str, reason: str, now: float) -> None:
+        self._control(agent, PresenceInput.PAUSE, reason, now)
+
+    def ready(self, agent: str, now: float) -> None:
+        self._control(agent, PresenceInput.READY, None, now)
+
+    def _control(self, agent: str, action: PresenceInput, reason: str | None,
+                 now: float) -> None:
+        router = self.router
+        if action is PresenceInput.LOGIN:
+            events = router.agent_login(agent_id=agent, now=now)
+        elif action is PresenceInput.LOGOUT:
+            events = router.agent_logout(agent_id=agent, now=now)
+        elif action is PresenceInput.PAUSE:
+            events = router.agent_pause(agent_id=agent, reason=reason or "", now=now)
+        else:
+            events = router.agent_ready(agent_id=agent, now=now)
+        # The router accepted it (it raises before changing anything), so the mirror may follow.
+        self._mirror(agent, action, reason)
+        self._run(events, now)
+        self._flush()
+
+    # -- configuration -------------------------------------------------------------------------
+    def apply_config(self, routing: Mapping[str, Any] | RouterConfig | None,
+                     now: float) -> None:
+        """A reload: queued calls keep their place (see `Router.apply_config`). A bad section
+        raises `ValueError` naming the key path, before anything changes."""
+        config = router_config(routing)
+        events = self.router.apply_config(config, now)
+        for agent in list(self.presence):
+            if agent not in config.agents:
+                self._set_presence(agent, Presence.OFFLINE, None)  # the router signed them out
+        self._run(events, now)
+        self._flush()
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # -- timers --------------------------------------------------------------------------------
+    def on_timer(self, now: float) -> None:
+        self._armed_at = None
+        self._run(self.router.handle_timer(now), now)
+
+    def _arm(self) -> None:
+        at = self.router.get_timer()
+        layer = self.b2bua.layer
+        if at is None or layer is None:
+            return
+        if self._armed_at is not None and self._armed_at <= at:
+            return  # an entry at or before `at` is pending; it re-arms when it fires
+        layer.schedule(self._timer, at)
+        self._armed_at = at
+
+    # -- carrying out router events ------------------------------------------------------------
+    def _router_call(self, call: Callable[[], list[RouterEvent]], now: float) -> None:
+        try:
+            events = call()
+        except RoutingError:
+            self.counters["errors"] += 1
+            events = []
+        self._run(events, now)
+
+    def _run(self, events: list[RouterEvent], now: float) -> None:
+        self._pending.extend(events)
+        self._drain(now)
+
+    def _drain(self, now: float) -> None:
+        if self._draining:
+            return  # the outer drain carries these out after what came before them
+        self._draining = True
+        try:
+            pending = self._pending
+            while pending:
+                self._carry_out(pending.popleft(), now)
+        finally:
+            self._draining = False
+        self._arm()
+
+    def _carry_out(self, event: RouterEvent, now: float) -> None:
+        b2bua = self.b2bua
+        if isinstance(event, OfferCall):
+            if not b2bua.offer_to_agent(event.call_id, event.agent_id, event.ring_timeout, now):
+                self.counters["offers_failed"] += 1
+                if event.call_id in b2bua.calls:
+                    self._no_answer(event.call_id, event.agent_id, now)
+                elif self.calls.pop(event.call_id, None) is not None:
+                    # The call ended without telling us: let it go as abandoned.
+                    self._pending.extend(self._safe(lambda: self.router.caller_abandoned(
+                        call_id=event.call_id, now=now)))
+            return
+        if isinstance(event, CancelOffer):
+            if event.reason is OfferEndReason.RING_TIMEOUT:
+                self._mirror(event.agent_id, PresenceInput.NO_ANSWER, None)
+                b2bua.withdraw_offer(event.call_id, now)
+            # CALLER_ABANDONED: the B2BUA is ending the call and cancels the ringing itself.
+            b2bua.hooks.notify(HookPoint.ROUTING_DECISION, event)
+            return
+        if isinstance(event, CallOverflowed):
+            b2bua.hooks.notify(HookPoint.ROUTING_DECISION, event)
+            if event.to_queue is not None:
+                held = self.calls.get(event.call_id)
+                if held is not None:  # still routed, in the overflow queue
+                    self.calls[event.call_id] = QueuedCall(queue=event.to_queue,
+                                                           enqueued_at=held.enqueued_at)
+                return
+            self.calls.pop(event.call_id, None)
+            self.counters["overflowed_out"] += 1
+            if event.destination is not None:
+                b2bua.redirect_call(event.call_id, event.destination, now)
+            else:
+                b2bua.end_queued_call(event.call_id, OVERFLOW_NO_DESTINATION_STATUS,
+                                      "max_wait", now)
+            return
+        # RoutingDecision, CallRelaxed, AgentStateChanged: records for audit and supervisors.
+        b2bua.hooks.notify(HookPoint.ROUTING_DECISION, event)
+
+    def _no_answer(self, call_id: str, agent: str, now: float) -> None:
+        try:
+            events = self.router.agent_no_answer(call_id=call_id, agent_id=agent, now=now)
+        except RoutingError:
+            self.counters["errors"] += 1  # the router already timed the offer out
+            return
+        self._mirror(agent, PresenceInput.NO_ANSWER, None)
+        self._pending.extend(events)
+
+    def _safe(self, call: Callable[[], list[RouterEvent]]) -> list[RouterEvent]:
+        try:
+            return call()
+        except RoutingError:
+            self.counters["errors"] += 1
+            return []
+
+    def _flush(self) -> None:
+        if self.flush is not None and not self._draining:
+            self.flush()
+
+    # -- presence mirror and store -------------------------------------------------------------
+    def _mirror(self, agent: str, action: PresenceInput, reason: str | None) -> None:
+        presence, old_reason = self.presence.get(agent, (Presence.OFFLINE, None))
+        transition = PRESENCE_TRANSITIONS.get((presence, action))
+        if transition is None:  # pragma: no cover - the router accepted the same input
+            return
+        new = transition[0]
+        new_reason = reason if action is PresenceInput.PAUSE else (
+            old_reason if new is Presence.BREAK else None)
+        self._set_presence(agent, new, new_reason)
+
+    def _set_presence(self, agent: str, presence: Presence, reason: str | None) -> None:
+        if self.presence.get(agent, (Presence.OFFLINE, None)) == (presence, reason):
+            return
+        if presence is Presence.OFFLINE:
+            self.presence.pop(agent, None)
+        else:
+            self.presence[agent] = (presence, reason)
+        if self.store is not None:
+            self.store.save(agent, presence, reason)
+
+    def _restore(self, now: float) -> None:
+        if self.store is None:
+            return
+        agents = self.router.config.agents
+        for agent, (presence, reason) in self.store.load().items():
+            if agent not in agents:
+                continue  # no longer configured; the row stays until the agent is back
+            events = self.router.agent_login(agent_id=agent, now=now)
+            self.presence[agent] = (Presence.READY, None)
+            if presence is not Presence.READY:
+                reason = reason if presence is Presence.BREAK else RESTORED_NOT_RESPONDING_REASON
+                events += self.router.agent_pause(agent_id=agent, reason=reason, now=now)
+                self._set_presence(agent, Presence.BREAK, reason)
+            self._pending.extend(events)
+        self._drain(now)
+
+    # -- statistics ----------------------------------------------------------------------------
+    def stats(self, now: float) -> dict[str, Any]:
+        """Per queue and per agent, as plain JSON-able values (see `vaultpbx.routing.stats` for
+        the definitions of service level, handle time and occupancy)."""
+        router = self.router
+        queues: dict[str, Any] = {}
+        for name in router.config.queues:
+            q = router.queue_stats(name, now)
+            queues[name] = {
+                "waiting": q.waiting, "ringing": q.ringing,
+                "longest_wait": round(q.longest_wait, 3), "entered": q.entered,
+                "answered": q.answered, "answered_in_target": q.answered_in_target,
+                "abandoned": q.abandoned, "overflowed": q.overflowed,
+                "service_level": q.service_level,
+                "service_level_target": router.config.queues[name].service_level.target_share,
+                "average_handle_time": q.average_handle_time,
+            }
+        agents: dict[str, Any] = {}
+        for agent_id in router.config.agents:
+            a = router.agent_stats(agent_id, now)
+            agents[agent_id] = {
+                "state": a.state.value, "break_reason": a.break_reason,
+                "busy_seats": a.busy_seats, "capacity": a.capacity, "offered": a.offered,
+                "answered": a.answered, "missed": a.missed, "handled": a.handled,
+                "average_handle_time": a.average_handle_time, "occupancy": a.occupancy,
+            }
+        return {"queues": queues, "agents": agents}
+
+    def metric_samples(self, now: float) -> list[Sample]:
+        """Samples in the engine's /metrics format. The format has no labels, so the queue or
+        agent is part of the name: `vaultpbx_queue_<queue>_<stat>`, `vaultpbx_agent_<id>_<stat>`
+        (characters outside [a-zA-Z0-9_] become `_`)."""
+        stats = self.stats(now)
+        samples: list[Sample] = []
+        totals = {"waiting": 0, "abandoned": 0}
+        for name, q in stats["queues"].items():
+            prefix = f"vaultpbx_queue_{_METRIC_UNSAFE.sub('_', name)}"
+            totals["waiting"] += q["waiting"]
+            totals["abandoned"] += q["abandoned"]
+            samples += [
+                (f"{prefix}_waiting", "gauge", q["waiting"], f"Calls waiting in queue {name}"),
+                (f"{prefix}_ringing", "gauge", q["ringing"],
+                 f"Calls of queue {name} ringing at an agent"),
+                (f"{prefix}_longest_wait_seconds", "gauge", q["longest_wait"],
+                 f"Longest current wait in queue {name}"),
+                (f"{prefix}_entered", "counter", q["entered"], f"Calls that entered queue {name}"),
+                (f"{prefix}_answered", "counter", q["answered"],
+                 f"Calls of queue {name} answered by an agent"),
+                (f"{prefix}_answered_in_target", "counter", q["answered_in_target"],
+                 f"Calls of queue {name} answered within the service-level time"),
+                (f"{prefix}_abandoned", "counter", q["abandoned"],
+                 f"Callers who hung up in queue {name} before an agent answered"),
+                (f"{prefix}_overflowed", "counter", q["overflowed"],
+                 f"Calls that overflowed out of queue {name}"),
+            ]
+            if q["service_level"] is not None:
+                samples.append((f"{prefix}_service_level", "gauge", q["service_level"],
+                                f"Share of settled calls of queue {name} answered in target"))
+            if q["average_handle_time"] is not None:
+                samples.append((f"{prefix}_average_handle_time_seconds", "gauge",
+                                q["average_handle_time"],
+                                f"Average talk plus wrap-up time in queue {name}"))
+        by_state = dict.fromkeys((s.value for s in AgentState), 0)
+        for agent_id, a in stats["agents"].items():
+            by_state[a["state"]] += 1
+            prefix = f"vaultpbx_agent_{_METRIC_UNSAFE.sub('_', agent_id)}"
+            samples += [
+                (f"{prefix}_busy_seats", "gauge", a["busy_seats"],
+                 f"Seats of agent {agent_id} reserved, on a call or in wrap-up"),
+                (f"{prefix}_offered", "counter", a["offered"], f"Calls offered to {agent_id}"),
+                (f"{prefix}_missed", "counter", a["missed"], f"Offers {agent_id} let ring out"),
+                (f"{prefix}_handled", "counter", a["handled"], f"Calls {agent_id} finished"),
+            ]
+            if a["occupancy"] is not None:
+                samples.append((f"{prefix}_occupancy", "gauge", a["occupancy"],
+                                f"Share of staffed time agent {agent_id} was busy"))
+            if a["average_handle_time"] is not None:
+                samples.append((f"{prefix}_average_handle_time_seconds", "gauge",
+                                a["average_handle_time"],
+                                f"Average talk plus wrap-up time of agent {agent_id}"))
+        for state, count in by_state.items():
+            samples.append((f"vaultpbx_acd_agents_{state.replace('-', '_')}", "gauge", count,
+                            f"Agents now {state}"))
+        samples.append(("vaultpbx_acd_waiting", "gauge", totals["waiting"],
+                        "Calls waiting in all queues"))
+        samples.append(("vaultpbx_acd_abandoned", "counter", totals["abandoned"],
+                        "Callers who hung up in a queue before an agent answered"))
+        for name, value in self.counters.items():
+            samples.append((f"vaultpbx_acd_{name}", "counter", value, name.replace("_", " ")))
+        return samples
+
+    # -- admin API -----------------------------------------------------------------------------
+    def admin_routes(self) -> dict[tuple[str, str], Callable[[HttpRequest], HttpResponse]]:
+        """GET /queues, GET /agents, POST /agents/{login,logout,pause,ready} with JSON
+        `{"agent": "2001", "reason": "lunch"}` (reason: pause only). Unauthenticated as yet:
+        mount them behind the admin API's session check."""
+        return {
+            ("GET", "/queues"): self._get_queues,
+            ("GET", "/agents"): self._get_agents,
+            ("POST", "/agents/login"): self._post_login,
+            ("POST", "/agents/logout"): self._post_logout,
+            ("POST", "/agents/pause"): self._post_pause,
+            ("POST", "/agents/ready"): self._post_ready,
+        }
+
+    def _now(self) -> float:
+        if self.clock is None:
+            raise RuntimeError("AcdBridge needs a clock to serve the admin API")
+        return self.clock()
+
+    def _get_queues(self, request: HttpRequest) -> HttpResponse:
+        return _json({"queues": self.stats(self._now())["queues"]})
+
+    def _get_agents(self, request: HttpRequest) -> HttpResponse:
+        return _json({"agents": self.stats(self._now())["agents"]})
+
+    def _post_login(self, request: HttpRequest) -> HttpResponse:
+        return self._agent_request(request, PresenceInput.LOGIN)
+
+    def _post_logout(self, request: HttpRequest) -> HttpResponse:
+        return self._agent_request(request, PresenceInput.LOGOUT)
+
+    def _post_pause(self, request: HttpRequest) -> HttpResponse:
+        return self._agent_request(request, PresenceInput.PAUSE)
+
+    def _post_ready(self, request: HttpRequest) -> HttpResponse:
+        return self._agent_request(request, PresenceInput.READY)
+
+    def _agent_request(self, request: HttpRequest, action: PresenceInput) -> HttpResponse:
+        try:
+            body = request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _json({"error": "body must be JSON"}, 400)
+        if not isinstance(body, dict) or not isinstance(body.get("agent"), str):
+            return _json({"error": 'expected {"agent": "<id>"}'}, 400)
+        agent = body["agent"]
+        reason = body.get("reason")
+        if action is PresenceInput.PAUSE:
+            if reason is None:
+                reason = "break"
+            if not isinstance(reason, str) or not 0 < len(reason) <= 64:
+                return _json({"error": "reason must be 1-64 characters"}, 400)
+        if agent not in self.router.config.agents:
+            return _json({"error": "unknown agent"}, 404)
+        now = self._now()
+        try:
+            self._control(agent, action, reason, now)
+        except RoutingError as exc:
+            return _json({"error": str(exc)}, 409)
+        return _json({"agent": agent, **self.stats(now)["agents"][agent]})
+
+
+def _json(value: object, status: int = 200) -> HttpResponse:
+    from ..api.http import HttpResponse
+
+    return HttpResponse.of_json(value, status)
