@@ -253,18 +253,25 @@ class Bench:
         await self.ask("close")
 
     async def worker_stats(self) -> dict[str, Any]:
-        # Direct, with a long timeout: a saturated worker answers late, and that is data too.
-        return await self.controller.workers[0].request("stats", timeout=30.0)
+        # Direct, with a long timeout: a saturated worker answers late. CPU is read from /proc
+        # at the moment of asking, not from the reply, so a late reply cannot skew it.
+        worker = self.controller.workers[0]
+        with open(f"/proc/{worker.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        at = time.monotonic()
+        reply = await worker.request("stats", timeout=30.0)
+        reply["cpu"], reply["at"] = cpu, at
+        return reply
 
     async def throughput(self, name: str, srtp_a: bool, srtp_b: bool, seconds: float) -> dict:
         await self.add_calls(8, srtp_a, srtp_b)
         blast = asyncio.ensure_future(self.ask("blast", seconds + 1.0))
         await asyncio.sleep(0.5)
         first = await self.worker_stats()
-        t0 = time.monotonic()
         await asyncio.sleep(seconds)
         last = await self.worker_stats()
-        elapsed = time.monotonic() - t0
+        elapsed = last["at"] - first["at"]
         offered = (await blast)["sent"] / (seconds + 1.0)
         await self.drop_calls()
         relayed = (last["stats"]["packets_out"] - first["stats"]["packets_out"]) / elapsed
@@ -286,10 +293,9 @@ class Bench:
             run = asyncio.ensure_future(self.ask("run", seconds, packets))
             await asyncio.sleep(min(2.0, seconds / 4))
             first = await self.worker_stats()
-            t0 = time.monotonic()
             await asyncio.sleep(seconds - 2 * min(2.0, seconds / 4))
             last = await self.worker_stats()
-            cpu = (last["cpu"] - first["cpu"]) / (time.monotonic() - t0)
+            cpu = (last["cpu"] - first["cpu"]) / (last["at"] - first["at"])
             result = await run
             loss = 1 - result["received"] / result["sent"]
             row = {
