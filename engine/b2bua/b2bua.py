@@ -38,7 +38,7 @@ from ..sip.transaction import (
 from ..sip.uri import parse_uri
 from ..sip.validate import ALLOWED_METHODS
 from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
-from .dialplan import Dialplan
+from .dialplan import Dialplan, Route
 from .location import LocationService
 from .timers import CallTimer, CallTimerWheel
 
@@ -49,6 +49,24 @@ CAUSES = {
     408: "no_answer", 480: "unavailable", 487: "cancelled",
 }
 SUPPORTED = "timer"
+
+
+# (rewritten SDP or None, error status, reason, now): a media answer arrives later than the
+# message that asked for it, so the B2BUA continues in the callback.
+MediaDone = Callable[[bytes | None, int, str, float], None]
+
+
+class MediaPort(Protocol):
+    """The media plane as the B2BUA sees it: commands out, results back through `done`
+    (the runtime adapts the asyncio controller of vaultpbx.media). Legs are "caller"/"callee";
+    policies are the YAML `srtp:` values (required / optional / off)."""
+
+    def offer(self, call_id: str, leg: str, sdp: bytes, policy: str | None,
+              other_policy: str | None, done: MediaDone) -> None: ...
+
+    def answer(self, call_id: str, leg: str, sdp: bytes, done: MediaDone) -> None: ...
+
+    def delete(self, call_id: str) -> None: ...
 
 
 class QueueRouter(Protocol):
@@ -108,6 +126,7 @@ class B2BUA:
         }
         self.on_auth_failure: Callable[[str, str, Flow], None] | None = None
         self.queue_router: QueueRouter | None = None
+        self.media: MediaPort | None = None
         self.digest_secret = digest_secret
         self.apply_config(config)
 
@@ -338,6 +357,51 @@ class B2BUA:
         call.ring_deadline = now + self.config.sip.ring_timeout
         call.hard_end_at = now + self.config.sip.max_call_duration
         self.wheel.add(call, call.ring_deadline)
+        if self.media is not None and request.body:
+            # Anchor: the caller's offer goes to the media plane first; the callee is offered
+            # our address and our keys, so each leg only ever sees vaultpbx (DESIGN step 4).
+            call.anchored = True
+            call_id = call.id
+            a_policy = self._srtp_policy("extension", caller_ext) if caller_ext else (
+                self._srtp_policy("trunk", source_trunk) if source_trunk else None)
+            b_policy = self._srtp_policy(route.kind, route.name)
+
+            def offered(sdp: bytes | None, status: int, why: str, at: float) -> None:
+                self._media_offered(call_id, route, sdp, status, why, at)
+
+            self.media.offer(call_id, "caller", request.body, a_policy, b_policy, offered)
+            return
+        self._dispatch(call, route, now)
+
+    def _srtp_policy(self, kind: str, name: str | None) -> str | None:
+        if kind == "extension" and name in self.config.extensions:
+            return self.config.extensions[name].srtp
+        if kind == "trunk" and name in self.config.trunks:
+            return self.config.trunks[name].srtp
+        return None  # the media plane's default (optional)
+
+    def _media_offered(self, call_id: str, route: Route, sdp: bytes | None, status: int,
+                       why: str, now: float) -> None:
+        call = self.calls.get(call_id)
+        if call is None:
+            if self.media is not None:
+                self.media.delete(call_id)  # the caller gave up meanwhile
+            return
+        if sdp is None:
+            self._fail_call(call, status or 500, "media_refused", now, reason=_reason(why))
+            return
+        call.b_sdp = sdp
+        self._dispatch(call, route, now)
+
+    def end_call_by_id(self, call_id: str, cause: str, now: float) -> None:
+        """The media plane lost a call (worker died, no media): end it on both legs."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            self._end_call(call, cause, 0, now)
+
+    def _dispatch(self, call: Call, route: Route, now: float) -> None:
+        a = call.a
+        assert a is not None
         if route.kind == "extension":
             self._ring_extension(call, route.name, route.number, now)
         elif route.kind == "trunk":
@@ -348,7 +412,9 @@ class B2BUA:
             call.acd_queue = route.name
             call.state = CallState.QUEUED
             call.ring_deadline = None
-            self.respond(txn, request, 180, now, extra=[("contact", a_dialog.local_contact)])
+            if a.invite_server is not None and a.invite_request is not None:
+                self.respond(a.invite_server, a.invite_request, 180, now,
+                             extra=[("contact", a.dialog.local_contact)])
             self.queue_router.enqueue(call, route.name, now)
         else:
             queue = self.config.queues[route.name]
@@ -480,8 +546,10 @@ class B2BUA:
         leg = Leg(call, Side.B, dialog, flow)
         leg.target_name = target_name
         leg.offer_in_invite = bool(a_invite.body)
-        request = dialog.new_request("INVITE", a_invite.body,
-                                     a_invite.get("content-type"))
+        body = call.b_sdp if call.b_sdp is not None else a_invite.body
+        request = dialog.new_request("INVITE", body,
+                                     "application/sdp" if call.b_sdp is not None
+                                     else a_invite.get("content-type"))
         mf = a_invite.get("max-forwards")
         request.set("max-forwards", str(int(mf) - 1 if mf is not None else 70))
         request.set("allow", ALLOWED_METHODS)
@@ -516,13 +584,22 @@ class B2BUA:
             if call is None or leg.ended or status == 100:
                 return
             leg.provisional_seen = True
-            a = call.a
-            if a is not None and a.invite_server is not None and call.b is None:
-                call.state = CallState.EARLY if response.body else CallState.RINGING
+            call_id = call.id
+
+            def relay_provisional(body: bytes | None, error: int, why: str, at: float) -> None:
+                call = self.calls.get(call_id)
+                a = call.a if call is not None else None
+                if call is None or a is None or a.invite_server is None or call.b is not None:
+                    return
+                if a.invite_server.state is not State.PROCEEDING:
+                    return
+                call.state = CallState.EARLY if body else CallState.RINGING
                 self.respond(a.invite_server, a.invite_request or Request("INVITE", ""),
-                             status, now, reason=response.reason, body=response.body,
-                             content_type=response.get("content-type"),
+                             status, at, reason=response.reason, body=body or b"",
+                             content_type="application/sdp" if body else None,
                              extra=[("contact", a.dialog.local_contact)])
+
+            self._through_media(call, "callee", response.body, relay_provisional, now)
             return
         if status < 300:
             if leg.ack_bytes is not None:  # a 2xx retransmission: resend our ACK (§13.2.2.4)
@@ -611,6 +688,32 @@ class B2BUA:
         call.hunt = []
         if leg.offer_in_invite:
             self._send_ack(leg, b"", None, now)
+        call_id = call.id
+
+        def answered(body: bytes | None, error: int, why: str, at: float) -> None:
+            call = self.calls.get(call_id)
+            if call is None:
+                return
+            if error:
+                # The callee's answer is unusable (e.g. no common crypto): end it, refuse.
+                self._fail_call(call, error, "media_refused", at, reason=_reason(why))
+                return
+            self._answer_caller(call, leg, body or b"", at)
+
+        self._through_media(call, "callee", response.body, answered, now)
+
+    def _through_media(self, call: Call, leg: str, body: bytes, then: MediaDone,
+                       now: float) -> None:
+        """Pass an SDP answer from `leg` through the media plane when the call is anchored."""
+        if not call.anchored or not body or self.media is None:
+            then(body or None, 0, "", now)
+            return
+        self.media.answer(call.id, leg, body, then)
+
+    def _answer_caller(self, call: Call, leg: Leg, body: bytes, now: float) -> None:
+        a = call.a
+        if a is None or a.invite_server is None or call.state is CallState.ENDED:
+            return
         # Answer the caller; retransmit the 2xx until its ACK (RFC 3261 §13.3.1.4).
         a_request = a.invite_request
         assert a_request is not None
@@ -624,9 +727,9 @@ class B2BUA:
             extra.append(("require", "timer"))
         response_to_a = build_response(a_request, 200, "OK", to_tag=txn.to_tag, extra=extra +
                                        [("server", self.config.sip.user_agent)] + (
-                                           [("content-type", response.get("content-type")
-                                             or "application/sdp")] if response.body else []),
-                                       body=response.body)
+                                           [("content-type", "application/sdp")] if body
+                                           else []),
+                                       body=body)
         txn.respond(response_to_a, now)
         call.ok_bytes = response_to_a.serialize()
         call.answered_at = now
@@ -742,22 +845,57 @@ class B2BUA:
                 if call.session_interval:
                     call.session_deadline = now + call.session_interval
                     self.wheel.add(call, call.session_deadline)
-            out = other.dialog.new_request(method, request.body, request.get("content-type"))
-            for name in ("session-expires", "min-se", "supported"):
-                value = request.get(name)
-                if value is not None and name != "session-expires":
-                    out.set(name, value)
             relay = InDialogRelay(origin=txn, origin_leg=leg, target_leg=other, method=method)
             txn.owner = relay
-            out_txn = self._layer().start_client_transaction(out, other.flow, now, owner=relay)
-            if method == "INVITE":
-                other.offer_in_invite = bool(request.body)
-                other.invite_client = out_txn if isinstance(out_txn, ClientInviteTransaction) \
-                    else None
+
+            def forward(body: bytes | None, error: int, why: str, at: float) -> None:
+                if error:
+                    if txn.state in (State.TRYING, State.PROCEEDING) and txn.request is not None:
+                        self.respond(txn, txn.request, error, at, reason=_reason(why))
+                    return
+                self._forward_in_dialog(relay, request, body or b"", at)
+
+            if call.anchored and self.media is not None and request.body and method != "INFO":
+                self.media.offer(call.id, _leg_name(leg), request.body, None, None, forward)
+            else:
+                forward(request.body or None, 0, "", now)
             return
         self.respond(txn, request, 405, now, extra=[("allow", ALLOWED_METHODS)])
 
+    def _forward_in_dialog(self, relay: InDialogRelay, request: Request, body: bytes,
+                           now: float) -> None:
+        other, method = relay.target_leg, relay.method
+        if other.call is None or other.ended:
+            return
+        content_type = "application/sdp" if relay.origin_leg.call is not None and (
+            relay.origin_leg.call.anchored) and body else request.get("content-type")
+        out = other.dialog.new_request(method, body, content_type)
+        for name in ("min-se", "supported"):
+            value = request.get(name)
+            if value is not None:
+                out.set(name, value)
+        out_txn = self._layer().start_client_transaction(out, other.flow, now, owner=relay)
+        if method == "INVITE":
+            other.offer_in_invite = bool(body)
+            other.invite_client = out_txn if isinstance(out_txn, ClientInviteTransaction) \
+                else None
+
     def _on_relay_response(self, relay: InDialogRelay, response: Response, now: float) -> None:
+        call = relay.origin_leg.call
+        if (call is not None and call.anchored and response.body and self.media is not None
+                and 200 <= response.status < 300 and relay.method in ("INVITE", "UPDATE")):
+            def answered(body: bytes | None, error: int, why: str, at: float) -> None:
+                if error:
+                    self._relay_final(relay, response, b"", at, error=error, why=why)
+                else:
+                    self._relay_final(relay, response, body or b"", at)
+
+            self.media.answer(call.id, _leg_name(relay.target_leg), response.body, answered)
+            return
+        self._relay_final(relay, response, response.body, now)
+
+    def _relay_final(self, relay: InDialogRelay, response: Response, body: bytes, now: float,
+                     *, error: int = 0, why: str = "") -> None:
         origin = relay.origin
         if origin.state is State.TERMINATED:
             return
@@ -778,8 +916,12 @@ class B2BUA:
                 else:
                     target.ack_bytes = None
                     relay.origin_leg.pending_ack_body = b""
-        self.respond(origin, request, status, now, reason=response.reason, body=response.body,
-                     content_type=response.get("content-type"), extra=extra)
+        if error:
+            status, reason = error, _reason(why)
+        else:
+            reason = response.reason
+        self.respond(origin, request, status, now, reason=reason, body=body,
+                     content_type=response.get("content-type") if body else None, extra=extra)
         if status >= 200:
             origin.owner = None  # the relay is done; no cycle outlives it
 
@@ -898,6 +1040,8 @@ class B2BUA:
             self.trunk_calls[call.trunk] = max(0, self.trunk_calls.get(call.trunk, 1) - 1)
         self.calls.pop(call.id, None)
         self.wheel.cancel(call)
+        if call.anchored and self.media is not None:
+            self.media.delete(call.id)
         for leg in call.legs():
             if self.dialogs.get(leg.dialog.key) is leg:
                 del self.dialogs[leg.dialog.key]
@@ -987,6 +1131,16 @@ class B2BUA:
     def end_all(self, now: float, cause: str = "shutdown") -> None:
         for call in list(self.calls.values()):
             self._end_call(call, cause, 503, now)
+
+
+def _leg_name(leg: Leg) -> str:
+    return "caller" if leg.side is Side.A else "callee"
+
+
+def _reason(text: str) -> str:
+    """A reason phrase from an error message: one line, no control characters, short."""
+    line = " ".join(text.split())[:80]
+    return line or "Not Acceptable Here"
 
 
 def _timeout_response() -> Response:

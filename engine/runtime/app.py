@@ -100,6 +100,8 @@ class Engine:
             idle_timeout=self.config.sip.tcp_idle_timeout,
         )
         self.audit: AuditLog | None = None
+        self.media_controller: object | None = None
+        self.media_port: object | None = None
         self.layer: TransactionLayer | None = None
         self.cdr = CdrStore(self.data_dir / "cdr.db")
         self.http: HttpServer | None = None
@@ -176,6 +178,7 @@ class Engine:
         )
         self.b2bua.attach(self.layer)
         self.layer.on_internal_error = self._internal_error
+        await self._start_media()
         if config.admin.port:
             await self._start_admin()
         self.tasks.append(self.loop.create_task(self._housekeeping()))
@@ -193,6 +196,34 @@ class Engine:
         log.info("engine.started", version=__version__, listen={k: f"{h}:{p}" for k, (h, p)
                                                                  in local.items()},
                  admin=f"{config.admin.host}:{config.admin.port}", data_dir=str(self.data_dir))
+
+    async def _start_media(self) -> None:
+        """Media anchoring (on unless `media.anchor: false`): workers relay RTP/SRTP."""
+        raw = dict(self.config.media)
+        if not raw.pop("anchor", True):
+            return
+        from ..media.config import MediaConfig
+        from ..media.controller import MediaController
+        from .mediaport import AsyncMediaPort
+
+        def calls_lost(call_ids: tuple[str, ...], reason: str) -> None:
+            log.error("media.calls_lost", calls=len(call_ids), reason=reason)
+            now = self.loop.time()
+            for call_id in call_ids:
+                self.b2bua.end_call_by_id(call_id, "media_lost", now)
+            self.flush()
+
+        def media_timeout(call_id: str) -> None:
+            self.b2bua.end_call_by_id(call_id, "media_timeout", self.loop.time())
+            self.flush()
+
+        controller = MediaController(MediaConfig.from_dict(raw), on_calls_lost=calls_lost,
+                                     on_media_timeout=media_timeout)
+        await controller.start()
+        self.media_controller = controller
+        port = AsyncMediaPort(controller, self.loop, self.flush)
+        self.media_port = port
+        self.b2bua.media = port
 
     async def _start_admin(self) -> None:
         from ..api.admin import AdminApi
@@ -409,6 +440,10 @@ class Engine:
         await self.drain()
         for task in self.tasks:
             task.cancel()
+        if self.media_port is not None:
+            await self.media_port.drain()  # type: ignore[attr-defined]
+        if self.media_controller is not None:
+            await self.media_controller.close()  # type: ignore[attr-defined]
         if self.http is not None:
             self.http.close()
         self.transports.close()

@@ -254,9 +254,18 @@ class LoadedConfig:
 
 def check_sections(loaded: LoadedConfig) -> None:
     """Validate the sections owned by other packages, naming the YAML line of the error."""
+    from ..media.config import MediaConfig
     from ..security.config import SecurityConfig
 
-    checks: list[tuple[str, Any]] = [("security", SecurityConfig.from_dict)]
+    def media_section(raw: dict[str, Any]) -> object:
+        raw = dict(raw)
+        anchor = raw.pop("anchor", True)
+        if not isinstance(anchor, bool):
+            raise ValueError("media.anchor: must be true or false")
+        return MediaConfig.from_dict(raw)
+
+    checks: list[tuple[str, Any]] = [("security", SecurityConfig.from_dict),
+                                     ("media", media_section)]
     if loaded.config.routing:
         from ..routing.config import RouterConfig
 

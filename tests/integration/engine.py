@@ -113,6 +113,8 @@ def base_config(data_dir: Path, sip_port: int, tls_port: int, admin_port: int) -
         "admin": {"host": "127.0.0.1", "port": admin_port, "tls": False},
         "logging": {"level": "info"},
         "security": {"floodguard": {"trusted": ["127.0.0.1/32"]}},
+        # Signalling tests do not anchor media; tests of the media plane turn it on.
+        "media": {"anchor": False},
     }
 
 

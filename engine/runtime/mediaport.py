@@ -1,0 +1,76 @@
+"""The B2BUA's media port over the asyncio media controller.
+
+The B2BUA has no I/O: it asks for an offer or answer and continues in a callback. Here each
+request becomes a task on the loop; when it completes, the callback runs with the loop's `now`
+and the engine flushes what the B2BUA decided to send. Errors carry their SIP status (400, 488,
+503) from the media layer; anything else becomes 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from ..b2bua.b2bua import MediaDone
+from ..media.controller import MediaController
+from ..sdp import MediaPolicy
+
+log = structlog.get_logger("vaultpbx.media")
+
+
+class AsyncMediaPort:
+    def __init__(self, controller: MediaController, loop: asyncio.AbstractEventLoop,
+                 after: Callable[[], None]) -> None:
+        self.controller = controller
+        self.loop = loop
+        self.after = after  # the engine's flush
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.errors = 0
+
+    @staticmethod
+    def _policy(srtp: str | None) -> MediaPolicy | None:
+        return MediaPolicy(srtp=srtp) if srtp else None  # type: ignore[arg-type]
+
+    def offer(self, call_id: str, leg: str, sdp: bytes, policy: str | None,
+              other_policy: str | None, done: MediaDone) -> None:
+        self._spawn(self.controller.offer(call_id, leg, sdp, policy=self._policy(policy),
+                                          other_policy=self._policy(other_policy)), done)
+
+    def answer(self, call_id: str, leg: str, sdp: bytes, done: MediaDone) -> None:
+        self._spawn(self.controller.answer(call_id, leg, sdp), done)
+
+    def delete(self, call_id: str) -> None:
+        self._spawn(self.controller.delete(call_id), None)
+
+    def _spawn(self, work: Awaitable[Any], done: MediaDone | None) -> None:
+        task = asyncio.ensure_future(work, loop=self.loop)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finish(t, done))
+
+    def _finish(self, task: asyncio.Task[Any], done: MediaDone | None) -> None:
+        self._tasks.discard(task)
+        now = self.loop.time()
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if done is not None:
+            if exc is not None:
+                status = int(getattr(exc, "status_code", 500) or 500)
+                if status == 500:
+                    self.errors += 1
+                    log.error("media.request_failed", error=repr(exc))
+                done(None, status, str(exc), now)
+            else:
+                result = task.result()
+                done(result if isinstance(result, bytes) else None, 0, "", now)
+        elif exc is not None:
+            self.errors += 1
+            log.warning("media.delete_failed", error=repr(exc))
+        self.after()
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2.0)

@@ -1,0 +1,155 @@
+"""Anchored media end to end: a real engine with media workers, SIP from raw sockets, and a
+Python RTP/SRTP peer on each side. The caller's leg is SRTP (SDES), the trunk's leg plain RTP;
+each side sees only vaultpbx's address and its own keys, and every payload arrives intact."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from vaultpbx.media.rtppeer import RtpPeer, payload_number
+from vaultpbx.sdp import parse_sdp
+from vaultpbx.sip.message import Request, Response, build_response
+from vaultpbx.sip.parser import parse_message
+
+from tests.integration.engine import free_port, start_engine
+
+
+class RawUa:
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(5)
+
+    def send(self, data: bytes, port: int) -> None:
+        self.sock.sendto(data, ("127.0.0.1", port))
+
+    def wait(self, accept) -> Request | Response:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            data, _ = self.sock.recvfrom(65535)
+            message = parse_message(data)
+            if accept(message):
+                return message
+        raise AssertionError("nothing matching arrived")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def invite(ua: RawUa, engine_port: int, body: bytes) -> bytes:
+    return (
+        f"INVITE sip:0555@127.0.0.1:{engine_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{ua.port};branch=z9hG4bK-media-1\r\n"
+        f"From: <sip:caller@127.0.0.1>;tag=caller1\r\nTo: <sip:0555@127.0.0.1>\r\n"
+        f"Call-ID: media-call-1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+        f"Contact: <sip:caller@127.0.0.1:{ua.port}>\r\nContent-Type: application/sdp\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.parametrize("caller_suite", ["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_256_GCM"])
+def test_srtp_caller_to_rtp_trunk_audio_intact(tmp_path: Path, caller_suite: str) -> None:
+    import asyncio
+
+    callee = RawUa()
+    engine = start_engine(tmp_path, {
+        "media": {"anchor": True, "workers": 1, "port_min": 24000 + (free_port() % 2000) * 2,
+                  "port_max": 32000},
+        "auth": {"trusted_sources": ["127.0.0.1"]},
+        "trunks": {"carrier": {"target": f"sip:127.0.0.1:{callee.port}", "srtp": "off"}},
+        "dialplan": [{"match": "0(\\d+)", "trunk": "carrier", "number": "\\1"}],
+    })
+    caller = RawUa()
+    alice = RtpPeer(ssrc=0x1111, suite=caller_suite)
+    bob = RtpPeer(ssrc=0x2222)
+    try:
+        offer = alice.sdp()
+        caller.send(invite(caller, engine.sip_port, offer), engine.sip_port)
+        b_invite = callee.wait(lambda m: isinstance(m, Request) and m.method == "INVITE")
+        assert isinstance(b_invite, Request)
+        # The callee sees our address, plain RTP (trunk policy off), not the caller's port/key.
+        b_offer = parse_sdp(b_invite.body)
+        assert b_offer.media[0].proto == "RTP/AVP"
+        assert b_offer.media[0].port != alice.port
+        assert b"inline:" not in b_invite.body
+        answer = bob.answer_to(b_invite.body)
+        ok = build_response(b_invite, 200, to_tag="callee1", extra=[
+            ("contact", f"<sip:callee@127.0.0.1:{callee.port}>"),
+            ("content-type", "application/sdp")], body=answer)
+        callee.send(ok.serialize(), engine.sip_port)
+        a_ok = caller.wait(lambda m: isinstance(m, Response) and m.status == 200)
+        assert isinstance(a_ok, Response)
+        a_answer = parse_sdp(a_ok.body)
+        assert a_answer.media[0].proto == "RTP/SAVP"
+        assert a_answer.media[0].cryptos()[0].suite == caller_suite
+        assert a_answer.media[0].port != bob.port
+        alice.learn(a_ok.body)
+        ack = (
+            f"ACK sip:vaultpbx@127.0.0.1:{engine.sip_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-media-ack\r\n"
+            f"From: <sip:caller@127.0.0.1>;tag=caller1\r\n"
+            f"To: <sip:0555@127.0.0.1>;tag={a_ok.to.tag}\r\nCall-ID: media-call-1\r\n"
+            f"CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        caller.send(ack, engine.sip_port)
+
+        async def talk() -> tuple[list[bytes], list[bytes]]:
+            for n in range(50):
+                alice.send(n)
+                bob.send(1000 + n)
+                await asyncio.sleep(0.005)
+            return await bob.receive(50, 5.0), await alice.receive(50, 5.0)
+
+        at_bob, at_alice = asyncio.run(talk())
+        assert [payload_number(p[12:]) for p in at_bob] == list(range(50))
+        assert [payload_number(p[12:]) for p in at_alice] == list(range(1000, 1050))
+        # What reached the trunk side was plain RTP; what reached the caller was SRTP.
+        assert all(p[12:22] == b"%010d" % payload_number(p[12:]) for p in bob.raw)
+        assert all(b"00000010" not in raw for raw in alice.raw)
+        assert alice.failures == 0
+        # Hang up: the media session is deleted with the call.
+        bye = ack.replace(b"ACK sip", b"BYE sip").replace(b"1 ACK", b"2 BYE").replace(
+            b"media-ack", b"media-bye")
+        caller.send(bye, engine.sip_port)
+        assert caller.wait(lambda m: isinstance(m, Response) and m.cseq.method == "BYE")
+        assert callee.wait(lambda m: isinstance(m, Request) and m.method == "BYE")
+    finally:
+        caller.close()
+        callee.close()
+        alice.close()
+        bob.close()
+        assert engine.stop() == 0
+
+
+def test_srtp_required_without_crypto_gets_488(tmp_path: Path) -> None:
+    callee = RawUa()
+    engine = start_engine(tmp_path, {
+        "media": {"anchor": True, "workers": 1},
+        "extensions": {"1001": {"password": "x", "srtp": "required"}},
+        "auth": {"trusted_sources": ["127.0.0.1"]},
+        "trunks": {"carrier": {"target": f"sip:127.0.0.1:{callee.port}", "srtp": "required"}},
+        "dialplan": [{"match": "0(\\d+)", "trunk": "carrier", "number": "\\1"}],
+    })
+    caller = RawUa()
+    plain = RtpPeer(ssrc=0x3333)
+    try:
+        caller.send(invite(caller, engine.sip_port, plain.sdp()), engine.sip_port)
+        b_invite = callee.wait(lambda m: isinstance(m, Request) and m.method == "INVITE")
+        # The trunk requires SRTP: we offer RTP/SAVP; the callee answers without crypto.
+        assert b"RTP/SAVP" in b_invite.body
+        bad = build_response(b_invite, 200, to_tag="c2", extra=[
+            ("contact", f"<sip:callee@127.0.0.1:{callee.port}>"),
+            ("content-type", "application/sdp")], body=RtpPeer(ssrc=4).sdp())
+        callee.send(bad.serialize(), engine.sip_port)
+        final = caller.wait(lambda m: isinstance(m, Response) and m.status >= 300)
+        assert final.status == 488
+        assert callee.wait(lambda m: isinstance(m, Request) and m.method == "BYE")
+    finally:
+        caller.close()
+        callee.close()
+        plain.close()
+        engine.stop()
