@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from vaultpbx.api.http import HttpRequest
 from vaultpbx.b2bua.acd import AcdBridge
 from vaultpbx.hooks.registry import HookPoint
@@ -14,6 +16,7 @@ from vaultpbx.routing import (
     AgentState,
     AgentStateChanged,
     CallOverflowed,
+    CallRelaxed,
     RoutingDecision,
     RoutingError,
 )
@@ -39,6 +42,8 @@ dialplan:
   - {match: '701', queue: spanish}
   - {match: '702', queue: short}
   - {match: '703', queue: dead_end}
+  - {match: '704', queue: expert}
+  - {match: '705', queue: first_line}
 routing:
   skills: [english, spanish]
   agents:
@@ -53,6 +58,13 @@ routing:
       max_wait: 30
       overflow: {destination: "1003"}
     dead_end: {skills: {english: 1}, max_wait: 30}
+    expert:
+      skills: {english: 5}
+      relaxation: [{after: 10, min_proficiency: 3}]
+    first_line:
+      skills: {spanish: 5}
+      max_wait: 20
+      overflow: {queue: support}
 """
 
 PASSWORDS = {"1001": "pw1", "1002": "pw2", "1003": "pw3", "2001": "pa1", "2002": "pa2",
@@ -285,6 +297,34 @@ def test_overflow_after_max_wait_rings_the_destination() -> None:
     assert acd.queue("short")["abandoned"] == 0  # left the router: not counted again
 
 
+def test_overflow_into_another_queue_keeps_routing_the_call() -> None:
+    acd = Acd()
+    caller = acd.phones["1001"]
+    invite = caller.invite("705", "ovq")
+    agent = acd.agent("2003")  # English only: cannot take first_line's calls
+    acd.h.advance(19.5)
+    assert offers(agent) == []
+    acd.h.advance(1)
+    [ring] = offers(agent)  # now in support, where English 1 is enough
+    assert acd.bridge.calls[next(iter(acd.h.b2bua.calls))].queue == "support"
+    agent.answer(ring, 180)
+    cancel(caller, invite)
+    assert acd.queue("first_line")["overflowed"] == 1
+    assert acd.queue("support")["abandoned"] == 1
+
+
+def test_relaxation_on_the_router_timer_reaches_a_less_skilled_agent() -> None:
+    acd = Acd()
+    agent = acd.agent("2003")  # English 3: below the expert queue's 5 at first
+    acd.phones["1001"].invite("704", "rx")
+    acd.h.advance(9.5)
+    assert offers(agent) == []
+    acd.h.advance(1)  # nothing but the router's own timer happens here
+    assert len(offers(agent)) == 1
+    relaxed = [e for e in acd.events if isinstance(e, CallRelaxed)]
+    assert [(r.stage, r.required) for r in relaxed] == [(1, (("english", 3),))]
+
+
 def test_max_wait_without_overflow_ends_the_call_480() -> None:
     acd = Acd()
     caller = acd.phones["1001"]
@@ -390,3 +430,175 @@ def test_admin_routes() -> None:
     status, body = http(acd, "GET", "/agents")
     assert status == 200 and body["agents"]["2001"]["offered"] == 1
     assert http(acd, "POST", "/agents/logout", {"agent": "2002"})[0] == 409
+
+
+# -- random call centre: the router's view and the B2BUA's never drift apart -----------------------
+RANDOM_CONFIG = """
+sip:
+  domain: vaultpbx.test
+  keepalive_probe_interval: 0
+  ring_timeout: 60
+extensions:
+  "1001": {password: "pw1"}
+  "2001": {password: "pa1"}
+  "2002": {password: "pa2"}
+  "2003": {password: "pa3"}
+dialplan:
+  - {match: '2\\d{3}', extension: '\\g<0>'}
+  - {match: '700', queue: support}
+  - {match: '701', queue: spanish}
+routing:
+  skills: [english, spanish]
+  agents:
+    "2001": {skills: {english: 5}}
+    "2002": {skills: {english: 2, spanish: 4}}
+    "2003": {skills: {english: 3, spanish: 3}}
+  queues:
+    support: {skills: {english: 1}, ring_timeout: 6, wrap_up: 3}
+    spanish: {skills: {spanish: 3}, ring_timeout: 6, wrap_up: 2}
+"""
+
+AGENTS = ("2001", "2002", "2003")
+action = st.one_of(
+    st.tuples(st.just("call"), st.sampled_from(["700", "701"])),
+    # An agent whose phone rings (the k-th of them) rings on, answers or rejects.
+    st.tuples(st.just("agent"), st.integers(0, 2), st.sampled_from([180, 200, 200, 486])),
+    st.tuples(st.just("agent"), st.integers(0, 2), st.just(200)),
+    st.tuples(st.just("cancel"), st.integers(0, 7)),
+    st.tuples(st.just("hangup"), st.integers(0, 7)),
+    st.tuples(st.just("advance"), st.floats(0.25, 8.0)),
+    st.tuples(st.just("presence"), st.sampled_from(AGENTS)),
+)
+
+
+class CallCentre:
+    def __init__(self) -> None:
+        self.acd = Acd(config=RANDOM_CONFIG)
+        self.agents = {ext: self.acd.agent(ext) for ext in AGENTS}
+        self.ringing: dict[str, Request] = {}  # agent -> the INVITE ringing there
+        self.callers: list[dict] = []
+        self.answered = 0
+
+    def pump(self) -> None:
+        """Let every phone react to what it received, as a well-behaved phone would."""
+        for _ in range(5):
+            busy = False
+            for ext, phone in self.agents.items():
+                for m in phone.messages():
+                    busy = True
+                    if not isinstance(m, Request):
+                        continue
+                    if m.method == "INVITE" and m.to.tag is None:
+                        self.ringing[ext] = m
+                    elif m.method == "CANCEL":
+                        phone.answer(m, 200)
+                        invite = self.ringing.pop(ext, None)
+                        if invite is not None and invite.call_id == m.call_id:
+                            phone.answer(invite, 487)
+                    elif m.method == "BYE":
+                        phone.answer(m, 200)
+            for c in self.callers:
+                for m in c["phone"].messages():
+                    busy = True
+                    if isinstance(m, Request):
+                        if m.method == "BYE":
+                            c["phone"].answer(m, 200)
+                            c["done"] = True
+                        continue
+                    if m.cseq.method != "INVITE" or m.status < 200 or m.status == 407:
+                        continue
+                    if m.status == 200 and not c["done"]:
+                        if c["ok"] is None:
+                            c["ok"] = m
+                        c["phone"].ack_2xx(m, c["id"])
+                    elif m.status >= 300:
+                        c["done"] = True
+            if not busy:
+                return
+
+    def step(self, act: tuple) -> None:
+        kind = act[0]
+        live = [c for c in self.callers if not c["done"]]
+        if kind == "call":
+            n = len(self.callers)
+            phone = Phone(self.acd.h, 8000 + n, "1001", "pw1")
+            c = {"phone": phone, "id": f"r{n}", "ok": None, "done": False}
+            self.callers.append(c)
+            c["invite"] = phone.invite(act[1], c["id"])
+        elif kind == "agent":
+            if self.ringing:
+                ext = sorted(self.ringing)[act[1] % len(self.ringing)]
+                status = act[2]
+                invite = self.ringing[ext]
+                self.agents[ext].answer(invite, status,
+                                        body=b"v=0\r\n" if status == 200 else b"")
+                if status >= 200:
+                    del self.ringing[ext]
+        elif kind == "cancel":
+            waiting = [c for c in live if c["ok"] is None]
+            if waiting:
+                cancel(waiting[act[1] % len(waiting)]["phone"],
+                       waiting[act[1] % len(waiting)]["invite"])
+        elif kind == "hangup":
+            talking = [c for c in live if c["ok"] is not None]
+            if talking:
+                c = talking[act[1] % len(talking)]
+                hang_up(c["phone"], c["id"], c["ok"])
+                c["done"] = True
+        elif kind == "advance":
+            self.acd.h.advance(act[1])
+        else:
+            bridge, now = self.acd.bridge, self.acd.h.now
+            state = self.acd.state(act[1])
+            if state in (AgentState.BREAK, AgentState.NOT_RESPONDING):
+                bridge.ready(act[1], now)
+            elif state is AgentState.AVAILABLE:
+                bridge.pause(act[1], "random", now)
+        self.pump()
+        self.check()
+
+    def check(self) -> None:
+        b2bua, bridge, router = self.acd.h.b2bua, self.acd.bridge, self.acd.bridge.router
+        assert set(bridge.calls) <= set(b2bua.calls)
+        seats: dict[str, int] = {}
+        for call_id, call in b2bua.calls.items():
+            if call.acd_queue is None:
+                continue
+            assert call_id in bridge.calls
+            # The agent the B2BUA rings or connected is the one the router reserved.
+            assert router.call_agent(call_id) == call.agent, (call_id, call.state)
+            if call.agent is not None:
+                seats[call.agent] = seats.get(call.agent, 0) + 1
+        assert all(count == 1 for count in seats.values()), seats  # capacity 1 each
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(action, min_size=1, max_size=40))
+def test_random_call_centre_keeps_router_and_b2bua_in_step(actions: list[tuple]) -> None:
+    centre = CallCentre()
+    for act in actions:
+        centre.step(act)
+    # Wind down: every agent ready, callers waiting get answered or hang up, talks end.
+    for ext in AGENTS:
+        if centre.acd.state(ext) in (AgentState.BREAK, AgentState.NOT_RESPONDING):
+            centre.acd.bridge.ready(ext, centre.acd.h.now)
+    centre.pump()
+    for c in centre.callers:
+        if not c["done"] and c["ok"] is None:
+            cancel(c["phone"], c["invite"])
+        elif not c["done"]:
+            hang_up(c["phone"], c["id"], c["ok"])
+        c["done"] = True
+        centre.pump()
+        centre.check()
+    centre.acd.h.advance(40)
+    centre.pump()
+    acd = centre.acd
+    assert acd.h.b2bua.calls == {} and acd.bridge.calls == {}
+    assert acd.bridge.router.waiting_call_ids() == []
+    for name in ("support", "spanish"):
+        q = acd.queue(name)
+        assert q["entered"] == q["answered"] + q["abandoned"], q
+    assert all(acd.state(ext) is AgentState.AVAILABLE for ext in AGENTS)
+    assert acd.bridge.counters["errors"] == 0
