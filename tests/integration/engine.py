@@ -124,6 +124,12 @@ def start_engine(tmp_path: Path, overrides: dict | None = None, *,
     data_dir = tmp_path / "var"
     sip_port, tls_port, admin_port = free_port(), free_port(False), free_port(False)
     cfg = config or base_config(data_dir, sip_port, tls_port, admin_port)
+    if config is not None:  # a full config brings its own ports and data directory
+        data_dir = Path(cfg.get("data_dir", data_dir))
+        listen = {item["transport"]: item["port"] for item in cfg["sip"]["listen"]}
+        sip_port = listen.get("udp", listen.get("tcp", sip_port))
+        tls_port = listen.get("tls", tls_port)
+        admin_port = cfg.get("admin", {}).get("port", admin_port)
     if overrides:
         _merge(cfg, overrides)
     config_path = tmp_path / "vaultpbx.yaml"

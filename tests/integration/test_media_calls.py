@@ -153,3 +153,88 @@ def test_srtp_required_without_crypto_gets_488(tmp_path: Path) -> None:
         callee.close()
         plain.close()
         engine.stop()
+
+
+def test_default_yaml_call_carries_srtp_on_the_caller_leg(tmp_path: Path) -> None:
+    """configs/default.yaml as shipped (only ports and the data directory moved): 1001 calls
+    1002 with SDES-SRTP and digest auth; the audio arrives intact at 1002."""
+    import asyncio
+
+    import yaml
+    from vaultpbx.sip.digest import build_authorization
+
+    from tests.integration.engine import ROOT
+    from tests.integration.sipclient import UdpClient
+
+    config = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    sip_port, tls_port, admin_port = free_port(), free_port(False), free_port(False)
+    config["data_dir"] = str(tmp_path / "var")
+    config["sip"]["listen"] = [{"transport": "udp", "host": "127.0.0.1", "port": sip_port},
+                               {"transport": "tls", "host": "127.0.0.1", "port": tls_port}]
+    config["sip"]["tls"].update(certificate=str(tmp_path / "var/tls/c.pem"),
+                                private_key=str(tmp_path / "var/tls/k.pem"))
+    config["admin"].update(port=admin_port, tls=False)
+    config["media"]["workers"] = 1
+    config["drain_timeout"] = 1  # the call is still up when the test stops the engine
+    engine = start_engine(tmp_path, config=config)
+    passwords = {name: ext["password"] for name, ext in config["extensions"].items()}
+    callee_sip = UdpClient(sip_port)
+    caller = RawUa()
+    alice = RtpPeer(ssrc=0x5151, suite="AES_CM_128_HMAC_SHA1_80")
+    bob = RtpPeer(ssrc=0x5252, suite="AES_CM_128_HMAC_SHA1_80")
+    try:
+        assert callee_sip.register("1002", passwords["1002"]).status == 200
+        uri = "sip:1002@vaultpbx.local"
+        body = alice.sdp()
+
+        def invite_1002(cseq: int, auth: str = "") -> bytes:
+            return (
+                f"INVITE {uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-def-{cseq}\r\n"
+                f"From: <sip:1001@vaultpbx.local>;tag=a1001\r\nTo: <{uri}>\r\n"
+                f"Call-ID: default-yaml-call\r\nCSeq: {cseq} INVITE\r\nMax-Forwards: 70\r\n"
+                f"Contact: <sip:1001@127.0.0.1:{caller.port}>\r\n{auth}"
+                f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+        caller.send(invite_1002(1), sip_port)
+        challenge = caller.wait(lambda m: isinstance(m, Response) and m.status == 407)
+        authorization = build_authorization(challenge.get("proxy-authenticate") or "",
+                                            "INVITE", uri, "1001", passwords["1001"], "cn", 1)
+        caller.send(invite_1002(2, f"Proxy-Authorization: {authorization}\r\n"), sip_port)
+        callee_sip.sock.settimeout(5)
+        while True:
+            data, _ = callee_sip.sock.recvfrom(65535)
+            b_invite = parse_message(data)
+            if isinstance(b_invite, Request) and b_invite.method == "INVITE":
+                break
+        assert b"inline:" in b_invite.body and alice.key.hex() not in b_invite.body.hex()
+        ok = build_response(b_invite, 200, to_tag="b1002", extra=[
+            ("contact", f"<sip:1002@127.0.0.1:{callee_sip.port}>"),
+            ("content-type", "application/sdp")], body=bob.answer_to(b_invite.body))
+        callee_sip.sock.sendto(ok.serialize(), ("127.0.0.1", sip_port))
+        a_ok = caller.wait(lambda m: isinstance(m, Response) and m.status == 200)
+        assert parse_sdp(a_ok.body).media[0].proto == "RTP/SAVP"
+        alice.learn(a_ok.body)
+        caller.send((
+            f"ACK sip:vaultpbx@127.0.0.1:{sip_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-def-ack\r\n"
+            f"From: <sip:1001@vaultpbx.local>;tag=a1001\r\nTo: <{uri}>;tag={a_ok.to.tag}\r\n"
+            f"Call-ID: default-yaml-call\r\nCSeq: 2 ACK\r\nMax-Forwards: 70\r\n"
+            f"Content-Length: 0\r\n\r\n").encode(), sip_port)
+
+        async def talk() -> list[bytes]:
+            for n in range(40):
+                alice.send(n)
+                await asyncio.sleep(0.005)
+            return await bob.receive(40, 5.0)
+
+        heard = asyncio.run(talk())
+        assert [payload_number(p[12:]) for p in heard] == list(range(40))
+        assert bob.failures == 0 and alice.failures == 0
+    finally:
+        caller.close()
+        callee_sip.close()
+        alice.close()
+        bob.close()
+        assert engine.stop() == 0
