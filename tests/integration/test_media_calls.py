@@ -238,3 +238,71 @@ def test_default_yaml_call_carries_srtp_on_the_caller_leg(tmp_path: Path) -> Non
         alice.close()
         bob.close()
         assert engine.stop() == 0
+
+
+def _establish(engine_port: int, caller: RawUa, callee: RawUa, call_id: str
+               ) -> tuple[Response, RtpPeer, RtpPeer]:
+    alice, bob = RtpPeer(ssrc=0x7001), RtpPeer(ssrc=0x7002)
+    data = invite(caller, engine_port, alice.sdp()).replace(b"media-call-1", call_id.encode())
+    data = data.replace(b"z9hG4bK-media-1", f"z9hG4bK-{call_id}".encode())
+    caller.send(data, engine_port)
+    b_invite = callee.wait(lambda m: isinstance(m, Request) and m.method == "INVITE")
+    ok = build_response(b_invite, 200, to_tag=f"t-{call_id}", extra=[
+        ("contact", f"<sip:callee@127.0.0.1:{callee.port}>"),
+        ("content-type", "application/sdp")], body=bob.answer_to(b_invite.body))
+    callee.send(ok.serialize(), engine_port)
+    a_ok = caller.wait(lambda m: isinstance(m, Response) and m.status == 200)
+    caller.send((
+        f"ACK sip:vaultpbx@127.0.0.1:{engine_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-ack-{call_id}\r\n"
+        f"From: <sip:caller@127.0.0.1>;tag=caller1\r\nTo: <sip:0555@127.0.0.1>;tag={a_ok.to.tag}"
+        f"\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode(), engine_port)
+    return a_ok, alice, bob
+
+
+def test_sigkill_of_a_media_worker_ends_its_calls_and_the_engine_goes_on(tmp_path: Path) -> None:
+    import os
+    import signal
+    import sqlite3
+
+    callee = RawUa()
+    engine = start_engine(tmp_path, {
+        "media": {"anchor": True, "workers": 1},
+        "auth": {"trusted_sources": ["127.0.0.1"]},
+        "trunks": {"carrier": {"target": f"sip:127.0.0.1:{callee.port}", "srtp": "off"}},
+        "dialplan": [{"match": "0(\\d+)", "trunk": "carrier", "number": "\\1"}],
+    })
+    caller = RawUa()
+    peers: list[RtpPeer] = []
+    try:
+        _, alice, bob = _establish(engine.sip_port, caller, callee, "doomed-call")
+        peers += [alice, bob]
+        assert engine.health()["active_calls"] == 1
+        children = Path(f"/proc/{engine.process.pid}/task/{engine.process.pid}/children")
+        workers = [int(pid) for pid in children.read_text().split()]
+        assert workers, "the engine should have a media worker process"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        # Both legs get a BYE; the call record says why.
+        assert caller.wait(lambda m: isinstance(m, Request) and m.method == "BYE")
+        assert callee.wait(lambda m: isinstance(m, Request) and m.method == "BYE")
+        deadline = time.monotonic() + 10
+        while engine.health()["active_calls"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert engine.health()["active_calls"] == 0
+        # The worker is restarted: the next call is anchored and established.
+        _, alice2, bob2 = _establish(engine.sip_port, caller, callee, "next-call")
+        peers += [alice2, bob2]
+        assert engine.health()["active_calls"] == 1
+        assert "media.calls_lost" in engine.log()
+    finally:
+        caller.close()
+        callee.close()
+        for peer in peers:
+            peer.close()
+        engine.stop()
+    time.sleep(0.5)
+    db = sqlite3.connect(engine.data_dir / "cdr.db")
+    causes = sorted(row[0] for row in db.execute("SELECT cause FROM calls"))
+    assert causes == ["media_lost", "shutdown"]
