@@ -291,7 +291,13 @@ def test_sigkill_of_a_media_worker_ends_its_calls_and_the_engine_goes_on(tmp_pat
         while engine.health()["active_calls"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert engine.health()["active_calls"] == 0
-        # The worker is restarted: the next call is anchored and established.
+        # The worker is restarted (a new process): then the next call is anchored again.
+        while time.monotonic() < deadline + 10:
+            fresh = [int(pid) for pid in children.read_text().split()]
+            if fresh and not set(fresh) & set(workers):
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # the new worker answers its first ping
         _, alice2, bob2 = _establish(engine.sip_port, caller, callee, "next-call")
         peers += [alice2, bob2]
         assert engine.health()["active_calls"] == 1
