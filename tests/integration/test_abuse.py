@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -308,9 +310,36 @@ def test_password_guessing_is_banned_and_logged(engines: list[RunningEngine],
     assert sum("'1001'" in e and e.endswith("Wrong password") for e in events) == 5, events
     assert sum("'7777'" in e and e.endswith("No matching peer found") for e in events) == 1
     assert [record["reason"] for record in lines] == ["bad-response"] * 5 + ["unknown-user"]
+    # Real fail2ban, where installed, finds the guesser six times and nobody else.
+    hosts = fail2ban_hosts(engine, tmp_path)
+    assert hosts is None or hosts == ["127.0.0.3"] * 6, hosts
     # The passwords tried never reach the log.
     text = engine.log()
     assert "guess-" not in text and PASSWORD not in text
+
+
+# The same regex as a fail2ban filter for the engine's JSON log (the stock asterisk filter's
+# message part, matched inside the "event" field).
+FAIL2BAN_FILTER = """[Definition]
+failregex = "event": "Registration from '[^']*' failed for '<HOST>(:\\d+)?' - (?:Wrong password|\
+Username/auth name mismatch|No matching peer found|Not a local domain|Device does not match ACL|\
+Peer is not supposed to register|ACL error \\(permit/deny\\))"
+datepattern = "timestamp": "%%Y-%%m-%%dT%%H:%%M:%%S\\.%%fZ"
+"""
+
+
+def fail2ban_hosts(engine: RunningEngine, tmp_path: Path) -> list[str] | None:
+    """The addresses real fail2ban (`fail2ban-regex`, Debian package fail2ban) finds in the
+    engine's log, one per matched line; None when fail2ban is not installed."""
+    tool = shutil.which("fail2ban-regex")
+    if tool is None:
+        return None
+    conf = tmp_path / "vaultpbx-f2b.conf"
+    conf.write_text(FAIL2BAN_FILTER)
+    out = subprocess.run([tool, "-o", "<ip>", str(engine.log_path), str(conf)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
 def auth_lines(engine: RunningEngine) -> list[dict]:
@@ -348,6 +377,8 @@ def test_auth_failure_line_cannot_be_forged_by_the_username(engines: list[Runnin
     match = FAIL2BAN_ASTERISK.fullmatch(record["event"])
     assert match is not None and match["host"] == "127.0.0.5", record
     assert "10.9.8.7:5060' - " not in record["event"], record
+    hosts = fail2ban_hosts(engine, tmp_path)
+    assert hosts is None or hosts == ["127.0.0.5"], hosts
 
 
 # ------------------------------------------------------------------------------------------------
