@@ -194,6 +194,22 @@ class AdminApi:
         return {(method, path): self._guarded(method, path, permission, getattr(self, name))
                 for method, path, permission, name in ROUTES}
 
+    def guard_routes(self, routes: Mapping[tuple[str, str], Callable[[HttpRequest], Any]],
+                     permissions: Mapping[str, str]) -> dict[tuple[str, str], Any]:
+        """Put another component's routes (the ACD's agent controls) behind the same sessions,
+        permission matrix, audit and API_REQUEST hook: `permissions` maps a method to the
+        permission it needs."""
+        guarded: dict[tuple[str, str], Any] = {}
+        for (method, path), handler in routes.items():
+            def with_session(request: HttpRequest, session: Session | None,
+                             _handler: Callable[[HttpRequest], Any] = handler) -> HttpResponse:
+                result: HttpResponse = _handler(request)
+                return result
+            with_session.__name__ = getattr(handler, "__name__", "route")
+            guarded[(method, path)] = self._guarded(method, path, permissions[method],
+                                                    with_session)
+        return guarded
+
     def _guarded(self, method: str, path: str, permission: str,
                  handler: Callable[[HttpRequest, Session | None], HttpResponse]
                  ) -> Callable[[HttpRequest], HttpResponse]:

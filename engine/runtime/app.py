@@ -26,6 +26,7 @@ import structlog
 from .. import __version__
 from ..api.http import HttpRequest, HttpResponse, HttpServer
 from ..api.metrics import Sample, make_registry, render
+from ..b2bua.acd import AcdBridge
 from ..b2bua.b2bua import B2BUA
 from ..hooks.builtins import register_builtins
 from ..hooks.maskers import MaskProcessor, TextMasker
@@ -104,6 +105,7 @@ class Engine:
         self.media_port: object | None = None
         self.layer: TransactionLayer | None = None
         self.cdr = CdrStore(self.data_dir / "cdr.db")
+        self.acd: AcdBridge | None = None  # set in start() when the config has `routing:`
         self.http: HttpServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -178,6 +180,7 @@ class Engine:
         )
         self.b2bua.attach(self.layer)
         self.layer.on_internal_error = self._internal_error
+        self._start_acd()
         await self._start_media()
         if config.admin.port:
             await self._start_admin()
@@ -196,6 +199,16 @@ class Engine:
         log.info("engine.started", version=__version__, listen={k: f"{h}:{p}" for k, (h, p)
                                                                  in local.items()},
                  admin=f"{config.admin.host}:{config.admin.port}", data_dir=str(self.data_dir))
+
+    def _start_acd(self) -> None:
+        """Skills-based routing (issue 5) when the config has a `routing:` section: the bridge
+        rings agents through the B2BUA and keeps agent presence in <data_dir>/acd.db."""
+        if not self.config.routing:
+            return
+        self.acd = AcdBridge(self.b2bua, self.config.routing, self.loop.time(),
+                             state_path=self.data_dir / "acd.db", clock=self.loop.time,
+                             flush=self.flush)
+        self.b2bua.queue_router = self.acd
 
     async def _start_media(self) -> None:
         """Media anchoring (on unless `media.anchor: false`): workers relay RTP/SRTP."""
@@ -240,7 +253,11 @@ class Engine:
             audit_sink=self.data_path(audit.sink) if audit.sink else None,
         )
         # The authenticated API's routes (its masked /calls included) win over the open ones.
-        self.http = HttpServer({**self._routes(), **self.admin_api.routes()})
+        # Agent controls and queue statistics need a session like the rest of the API.
+        acd_routes = self.admin_api.guard_routes(
+            self.acd.admin_routes(), {"GET": "calls.monitor", "POST": "calls.handle"},
+        ) if self.acd is not None else {}
+        self.http = HttpServer({**self._routes(), **acd_routes, **self.admin_api.routes()})
         context = None
         if admin.tls:
             tls = self.config.sip.tls
@@ -376,6 +393,8 @@ class Engine:
                             name.replace("_", " ")))
         samples.append(("vaultpbx_hook_errors", "counter", self.hooks.errors,
                         "Plug-in errors isolated"))
+        if self.acd is not None:
+            samples.extend(self.acd.metric_samples(self.loop.time()))
         admin_api = getattr(self, "admin_api", None)
         if admin_api is not None:
             for name, value in admin_api.counters.items():
@@ -407,6 +426,10 @@ class Engine:
         self.loaded = loaded
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)
+        if self.acd is not None:
+            self.acd.apply_config(loaded.config.routing, self.loop.time())
+        elif loaded.config.routing and self.layer is not None:
+            self._start_acd()  # routing added by this reload (its admin routes need a restart)
         self.hooks.notify(HookPoint.CONFIG_CHANGE, {
             "actor": "system", "action": "config.reload", "target": str(loaded.path),
             "details": {}})
@@ -448,6 +471,8 @@ class Engine:
             self.http.close()
         self.transports.close()
         self.cdr.close()
+        if self.acd is not None:
+            self.acd.close()
         self.hooks.notify(HookPoint.CONFIG_CHANGE, {
             "actor": "system", "action": "engine.stop", "target": str(self.loaded.path),
             "details": {}})

@@ -16,7 +16,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyotp
 import pytest
+from argon2 import PasswordHasher
 
 from tests.integration.engine import RunningEngine
 from tests.integration.sipp import SIPP, SippProcess, SippResult, SippRunner
@@ -36,6 +38,7 @@ WRAP_UP = 4
 def acd_overrides() -> dict:
     return {
         "sip": {"digest_algorithms": ["MD5"], "ring_timeout": 30},
+        "security": {"floodguard": {"trusted": ["127.0.0.1/32"]}, "users": [SUPERVISOR]},
         "extensions": {ext: {"password": pw} for ext, pw in PASSWORDS.items()},
         "dialplan": [{"match": r"1\d{3}|2\d{3}", "extension": r"\g<0>"},
                      {"match": "700", "queue": "support"},
@@ -77,12 +80,35 @@ def engine(tmp_path: Path) -> Iterator[RunningEngine]:
             each.stop(timeout=10)
 
 
+# A supervisor account for the admin API (agent controls and queue statistics need a session).
+SUPERVISOR_PASSWORD = "supervisor-test-password"
+SUPERVISOR_TOTP = pyotp.random_base32(32)
+SUPERVISOR = {"name": "sup", "role": "supervisor",
+              "password_hash": PasswordHasher().hash(SUPERVISOR_PASSWORD),
+              "totp_secret": SUPERVISOR_TOTP}
+_tokens: dict[int, str] = {}
+
+
+def _token(engine: RunningEngine) -> str:
+    token = _tokens.get(engine.admin_port)
+    if token is None:
+        credentials = {"user": "sup", "password": SUPERVISOR_PASSWORD,
+                       "otp": pyotp.TOTP(SUPERVISOR_TOTP).now()}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{engine.admin_port}/login", method="POST",
+            data=json.dumps(credentials).encode(), headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            token = _tokens[engine.admin_port] = json.loads(response.read())["token"]
+    return token
+
+
 def api(engine: RunningEngine, method: str, path: str, body: object = None
         ) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"http://127.0.0.1:{engine.admin_port}{path}", data=data,
                                      method=method,
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              "authorization": f"Bearer {_token(engine)}"})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read() or b"{}")
