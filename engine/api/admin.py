@@ -51,7 +51,7 @@ from ..hooks.maskers import DEFAULT_MASKER, TextMasker, mask_phone_number, mask_
 from ..hooks.registry import HookPoint, HookRegistry
 from ..recording.errors import RecordingError, UnknownRecordingError
 from ..security import audit as audit_log
-from ..security.anomaly import AnomalyDetector, hook_sink, log_sink
+from ..security.anomaly import AnomalyDetector, WebhookSink, hook_sink, log_sink
 from ..security.approvals import Approval, ApprovalStore
 from ..security.config import SecurityConfig, UserEntry, parse_users
 from ..security.mfa import TotpVerifier
@@ -182,7 +182,11 @@ class AdminApi:
         users = load_users(UserStore(hasher), security.users)
         sessions = SessionStore(lifetime=security.sessions.lifetime_seconds,
                                 idle_timeout=security.sessions.idle_seconds)
-        anomaly = AnomalyDetector(security.anomaly, sinks=[log_sink(), hook_sink(hooks)])
+        sinks = [log_sink(), hook_sink(hooks)]
+        if security.anomaly.webhook_url:
+            sinks.append(WebhookSink(security.anomaly.webhook_url,
+                                     security.anomaly.webhook_timeout))
+        anomaly = AnomalyDetector(security.anomaly, sinks=sinks)
         return cls(security, users=users, sessions=sessions,
                    approvals=ApprovalStore(security.access), anomaly=anomaly, hooks=hooks,
                    cdr=cdr, recordings=recordings, clock=clock, audit_dir=audit_dir,

@@ -33,6 +33,10 @@ class AnomalyConfig:
     ipv6_prefix: int = 64
     alert_on_first_login: bool = False
     """Alert even when an account has no known network yet (first login ever)."""
+    webhook_url: str | None = None
+    """POST every alert as JSON to this URL (e.g. a SIEM or chat hook); None: no webhook."""
+    webhook_timeout: float = 5.0
+    """Seconds a webhook delivery may take before it is given up (and counted)."""
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | None) -> AnomalyConfig:
@@ -42,7 +46,9 @@ class AnomalyConfig:
         config = config or {}
         downloads = dict(config.get("downloads") or {})
         network = dict(config.get("new_network") or {})
-        unknown = (set(config) - {"downloads", "new_network"}) | {
+        webhook = dict(config.get("webhook") or {})
+        unknown = (set(config) - {"downloads", "new_network", "webhook"}) | {
+            f"webhook.{k}" for k in set(webhook) - {"url", "timeout_seconds"}} | {
             f"downloads.{k}" for k in set(downloads) - {"max", "window_seconds", "lock"}} | {
             f"new_network.{k}" for k in set(network) - {
                 "ipv4_prefix", "ipv6_prefix", "alert_on_first_login"}}
@@ -55,7 +61,12 @@ class AnomalyConfig:
             ipv4_prefix=int(network.get("ipv4_prefix", 24)),
             ipv6_prefix=int(network.get("ipv6_prefix", 64)),
             alert_on_first_login=bool(network.get("alert_on_first_login", False)),
+            webhook_url=str(webhook["url"]) if webhook.get("url") else None,
+            webhook_timeout=float(webhook.get("timeout_seconds", 5.0)),
         )
+        if made.webhook_url is not None and not made.webhook_url.startswith(
+                ("http://", "https://")):
+            raise ValueError("anomaly.webhook.url: must be an http:// or https:// URL")
         if made.download_max < 1 or made.download_window <= 0:
             raise ValueError("anomaly.downloads: max must be >= 1 and window_seconds > 0")
         if not 0 <= made.ipv4_prefix <= 32 or not 0 <= made.ipv6_prefix <= 128:
@@ -79,6 +90,58 @@ def log_sink(logger: logging.Logger = _log) -> AlertSink:
         logger.warning("security alert %s for %s: %s", alert.kind, alert.account,
                        dict(alert.detail))
     return deliver
+
+
+class WebhookSink:
+    """POST each alert as JSON to a URL from one background thread, so a slow or dead receiver
+    never blocks the engine. Failures are counted and logged without the URL (it may carry a
+    token)."""
+
+    def __init__(self, url: str, timeout: float = 5.0, max_queue: int = 1000) -> None:
+        import queue
+        import threading
+
+        self.url = url
+        self.timeout = timeout
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self._queue: queue.Queue[Alert | None] = queue.Queue(max_queue)
+        self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
+        self._thread.start()
+
+    def __call__(self, alert: Alert) -> None:
+        import queue
+
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        import json
+        import urllib.request
+
+        while True:
+            alert = self._queue.get()
+            if alert is None:
+                return
+            body = json.dumps({"kind": alert.kind, "account": alert.account,
+                               "time": alert.time, "detail": dict(alert.detail)},
+                              default=str).encode()
+            request = urllib.request.Request(self.url, data=body, method="POST",
+                                             headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    response.read()
+                self.delivered += 1
+            except Exception as exc:  # noqa: BLE001 - a receiver's fault must not stop us
+                self.failed += 1
+                _log.warning("security alert webhook failed: %s", type(exc).__name__)
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
 
 
 def audit_sink(audit_log: Any) -> AlertSink:
