@@ -426,6 +426,7 @@ class Engine:
         self.loaded = loaded
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)
+        self._reload_security(SecurityConfig.from_dict(loaded.config.security))
         if self.acd is not None:
             self.acd.apply_config(loaded.config.routing, self.loop.time())
         elif loaded.config.routing and self.layer is not None:
@@ -454,6 +455,19 @@ class Engine:
                 if t.state.value in ("Trying", "Proceeding")):
             await asyncio.sleep(0.05)
         self.housekeeping_once()
+
+    def _reload_security(self, security: SecurityConfig) -> None:
+        """New flood-guard limits and trusted networks take effect at once; bans in force stay
+        (a reload must not release an attacker). Users and sessions need a restart."""
+        now = self.loop.time()
+        if security.floodguard != self.security.floodguard:
+            guard = FloodGuard(security.floodguard)
+            for source, until in self.guard.banned(now).items():
+                guard.ban(source, until)
+            self.guard = guard
+        if security.users != self.security.users or security.audit != self.security.audit:
+            log.warning("config.security_users_or_audit_changed_need_restart")
+        self.security = security
 
     def stop(self) -> None:
         self._stopping.set()

@@ -139,3 +139,35 @@ def test_sigterm_drains_then_ends_calls(tmp_path: Path) -> None:
     db = sqlite3.connect(engine.data_dir / "cdr.db")
     causes = [row[0] for row in db.execute("SELECT cause FROM calls")]
     assert causes.count("shutdown") == 5
+
+
+def test_sighup_applies_new_flood_limits(tmp_path: Path) -> None:
+    engine = start_engine(tmp_path, {"security": {"floodguard": {
+        "trusted": ["127.0.0.1/32"], "rate": 1000, "burst": 1000}}})
+    try:
+        def blast(count: int) -> int:
+            client = UdpClient(engine.sip_port, host="127.0.0.2")
+            answered = 0
+            try:
+                for n in range(count):
+                    client.sock.sendto(client.request("OPTIONS", "sip:vaultpbx.test", user="x",
+                                                      call_id=f"b{n}"), client.server)
+                client.sock.settimeout(0.5)
+                while True:
+                    client.sock.recvfrom(65535)
+                    answered += 1
+            except TimeoutError:
+                return answered
+            finally:
+                client.close()
+
+        assert blast(20) == 20
+        config = yaml.safe_load(engine.config_path.read_text())
+        config["security"]["floodguard"].update(rate=1, burst=5)
+        engine.config_path.write_text(yaml.safe_dump(config))
+        engine.signal(signal.SIGHUP)
+        assert wait_for(lambda: "config.reloaded" in engine.log())
+        assert blast(20) <= 6  # the new bucket: 5 at once, then banned
+        assert engine.metrics()["vaultpbx_floodguard_bans_total"] >= 1
+    finally:
+        engine.stop()
