@@ -19,7 +19,10 @@ Invariants:
 - Details are stored masked for the "auditor" role and with secrets redacted: the log is immutable,
   so what it must never hold (card numbers, passwords) is removed before it is written.
 - Records younger than the minimum retention (180 days by default) are never deleted.
-- One writer: the log file is locked (flock) while an AuditLog is open.
+- Several writers (the engine and the CLI, say) may append at once: each append and checkpoint
+  holds an exclusive flock on audit.lock and first folds in the records other writers appended
+  since this instance last wrote, so seq, prev_hash, the Merkle tree and the checkpoints stay one
+  history. Within one process a directory is opened once unless `shared=True`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ import json
 import logging
 import logging.handlers
 import os
+import threading
+import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +55,7 @@ from .merkle import CompactRange, leaf_hash
 RECORDS_FILE = "audit.jsonl"
 CHECKPOINTS_FILE = "checkpoints.jsonl"
 ANCHOR_FILE = "anchor.json"
+LOCK_FILE = "audit.lock"
 KEY_FILE = "audit-ed25519.key"
 PUBLIC_KEY_FILE = "audit-ed25519.pub"
 GENESIS_HASH = "0" * 64
@@ -64,7 +71,7 @@ class RetentionError(PermissionError):
 
 
 class AuditLogLocked(RuntimeError):
-    """Another process already writes this audit log."""
+    """This process already has the log open, or another writer held the lock too long."""
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
@@ -187,9 +194,20 @@ class Checkpoint:
 
 # -- the writer -------------------------------------------------------------------------------
 
+# Directories this process has open, so a second AuditLog on the same directory in the same
+# process (two observers: every record twice) is refused unless asked for (`shared=True`).
+_OPEN_HERE: dict[str, weakref.WeakSet[AuditLog]] = {}
+_OPEN_HERE_GUARD = threading.Lock()
+
 
 class AuditLog:
-    """Single-writer append-only audit log. `now` (seconds since the epoch) is always passed in."""
+    """Append-only audit log; any number of processes may write it at once.
+
+    `now` (seconds since the epoch) is always passed in. Every append and checkpoint runs under
+    an exclusive `flock` on `audit.lock` and first folds in whatever other writers appended since
+    this instance last looked (one `stat` per append; the file is read only when it grew), so
+    sequence numbers, the hash chain, the Merkle tree and the checkpoints stay one history.
+    """
 
     def __init__(
         self,
@@ -203,6 +221,8 @@ class AuditLog:
         checkpoint_interval: float = 300.0,
         min_retention: float = MIN_RETENTION_SECONDS,
         fsync: bool = True,
+        shared: bool = False,
+        lock_timeout: float = 10.0,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
@@ -213,44 +233,171 @@ class AuditLog:
         self.checkpoint_interval = checkpoint_interval
         self.min_retention = min_retention
         self.fsync = fsync
-        self._key = load_or_create_signing_key(
-            Path(key_path) if key_path else self.directory / KEY_FILE
-        )
-        self.public_key = public_key_hex(self._key)
-        pub_path = self.directory / PUBLIC_KEY_FILE
-        if not pub_path.exists():
-            pub_path.write_text(self.public_key + "\n")
+        self.lock_timeout = lock_timeout
         self._path = self.directory / RECORDS_FILE
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._checkpoints_path = self.directory / CHECKPOINTS_FILE
+        self._fd = -1
+        self._lock_fd = -1
+        self._lock_depth = 0
+        self._mutex = threading.RLock()
+        self._here = os.path.realpath(self.directory)
+        with _OPEN_HERE_GUARD:
+            open_here = _OPEN_HERE.setdefault(self._here, weakref.WeakSet())
+            if open_here and not shared:
+                raise AuditLogLocked(
+                    f"{self._path} is already open in this process (pass shared=True to open "
+                    f"it twice on purpose)")
+            open_here.add(self)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o640)
+            with self._locked():  # the key is created once, whoever comes first
+                self._key = load_or_create_signing_key(
+                    Path(key_path) if key_path else self.directory / KEY_FILE
+                )
+                self.public_key = public_key_hex(self._key)
+                pub_path = self.directory / PUBLIC_KEY_FILE
+                if not pub_path.exists():
+                    pub_path.write_text(self.public_key + "\n")
+                self._open_records()
+                self._restore()
+        except BaseException:
+            self._release()
+            raise
+
+    # -- locking and catching up with other writers -------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the cross-process write lock (re-entrant within this instance)."""
+        with self._mutex:
+            if self._lock_depth == 0:
+                self._acquire()
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _acquire(self) -> None:
+        if self._lock_fd < 0:
+            raise ValueError("audit log is closed")
+        deadline = time.monotonic() + self.lock_timeout
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise AuditLogLocked(
+                        f"{self.directory / LOCK_FILE}: another writer held the lock for more "
+                        f"than {self.lock_timeout:g} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.02)
+
+    def _open_records(self) -> None:
+        if self._fd >= 0:
             os.close(self._fd)
-            raise AuditLogLocked(f"{self._path} is open by another writer") from None
-        self._restore()
+            self._fd = -1
+        self._fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        self._ino = os.fstat(self._fd).st_ino
 
     def _restore(self) -> None:
+        """Rebuild the state from the files (at open, and after another writer's prune)."""
         anchor = read_anchor(self.directory)
         if anchor is not None:
             self._tree = CompactRange(anchor["first_seq"], _unhex_list(anchor["frontier"]))
             self._head = anchor["prev_hash"]
-            self._first_time: float | None = None
         else:
             self._tree = CompactRange()
             self._head = GENESIS_HASH
-            self._first_time = None
+        self._first_time: float | None = None
         self._last_checkpoint_size = 0
         self._last_checkpoint_time: float | None = None
-        for cp in _read_jsonl(self.directory / CHECKPOINTS_FILE):
+        self._checkpoints_offset = 0
+        self._read_new_checkpoints()
+        self._offset = 0
+        self._fold(os.fstat(self._fd).st_size)
+
+    def _sync(self) -> None:
+        """Under the lock: take in what other writers appended (or rebuild after a prune)."""
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            st = None
+        if st is None or st.st_ino != self._ino:
+            self._open_records()  # replaced by another writer's prune (or removed)
+            self._restore()
+        elif st.st_size > self._offset:
+            self._fold(st.st_size)
+            self._read_new_checkpoints()
+        elif st.st_size < self._offset:
+            # Cut underneath every writer: tampering. Keep the chain this writer knows, so the
+            # records appended from here on show the gap to `verify` instead of papering it over.
+            _log.error("audit log %s shrank from %d to %d bytes under the writer",
+                       self._path, self._offset, st.st_size)
+            self._offset = st.st_size
+
+    def _fold(self, end: int) -> None:
+        data = _pread_all(self._fd, self._offset, end - self._offset)
+        if not data:
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            # A torn last line can only be left by a writer that died mid-write (we hold the
+            # lock): end it, so that it stays one bad line `verify` names and appends go on.
+            _log.error("audit log %s: unterminated last record at byte %d (a writer died?)",
+                       self._path, self._offset + cut)
+            os.write(self._fd, b"\n")
+            data += b"\n"
+        start = 0
+        while start < len(data):
+            stop = data.index(b"\n", start)
+            self._absorb(data[start:stop])
+            start = stop + 1
+        self._offset += len(data)
+
+    def _absorb(self, line: bytes) -> None:
+        self._tree.append(leaf_hash(line))
+        try:
+            record = json.loads(line)
+            seq, head, at = record["seq"], record["hash"], float(record["time"])
+        except (ValueError, TypeError, KeyError):
+            _log.error("audit log %s: record %d is not well-formed", self._path,
+                       self._tree.size - 1)
+            return
+        if seq != self._tree.size - 1 or record.get("prev_hash") != self._head:
+            _log.error("audit log %s: record %d does not continue the chain (seq %r)",
+                       self._path, self._tree.size - 1, seq)
+        self._head = head
+        if self._first_time is None:
+            self._first_time = at
+
+    def _read_new_checkpoints(self) -> None:
+        try:
+            with open(self._checkpoints_path, "rb") as f:
+                f.seek(self._checkpoints_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        cut = data.rfind(b"\n") + 1
+        for line in data[:cut].splitlines():
+            try:
+                cp = json.loads(line)
+            except ValueError:
+                continue
             if isinstance(cp, dict) and cp.get("type") == "checkpoint":
                 self._last_checkpoint_size = int(cp.get("tree_size", 0))
                 self._last_checkpoint_time = float(cp.get("time", 0.0))
-        for line in _read_lines(self._path):
-            record = json.loads(line)
-            if self._first_time is None:
-                self._first_time = record["time"]
-            self._tree.append(leaf_hash(line))
-            self._head = record["hash"]
+        self._checkpoints_offset += cut
+
+    def refresh(self) -> None:
+        """Catch up with other writers now (`size`, `head_hash` and `root_hash` are otherwise
+        as of this instance's last append or checkpoint)."""
+        with self._locked():
+            self._sync()
 
     @property
     def size(self) -> int:
@@ -274,26 +421,33 @@ class AuditLog:
         now: float,
     ) -> AuditRecord:
         role, masker = self.mask_role, self.masker
-        body: dict[str, Any] = {
-            "seq": self._tree.size,
-            "time": float(now),
-            "actor": masker.mask_text(str(actor), role),
-            "action": str(action),
-            "target": masker.mask_text(str(target), role),
-            "details": mask_value(dict(details or {}), role, masker),
-            "prev_hash": self._head,
-        }
-        body["hash"] = record_hash(body)
-        line = canonical(body)
-        os.write(self._fd, line + b"\n")
-        if self.fsync:
-            os.fsync(self._fd)
-        self._tree.append(leaf_hash(line))
-        self._head = body["hash"]
-        if self._first_time is None:
-            self._first_time = body["time"]
-        if self._checkpoint_due(now):
-            self.checkpoint(now)
+        # Masking runs before the lock is taken: other writers wait only for the write.
+        actor_text = masker.mask_text(str(actor), role)
+        target_text = masker.mask_text(str(target), role)
+        masked_details = mask_value(dict(details or {}), role, masker)
+        with self._locked():
+            self._sync()
+            body: dict[str, Any] = {
+                "seq": self._tree.size,
+                "time": float(now),
+                "actor": actor_text,
+                "action": str(action),
+                "target": target_text,
+                "details": masked_details,
+                "prev_hash": self._head,
+            }
+            body["hash"] = record_hash(body)
+            line = canonical(body)
+            _write_all(self._fd, line + b"\n")
+            if self.fsync:
+                os.fsync(self._fd)
+            self._offset += len(line) + 1
+            self._tree.append(leaf_hash(line))
+            self._head = body["hash"]
+            if self._first_time is None:
+                self._first_time = body["time"]
+            if self._checkpoint_due(now):
+                self.checkpoint(now)
         return AuditRecord(**body)
 
     def _checkpoint_due(self, now: float) -> bool:
@@ -306,23 +460,27 @@ class AuditLog:
 
     def checkpoint(self, now: float) -> Checkpoint:
         """Sign the current tree head and write it to the directory and every sink."""
-        body: dict[str, Any] = {
-            "type": "checkpoint",
-            "tree_size": self._tree.size,
-            "root_hash": self._tree.root().hex(),
-            "head_hash": self._head,
-            "time": float(now),
-            "public_key": self.public_key,
-        }
-        body["signature"] = self._key.sign(_signed_bytes(body)).hex()
-        line = canonical(body).decode()
-        self._write_checkpoint_line(line)
-        self._last_checkpoint_size = self._tree.size
-        self._last_checkpoint_time = now
+        with self._locked():
+            self._sync()
+            body: dict[str, Any] = {
+                "type": "checkpoint",
+                "tree_size": self._tree.size,
+                "root_hash": self._tree.root().hex(),
+                "head_hash": self._head,
+                "time": float(now),
+                "public_key": self.public_key,
+            }
+            body["signature"] = self._key.sign(_signed_bytes(body)).hex()
+            line = canonical(body).decode()
+            self._write_checkpoint_line(line)
+            self._last_checkpoint_size = self._tree.size
+            self._last_checkpoint_time = now
+            with contextlib.suppress(OSError):
+                self._checkpoints_offset = os.stat(self._checkpoints_path).st_size
         return Checkpoint(**{k: v for k, v in body.items() if k != "type"})
 
     def _write_checkpoint_line(self, line: str) -> None:
-        FileSink(self.directory / CHECKPOINTS_FILE, fsync=self.fsync).write(line)
+        FileSink(self._checkpoints_path, fsync=self.fsync).write(line)
         for sink in self.sinks:
             try:
                 sink.write(line)
@@ -335,13 +493,19 @@ class AuditLog:
         """Delete records older than `before`; refuse if that reaches into the retention window.
 
         The removed prefix leaves a signed anchor (its Merkle frontier and last hash) so the kept
-        records still verify, and the prune itself is recorded.
+        records still verify, and the prune itself is recorded. Other writers notice the new
+        file (its inode changed) and rebuild their state from it before their next append.
         """
         if before > now - self.min_retention:
             raise RetentionError(
                 f"records younger than {self.min_retention / 86400:g} days cannot be deleted "
                 f"(asked to delete before {before}, oldest deletable is {now - self.min_retention})"
             )
+        with self._locked():
+            self._sync()
+            return self._prune_locked(before, now)
+
+    def _prune_locked(self, before: float, now: float) -> int:
         lines = _read_lines(self._path)
         cut = 0
         for line in lines:
@@ -373,13 +537,11 @@ class AuditLog:
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 sink.write(canonical(body).decode())
-        # Replace the records file with the kept suffix; the lock moves to the new file.
+        # Replace the records file with the kept suffix (the lock is on audit.lock, not on it).
         tmp = self._path.with_suffix(".tmp")
         _atomic_write(tmp, b"".join(line + b"\n" for line in lines[cut:]), rename_to=self._path)
-        new_fd = os.open(self._path, os.O_WRONLY | os.O_APPEND, 0o640)
-        fcntl.flock(new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.close(self._fd)
-        self._fd = new_fd
+        self._open_records()
+        self._offset = os.fstat(self._fd).st_size
         self.append(
             actor="system",
             action="audit.prune",
@@ -390,12 +552,31 @@ class AuditLog:
         return cut
 
     def close(self, now: float | None = None) -> None:
+        """Close; with `now`, first sign a checkpoint over whatever no checkpoint covers yet."""
         if self._fd < 0:
             return
-        if now is not None and self._tree.size != self._last_checkpoint_size:
-            self.checkpoint(now)
-        os.close(self._fd)
-        self._fd = -1
+        try:
+            if now is not None:
+                with self._locked():
+                    self._sync()
+                    if self._tree.size != self._last_checkpoint_size:
+                        self.checkpoint(now)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._mutex:
+            for name in ("_fd", "_lock_fd"):
+                fd = getattr(self, name)
+                if fd >= 0:
+                    os.close(fd)
+                    setattr(self, name, -1)
+        with _OPEN_HERE_GUARD:
+            open_here = _OPEN_HERE.get(self._here)
+            if open_here is not None:
+                open_here.discard(self)
+                if not open_here:
+                    del _OPEN_HERE[self._here]
 
     def __enter__(self) -> AuditLog:
         return self
@@ -405,6 +586,24 @@ class AuditLog:
 
 
 # -- reading helpers --------------------------------------------------------------------------
+
+
+def _pread_all(fd: int, offset: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size > 0:
+        chunk = os.pread(fd, size, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _read_lines(path: Path) -> list[bytes]:
