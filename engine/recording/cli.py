@@ -3,6 +3,14 @@
 The main CLI resolves the data directory from the config and calls `args.handler(args, data_dir)`
 (each parser sets `handler`). Layout under the data directory: recordings/, keystore.db, kek.key.
 Handlers return the process exit status; they print results, never keys or unmasked numbers.
+
+Every command leaves audit records in the engine's audit log (`<data_dir>/audit` and the outside
+copy `<data_dir>/audit-checkpoints.jsonl`, or what `security.audit` in the configuration says when
+the main CLI put it on `args.engine_config`), also while the engine runs: a listing is one
+`recording.list`, each export or verification a `recording.export` / `recording.verify`, a
+rotation `key.rotate` (and `key.rewrap`, `key.retire`), a shred `recording.shred`; the actor is
+`cli:<OS user>` or `--actor`. A command whose audit log cannot be opened does nothing (exit 1),
+and one whose records could not all be written exits 1 saying so.
 """
 
 from __future__ import annotations
@@ -11,19 +19,23 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..hooks.registry import HookRegistry
-from .errors import RecordingError
+from ..hooks.registry import AUDITED_POINTS, HookPoint, HookRegistry
+from ..security.audit import AuditLog
+from ..security.observer import AuditObserver
+from .errors import AccessDeniedError, RecordingError
 from .export import Authorize, allow_all, check_access, export_wav, verify_all, verify_recording
 from .kek import KekProvider, LocalFileKek
 from .keystore import Keystore
 from .recorder import recover_unfinished
 
 Handler = Callable[[argparse.Namespace, Path], int]
+AuditOpener = Callable[[argparse.Namespace, Path], AuditLog]
 
 
 def recordings_dir(data_dir: Path) -> Path:
@@ -44,6 +56,41 @@ def _default_actor() -> str:
         return "cli:unknown"
 
 
+def open_cli_audit(args: argparse.Namespace, data_dir: Path) -> AuditLog:
+    """The engine's audit log for this data dir (and `args.engine_config.security`, if set)."""
+    from ..security.cli import open_audit_log
+
+    config = getattr(args, "engine_config", None)
+    return open_audit_log(data_dir, getattr(config, "security", None))
+
+
+class _AuditSlot:
+    """The audit observer of one command run: registered once, pointed at the log per run.
+
+    Failures are counted here as well as by the registry (which swallows them), so the command
+    can say that its records are incomplete.
+    """
+
+    __slots__ = ("observer", "failures")
+
+    def __init__(self) -> None:
+        self.observer: AuditObserver | None = None
+        self.failures: list[str] = []
+
+    def __call__(self, point: HookPoint, event: object) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(point, event)
+        except Exception as exc:
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+            raise
+
+    def attach(self, registry: HookRegistry) -> None:
+        for point in AUDITED_POINTS:
+            registry.add_observer(point, self, name="audit", essential=True)
+
+
 def _iso(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -55,12 +102,21 @@ def add_recording_commands(
     hooks: HookRegistry | None = None,
     authorize: Authorize = allow_all,
     out: TextIO | None = None,
+    audit: AuditOpener | None = open_cli_audit,
 ) -> None:
     """Add `recordings` and `keys` to an argparse sub-command set.
 
     `kek_factory(data_dir)` picks the KEK provider (default: the local key file); `hooks` and
-    `authorize` are what every list/export/verify goes through.
+    `authorize` are what every list/export/verify goes through. `audit(args, data_dir)` opens the
+    audit log each command writes to (None: no audit log, for tests of other things).
     """
+    hooks = hooks if hooks is not None else HookRegistry()
+    slot = _AuditSlot()
+    if audit is not None:
+        slot.attach(hooks)
+
+    def guard(handler: Handler) -> Handler:
+        return _audited(_guard(handler, out), audit, slot)
 
     def store_for(data_dir: Path) -> Keystore:
         kek = kek_factory(data_dir) if kek_factory else None
@@ -73,9 +129,22 @@ def add_recording_commands(
         with store_for(data_dir) as store:
             recover_unfinished(store, recordings_dir(data_dir))
             rows = store.rows(states=None if args.all else ("recording", "closed", "incomplete"))
-            for row in rows:
-                check_access(store, actor=args.actor, action="list", recording_id=row.recording_id,
-                             hooks=hooks, authorize=authorize)
+            # One listing, one audit record (as the admin API does), not one per row.
+            quiet = HookRegistry()
+            listing = {"count": len(rows), "role": args.role, "all": bool(args.all),
+                       "via": "cli"}
+            try:
+                for row in rows:
+                    check_access(store, actor=args.actor, action="list",
+                                 recording_id=row.recording_id, hooks=quiet, authorize=authorize)
+            except AccessDeniedError as exc:
+                hooks.notify(HookPoint.RECORDING_ACCESSED, {
+                    "actor": args.actor, "action": "recording.list", "target": exc.recording_id,
+                    "details": {**listing, "allowed": False}})
+                raise
+            hooks.notify(HookPoint.RECORDING_ACCESSED, {
+                "actor": args.actor, "action": "recording.list", "target": "*",
+                "details": {**listing, "allowed": True}})
             docs = [
                 {
                     "id": row.recording_id,
@@ -139,16 +208,27 @@ def add_recording_commands(
             if rotate is None:
                 stdout().write("this KEK provider cannot rotate from here\n")
                 return 2
+            previous = kek.key_id
+            provider = type(kek).__name__
+
+            def rotation(action: str, target: str, **details: object) -> None:
+                hooks.notify(HookPoint.KEY_ROTATION, {
+                    "actor": args.actor, "action": action, "target": target,
+                    "details": {"provider": provider, "via": "cli", **details}})
+
             new_id = rotate()
+            rotation("key.rotate", new_id, previous=previous)
             stdout().write(f"new key-encryption key: {new_id}\n")
             if args.rewrap:
                 count = store.rewrap()
+                rotation("key.rewrap", new_id, data_keys=count)
                 stdout().write(f"re-wrapped {count} data key(s); audio files untouched\n")
                 if args.retire:
                     in_use = store.kek_ids_in_use()
                     for key_id in list(getattr(kek, "key_ids", list)()):
                         if key_id != kek.key_id and key_id not in in_use:
                             kek.retire(key_id)  # type: ignore[attr-defined]
+                            rotation("key.retire", key_id, current=new_id)
                             stdout().write(f"retired {key_id}\n")
         return 0
 
@@ -159,16 +239,16 @@ def add_recording_commands(
     p.add_argument("--all", action="store_true", help="include shredded recordings")
     p.add_argument("--json", action="store_true")
     p.add_argument("--role", default="admin", help="role the caller numbers are masked for")
-    p.set_defaults(handler=_guard(list_handler, out))
+    p.set_defaults(handler=guard(list_handler))
 
     p = rsub.add_parser("export", help="decrypt one recording to a stereo WAV")
     p.add_argument("recording_id")
     p.add_argument("-o", "--output", required=True, help="WAV file to write (created 0600)")
-    p.set_defaults(handler=_guard(export_handler, out))
+    p.set_defaults(handler=guard(export_handler))
 
     p = rsub.add_parser("verify", help="check every tag; exit 1 if any recording fails")
     p.add_argument("recording_id", nargs="?", help="default: every recording")
-    p.set_defaults(handler=_guard(verify_handler, out))
+    p.set_defaults(handler=guard(verify_handler))
 
     for sub in (rsub.choices["list"], rsub.choices["export"], rsub.choices["verify"]):
         sub.add_argument("--actor", default=_default_actor(), help="who is asking (audited)")
@@ -179,7 +259,38 @@ def add_recording_commands(
     p.add_argument("--rewrap", action="store_true", help="re-wrap existing data keys now")
     p.add_argument("--retire", action="store_true",
                    help="with --rewrap: destroy old KEKs no data key needs any more")
-    p.set_defaults(handler=_guard(rotate_handler, out))
+    p.add_argument("--actor", default=_default_actor(), help="who is asking (audited)")
+    p.set_defaults(handler=guard(rotate_handler))
+
+
+def _audited(handler: Handler, audit: AuditOpener | None, slot: _AuditSlot) -> Handler:
+    """Run `handler` with the audit log open (and a checkpoint over its records at the end)."""
+    if audit is None:
+        return handler
+
+    def run(args: argparse.Namespace, data_dir: Path) -> int:
+        try:
+            log = audit(args, data_dir)
+        except Exception as exc:
+            print(f"error: cannot open the audit log, nothing done: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 1
+        slot.observer, slot.failures = AuditObserver(log, time.time), []
+        try:
+            status = handler(args, data_dir)
+        finally:
+            slot.observer = None
+            try:
+                log.close(now=time.time())
+            except Exception as exc:
+                slot.failures.append(f"closing checkpoint: {type(exc).__name__}: {exc}")
+        if slot.failures:
+            print(f"error: {len(slot.failures)} audit record(s) not written: {slot.failures[0]}",
+                  file=sys.stderr)
+            return status or 1
+        return status
+
+    return run
 
 
 def _guard(handler: Handler, out: TextIO | None) -> Handler:

@@ -89,13 +89,14 @@ def _with_data_dir(command: argparse.ArgumentParser) -> None:
 
         def with_dir(args: argparse.Namespace, _handler=handler) -> int:  # type: ignore[no-untyped-def]
             try:
-                data_dir = load_config(args.config).config.data_dir
+                config = load_config(args.config).config
             except ConfigError as exc:
                 print(f"vaultpbx: configuration error: {exc}", file=sys.stderr)
                 return 2
             from pathlib import Path
 
-            result: int = _handler(args, Path(data_dir))
+            args.engine_config = config  # the commands audit where security.audit says
+            result: int = _handler(args, Path(config.data_dir))
             return result
 
         target.set_defaults(handler=with_dir)

@@ -5,6 +5,8 @@ Invariants:
 - An event may be a mapping or any object with attributes; `actor`, `action`, `target` and
   `details` are read from it, the action defaults to the hook point's name. Anything else the
   event carries goes into `details` (masked by the audit log before it is written).
+- Recording events name their object by `recording_id` and a bare verb ("export", "shred"):
+  the id becomes the target and the verb `recording.<verb>`, as the admin API writes them.
 - The clock is injected: runtime passes `time.time`, tests pass a fake.
 """
 
@@ -18,6 +20,7 @@ from ..hooks.registry import AUDITED_POINTS, HookPoint, HookRegistry
 from .audit import AuditLog
 
 _KNOWN = ("actor", "action", "target", "details")
+_RECORDING_POINTS = (HookPoint.RECORDING_ACCESSED, HookPoint.RECORDING_SHREDDED)
 
 
 def _as_mapping(event: object) -> dict[str, Any]:
@@ -42,13 +45,18 @@ class AuditObserver:
 
     def __call__(self, point: HookPoint, event: object) -> None:
         fields = _as_mapping(event)
+        if "target" not in fields and "recording_id" in fields:
+            fields["target"] = fields.pop("recording_id")
+        action = str(fields.get("action") or "")
+        if action and "." not in action and point in _RECORDING_POINTS:
+            action = f"recording.{action}"
         details = dict(fields.get("details") or {})
         for key, value in fields.items():
             if key not in _KNOWN:
                 details[key] = value
         self.log.append(
             actor=str(fields.get("actor", "system")),
-            action=str(fields.get("action") or point.value),
+            action=action or point.value,
             target=str(fields.get("target", "")),
             details=details,
             now=self.clock(),
