@@ -4,6 +4,7 @@ the log stays one chain, one Merkle tree and one series of checkpoints; tamperin
 from __future__ import annotations
 
 import fcntl
+import getpass
 import json
 import os
 import subprocess
@@ -234,3 +235,75 @@ def test_two_processes_appending_at_once(tmp_path: Path) -> None:
     assert report.ok, report.problems
     assert report.checkpoints_checked >= 2 * count // 25
     assert switches >= 1, "the writers never interleaved"
+
+
+# -- the commands: where the log is, and what they leave in it ---------------------------------
+
+
+def write_config(tmp: Path, audit_dir: str) -> tuple[Path, Path, Path]:
+    data_dir, worm = tmp / "data", tmp / "worm" / "cp.jsonl"
+    config = tmp / "vaultpbx.yaml"
+    config.write_text(f"data_dir: {data_dir}\nsecurity:\n"
+                      f"  audit: {{dir: {audit_dir}, sink: {worm}}}\n")
+    return config, data_dir, worm
+
+
+def test_commands_use_the_configured_log_and_verify_reads_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vaultpbx.runtime.cli import main as vaultpbx
+
+    config, data_dir, worm = write_config(tmp_path, "var/logs/audit")
+    directory = data_dir / "logs" / "audit"
+    engine = AuditLog(directory, sinks=[FileSink(worm)], fsync=False)  # this process: "engine"
+    engine.append(actor="system", action="engine.start", now=time.time())
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for command in (["keys", "rotate", "--actor", "ops"], ["recordings", "list"]):
+        done = subprocess.run([sys.executable, "-m", "vaultpbx.runtime.cli", "-c", str(config),
+                               *command], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    engine.append(actor="system", action="engine.stop", now=time.time())
+    engine.close(now=time.time())
+    rows = records(directory)
+    assert [(r["actor"], r["action"]) for r in rows] == [
+        ("system", "engine.start"), ("ops", "key.rotate"),
+        (f"cli:{getpass.getuser()}", "recording.list"), ("system", "engine.stop")]
+    assert rows[1]["target"].startswith("local-0002") and rows[2]["target"] == "*"
+    capsys.readouterr()
+    assert vaultpbx(["-c", str(config), "audit", "verify"]) == 0  # no --dir: the config's
+    assert "4 records" in capsys.readouterr().out
+    cps = worm.read_text().splitlines()
+    worm.write_text("\n".join(cps[:-1] + [cps[-1].replace('"tree_size":4', '"tree_size":3')])
+                    + "\n")
+    assert vaultpbx(["audit", "verify", "-c", str(config)]) == 1  # the configured sink counts
+    assert "bad signature" in capsys.readouterr().err
+
+
+def test_a_command_whose_audit_log_cannot_open_does_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vaultpbx.runtime.cli import main as vaultpbx
+
+    config, data_dir, _ = write_config(tmp_path, "var/blocked")
+    data_dir.mkdir()
+    (data_dir / "blocked").write_text("a file where the log directory should be\n")
+    assert vaultpbx(["-c", str(config), "keys", "rotate"]) == 1
+    assert "cannot open the audit log, nothing done" in capsys.readouterr().err
+    assert not (data_dir / "kek.key").exists()
+
+
+def test_observer_names_recording_events_like_the_admin_api(tmp_path: Path) -> None:
+    from vaultpbx.hooks.registry import HookPoint, HookRegistry
+    from vaultpbx.recording.keystore import RecordingEvent
+    from vaultpbx.security.observer import AuditObserver
+
+    log = AuditLog(tmp_path / "a", fsync=False)
+    registry = HookRegistry()
+    AuditObserver(log, clock=lambda: T0).attach(registry)
+    registry.notify(HookPoint.RECORDING_ACCESSED,
+                    RecordingEvent(action="shred", recording_id="r1", actor="system:retention"))
+    registry.notify(HookPoint.RECORDING_ACCESSED,
+                    {"actor": "sam", "action": "recording.play", "target": "r2"})
+    registry.notify(HookPoint.RECORDING_SHREDDED, {"actor": "sam", "target": "r3"})
+    log.close()
+    assert [(r["actor"], r["action"], r["target"]) for r in records(tmp_path / "a")] == [
+        ("system:retention", "recording.shred", "r1"), ("sam", "recording.play", "r2"),
+        ("sam", "recording_shredded", "r3")]
