@@ -51,7 +51,7 @@ def realistic_records(n: int) -> list[dict[str, object]]:
         kind = i % 4
         if kind == 0:  # SIP signalling line, the most common record
             records.append({
-                "event": "sip.request.in", "method": "INVITE", "call_id": f"{i}@10.0.0.1",
+                "event": "sip.request.in", "method": "INVITE", "call_id": f"{i}@127.100.0.1",
                 "from": f'"Customer" <sip:{phone}@trunk.example.net>;tag=as{i:08x}',
                 "to": "<sip:4001@pbx.example.com>", "source": "203.0.113.9:5060",
                 "level": "info", "timestamp": "2026-05-01T10:00:00.123Z",
@@ -59,7 +59,7 @@ def realistic_records(n: int) -> list[dict[str, object]]:
         elif kind == 1:  # queue / routing line without personal data
             records.append({
                 "event": "queue.assigned", "queue": "billing", "agent": f"agent{i % 40}",
-                "wait_ms": rng.randint(100, 90000), "call_id": f"{i}@10.0.0.1",
+                "wait_ms": rng.randint(100, 90000), "call_id": f"{i}@127.100.0.1",
                 "level": "info", "timestamp": "2026-05-01T10:00:00.123Z",
             })
         elif kind == 2:  # CRM note typed by an agent

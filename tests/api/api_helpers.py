@@ -32,7 +32,7 @@ USERS = [{"name": name, "role": "admin" if name == "admin2" else name,
           "password_hash": PASSWORD_HASH, "totp_secret": secret}
          for name, secret in SECRETS.items()]
 RECORDING_ID = "0f" * 16
-OFFICE = "10.1.2.3"
+OFFICE = "127.101.2.3"
 
 
 class Clock:

@@ -75,8 +75,8 @@ def test_locked_account_answers_like_a_wrong_password(harness: Harness) -> None:
 
 def test_new_network_requires_second_factor_again_and_alerts(harness: Harness) -> None:
     h = harness
-    assert h.login("agent", otp=None, peer=OFFICE).status == 200  # seeds 10.1.2.0/24
-    assert h.login("agent", otp=None, peer="10.1.2.77").status == 200  # same /24
+    assert h.login("agent", otp=None, peer=OFFICE).status == 200  # seeds 127.101.2.0/24
+    assert h.login("agent", otp=None, peer="127.101.2.77").status == 200  # same /24
     away = h.login("agent", otp=None, peer="198.51.100.7")
     assert away.status == 401 and body(away)["second_factor_required"] is True
     alerts = h.heard(HookPoint.SECURITY_ALERT, "alert.new_network")

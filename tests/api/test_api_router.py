@@ -98,13 +98,13 @@ def test_calls_from_a_real_cdr_store(tmp_path: Path) -> None:
     from vaultpbx.b2bua.call import CallRecord
 
     cdr = CdrStore(tmp_path / "cdr.db")
-    cdr.write([CallRecord(call_id="a@b", caller="sip:13912345678@10.0.0.9",
+    cdr.write([CallRecord(call_id="a@b", caller="sip:13912345678@127.100.0.9",
                           callee="sip:6222020200112233@pbx", route_kind="queue",
                           route_name="sales", started=1.0, answered=2.0, ended=9.0,
                           cause="normal", status=200, legs="[]")])
     h = make_harness(tmp_path / "api", cdr=cdr)  # type: ignore[arg-type]
     calls = body(h.request("GET", "/calls?limit=5", token=h.token("qa")))["calls"]
-    assert calls[0]["caller"] == "sip:139****5678@10.0.0.9"
+    assert calls[0]["caller"] == "sip:139****5678@127.100.0.9"
     assert "13912345678" not in str(calls) and "6222020200112233" not in str(calls)
     assert h.request("GET", "/calls?limit=0", token=h.token("qa")).status == 400
     h.audit.close()

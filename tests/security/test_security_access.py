@@ -160,13 +160,13 @@ def test_argon2id_hashes() -> None:
 
 def test_login_password_and_totp() -> None:
     auth, _, secret, seen = make_auth()
-    ok = auth.login("ann", "agent-pw", None, source_ip="10.0.0.5", now=T0)
+    ok = auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0)
     assert ok.ok and ok.token and auth.sessions.get(ok.token, T0) is not None
-    no_otp = auth.login("adam", "admin-pw", None, source_ip="10.0.0.5", now=T0)
+    no_otp = auth.login("adam", "admin-pw", None, source_ip="127.100.0.5", now=T0)
     assert not no_otp.ok and no_otp.second_factor_required
-    bad = auth.login("adam", "admin-pw", "000000", source_ip="10.0.0.5", now=T0)
+    bad = auth.login("adam", "admin-pw", "000000", source_ip="127.100.0.5", now=T0)
     assert not bad.ok
-    good = auth.login("adam", "admin-pw", pyotp.TOTP(secret).at(T0), source_ip="10.0.0.5",
+    good = auth.login("adam", "admin-pw", pyotp.TOTP(secret).at(T0), source_ip="127.100.0.5",
                       now=T0)
     assert good.ok and auth.sessions.get(good.token or "", T0).mfa  # type: ignore[union-attr]
     assert [e["action"] for _, e in seen] == [  # type: ignore[index]
@@ -175,20 +175,20 @@ def test_login_password_and_totp() -> None:
 
 def test_no_user_enumeration() -> None:
     auth, *_ = make_auth()
-    unknown = auth.login("nobody", "x", None, source_ip="10.0.0.5", now=T0)
-    wrong = auth.login("ann", "x", None, source_ip="10.0.0.5", now=T0)
+    unknown = auth.login("nobody", "x", None, source_ip="127.100.0.5", now=T0)
+    wrong = auth.login("ann", "x", None, source_ip="127.100.0.5", now=T0)
     assert unknown.public_message == wrong.public_message == "invalid credentials"
 
 
 def test_repeated_failures_lock_account_and_revoke_sessions() -> None:
     auth, *_ = make_auth(max_failures=3, lockout=600)
-    token = auth.login("ann", "agent-pw", None, source_ip="10.0.0.5", now=T0).token
+    token = auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0).token
     for i in range(3):
-        assert not auth.login("ann", "bad", None, source_ip="10.0.0.5", now=T0 + i).ok
+        assert not auth.login("ann", "bad", None, source_ip="127.100.0.5", now=T0 + i).ok
     assert auth.sessions.get(token or "", T0 + 5) is None
-    locked = auth.login("ann", "agent-pw", None, source_ip="10.0.0.5", now=T0 + 10)
+    locked = auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0 + 10)
     assert not locked.ok and locked.reason == "account locked"
-    assert auth.login("ann", "agent-pw", None, source_ip="10.0.0.5", now=T0 + 700).ok
+    assert auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0 + 700).ok
 
 
 def test_501_downloads_in_10_minutes_locks_the_account() -> None:
@@ -196,16 +196,16 @@ def test_501_downloads_in_10_minutes_locks_the_account() -> None:
     detector = AnomalyDetector(AnomalyConfig.from_dict(
         {"downloads": {"max": 500, "window_seconds": 600}}), [alerts.append])
     auth, *_ = make_auth(anomaly=detector)
-    token = auth.login("ann", "agent-pw", None, source_ip="10.0.0.5", now=T0).token
+    token = auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0).token
     for i in range(500):
         assert detector.record_download("ann", T0 + i)
     assert detector.record_download("ann", T0 + 599)  is False
     assert [a.kind for a in alerts] == ["download_burst"]
     assert "ann" in detector.locked
     assert auth.sessions.get(token or "", T0 + 600) is None
-    assert not auth.login("ann", "agent-pw", None, source_ip="10.0.0.5", now=T0 + 700).ok
+    assert not auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0 + 700).ok
     auth.unlock("ann", by="adam")
-    assert auth.login("ann", "agent-pw", None, source_ip="10.0.0.5", now=T0 + 800).ok
+    assert auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0 + 800).ok
 
 
 def test_500_downloads_or_a_slow_pace_do_not_lock() -> None:

@@ -224,14 +224,14 @@ def test_observer_records_hook_events(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a", fsync=False)
     registry = HookRegistry()
     AuditObserver(log, clock=lambda: T0).attach(registry)
-    registry.notify(HookPoint.LOGIN, {"actor": "alice", "source_ip": "10.0.0.1", "ok": True})
+    registry.notify(HookPoint.LOGIN, {"actor": "alice", "source_ip": "127.100.0.1", "ok": True})
     registry.notify(HookPoint.KEY_ROTATION, {"actor": "admin", "target": "kek-2"})
     registry.notify(HookPoint.CALL_STATE, {"actor": "ignored"})  # not audited
     log.close(now=T0)
     records = [json.loads(x) for x in lines(tmp_path / "a")]
     assert [(r["actor"], r["action"]) for r in records] == [
         ("alice", "login"), ("admin", "key_rotation")]
-    assert records[0]["details"] == {"source_ip": "10.0.0.1", "ok": True}
+    assert records[0]["details"] == {"source_ip": "127.100.0.1", "ok": True}
 
 
 def test_cli_verify_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
