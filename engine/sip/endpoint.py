@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from .errors import SipParseError
@@ -76,16 +77,18 @@ class TransactionUser(Protocol):
     def on_transport_error(self, txn: Transaction, now: float) -> None: ...
 
 
+@dataclass(slots=True)
 class LayerCounters:
-    __slots__ = (
-        "messages_in", "messages_out", "parse_errors", "rejected_requests", "dropped_responses",
-        "retransmissions_sent", "retransmissions_received", "transactions_created",
-        "transaction_timeouts", "internal_errors",
-    )
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+    messages_in: int = 0
+    messages_out: int = 0
+    parse_errors: int = 0
+    rejected_requests: int = 0
+    dropped_responses: int = 0
+    retransmissions_sent: int = 0
+    retransmissions_received: int = 0
+    transactions_created: int = 0
+    transaction_timeouts: int = 0
+    internal_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
