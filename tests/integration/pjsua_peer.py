@@ -22,6 +22,7 @@ Arguments (JSON object):
                                 unless cancel_after is given); decides the exit code
     timeout                     hard limit on the whole run, seconds (default 20)
     log_file                    append pjsip's whole log here (for debugging a failure)
+    srtp                        "disabled" (default), "optional" or "mandatory" SDES-SRTP
     probe                       only report pjsua2's OpenSSL ("openssl" event) and exit
 
 Events: "openssl" (probe), "ready", "sip" (a message pjsip logged: dir rx/tx, kind, method,
@@ -210,7 +211,10 @@ def run_peer(args: dict[str, Any]) -> int:
     acc_cfg.sipConfig.transportId = transport_id
     acc_cfg.mediaConfig.transportConfig.port = int(args.get("rtp_port", 0))
     acc_cfg.mediaConfig.transportConfig.portRange = 10
-    acc_cfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_DISABLED
+    acc_cfg.mediaConfig.srtpUse = {
+        "disabled": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+        "mandatory": pj.PJMEDIA_SRTP_MANDATORY}[args.get("srtp", "disabled")]
+    # SDES over TLS signalling; 0 also lets a test use SDES over UDP/TCP.
     acc_cfg.mediaConfig.srtpSecureSignaling = 0
     acc_cfg.natConfig.iceEnabled = False
     account = Account()
@@ -258,6 +262,15 @@ def run_peer(args: dict[str, Any]) -> int:
         for call in [outgoing, *state["calls"]]:
             if call is None or call.hung_up or call.disconnected:
                 continue
+            if call.confirmed_at is not None and now - state.get("media_at", 0.0) >= 0.5:
+                # RTP counters of the first stream, for tests that check media flowed.
+                state["media_at"] = now
+                try:
+                    stat = call.getStreamStat(0)
+                    emit("media", rx=stat.rtcp.rxStat.pkt, tx=stat.rtcp.txStat.pkt,
+                         rx_lost=stat.rtcp.rxStat.loss)
+                except Exception as exc:  # noqa: BLE001 - no stream yet
+                    emit("media_error", reason=str(exc))
             if call.confirmed_at is not None:
                 due = hangup_after is not None and now - call.confirmed_at >= hangup_after
             else:
