@@ -790,8 +790,7 @@ class B2BUA:
             call.ok_retransmit_at = None
             call.ok_giveup_at = None
             call.ok_bytes = None
-            if leg.invite_request is not None:
-                leg.invite_request = None
+            leg.invite_request = None
             b = call.b
             if b is not None and not b.offer_in_invite and b.ack_bytes is None:
                 self._send_ack(b, ack.body, ack.get("content-type"), now)
@@ -799,7 +798,9 @@ class B2BUA:
                 b.invite_request = None
             self._arm_keepalive(call, now)
             self._notify_state(call, now)
-        elif leg.pending_ack_body is not None or ack.body:
+        else:
+            # The ACK of a relayed re-INVITE: the other leg's 2xx waits for it when that
+            # re-INVITE carried no offer (its ACK carries the answer) — ack_bytes is None then.
             other = self._other(leg)
             if other is not None and other.ack_bytes is None:
                 self._send_ack(other, ack.body, ack.get("content-type"), now)
@@ -914,8 +915,7 @@ class B2BUA:
                 if target.offer_in_invite:
                     self._send_ack(target, b"", None, now)
                 else:
-                    target.ack_bytes = None
-                    relay.origin_leg.pending_ack_body = b""
+                    target.ack_bytes = None  # the origin's ACK brings the answer
         if error:
             status, reason = error, _reason(why)
         else:

@@ -39,7 +39,7 @@ class Leg:
     __slots__ = (
         "call", "side", "dialog", "flow", "invite_server", "invite_client", "invite_request",
         "provisional_seen", "cancel_requested", "answered", "ack_bytes", "ended",
-        "peer", "target_name", "offer_in_invite", "pending_ack_body", "auth_attempted",
+        "peer", "target_name", "offer_in_invite", "auth_attempted",
     )
 
     def __init__(self, call: Call, side: Side, dialog: Dialog, flow: Flow) -> None:
@@ -58,7 +58,6 @@ class Leg:
         self.peer = f"{flow.host}:{flow.port}"
         self.target_name = ""  # extension or trunk name this leg reaches
         self.offer_in_invite = True
-        self.pending_ack_body: bytes | None = None
         self.auth_attempted = False
 
 

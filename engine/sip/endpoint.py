@@ -37,7 +37,7 @@ from .transaction import (
     Transaction,
     response_input,
 )
-from .validate import check_request
+from .validate import check_request, warning_header
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
 
@@ -294,14 +294,11 @@ class TransactionLayer:
         if salvaged is None:
             return
         response = build_response(salvaged, exc.status, exc.reason, to_tag=self.token(),
-                                  extra=[("warning", f'399 vaultpbx "{_quote(str(exc))}"')])
+                                  extra=[warning_header(str(exc))])
         self.send_message(response, flow)
         if self.on_rejected is not None:
             self.on_rejected(None, exc.status, flow, str(exc))
 
-
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', "'")[:200]
 
 
 _SALVAGE = {"via": "via", "v": "via", "from": "from", "f": "from", "to": "to", "t": "to",

@@ -45,7 +45,7 @@ def check_request(request: Request) -> ErrorAnswer | None:
                 if contact != "*":
                     _check_contact(contact)
     except SipParseError as exc:
-        return exc.status, "Bad Request", [("warning", f'399 vaultpbx "{_quote(str(exc))}"')]
+        return exc.status, "Bad Request", [warning_header(str(exc))]
     if cseq.method != request.method:
         return 400, "CSeq method does not match the request", []
     mf = headers.get("max-forwards")
@@ -90,5 +90,9 @@ def _check_contact(value: str) -> None:
         raise SipParseError(f"Contact expires out of range: {expires[:20]!r}")
 
 
-def _quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')[:200]
+def warning_header(text: str) -> tuple[str, str]:
+    """A Warning header (RFC 3261 §20.43, code 399) carrying `text` as a quoted-string."""
+    # Cut before escaping, so an escape pair is never split at the end.
+    plain = "".join(ch for ch in text if ch >= " ")[:200]
+    quoted = plain.replace("\\", "\\\\").replace('"', '\\"')
+    return "warning", f'399 vaultpbx "{quoted}"'
