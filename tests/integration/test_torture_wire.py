@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONFORMANCE
+from tests.conftest import DATA
 from tests.integration.engine import RunningEngine, start_engine
 from tests.sip.torture_table import EXPECTED
 
-TORTURE = CONFORMANCE / "rfc4475"
+TORTURE = DATA / "rfc4475"
 _STATUS = re.compile(rb"^SIP/2\.0 (\d{3})")
 _CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(-?\d+)", re.IGNORECASE)
 

@@ -9,11 +9,11 @@ from vaultpbx.sip.endpoint import Flow
 from vaultpbx.sip.errors import SipParseError
 from vaultpbx.sip.parser import parse_message
 
-from tests.conftest import CONFORMANCE
+from tests.conftest import DATA
 from tests.sip.inmemory import InMemoryEngine, responses
 from tests.sip.torture_table import EXPECTED
 
-TORTURE = CONFORMANCE / "rfc4475"
+TORTURE = DATA / "rfc4475"
 OPTIONS = (
     b"OPTIONS sip:vaultpbx@127.0.0.1 SIP/2.0\r\n"
     b"Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK-after-torture\r\n"
@@ -95,9 +95,9 @@ def test_wsinv_folding_and_compact_forms() -> None:
     assert len(message.values("contact")) == 1
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (CONFORMANCE / "rfc5118").iterdir()))
+@pytest.mark.parametrize("name", sorted(p.name for p in (DATA / "rfc5118").iterdir()))
 def test_rfc5118_ipv6_messages(name: str) -> None:
-    data = _fix_content_length((CONFORMANCE / "rfc5118" / name).read_bytes())
+    data = _fix_content_length((DATA / "rfc5118" / name).read_bytes())
     if name == "ipv6-bad":
         with pytest.raises(SipParseError):
             message = parse_message(data)
