@@ -302,7 +302,7 @@ class B2BUA:
         self.stats["registrations"] += 1
         bindings = self.location.lookup(aor, now)
         extra = [
-            ("contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
+            ("contact", f"<{b.contact}>;expires={max(0, round(b.expires_at - now))}")
             for b in bindings
         ]
         self.respond(txn, request, 200, now, extra=extra)
