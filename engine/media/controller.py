@@ -246,15 +246,14 @@ class MediaController:
         self.worker_restarts = 0
         self.calls_lost = 0
         self.media_timeouts = 0
+        self.calls_anchored = 0
         self._sessions = itertools.count(1)
         self._closing = False
         self._restarting: set[asyncio.Task[None]] = set()
-        count = config.worker_count
-        for index in range(count):
-            part = config.port_range.slice(index, count)
+        for index, (address, part) in enumerate(config.worker_bindings()):
             settings = {
                 "index": index,
-                "address": config.address,
+                "address": address,
                 "port_low": part.low,
                 "port_high": part.high,
                 "timeout": config.timeout,
@@ -413,6 +412,23 @@ class MediaController:
             "totals": totals,
         }
 
+    def metric_samples(self) -> list[tuple[str, str, float, str]]:
+        """What /metrics shows without asking the workers (no round trip per scrape)."""
+        alive = sum(1 for w in self.workers if w.alive)
+        return [
+            ("vaultpbx_media_calls", "gauge", len(self.calls), "Calls with anchored media"),
+            ("vaultpbx_media_calls_anchored", "counter", self.calls_anchored,
+             "Calls whose media was anchored"),
+            ("vaultpbx_media_workers", "gauge", len(self.workers), "Media worker processes"),
+            ("vaultpbx_media_workers_alive", "gauge", alive, "Media workers running"),
+            ("vaultpbx_media_worker_restarts", "counter", self.worker_restarts,
+             "Media workers restarted after they died"),
+            ("vaultpbx_media_calls_lost", "counter", self.calls_lost,
+             "Calls ended because their media worker died"),
+            ("vaultpbx_media_timeouts", "counter", self.media_timeouts,
+             "Calls ended for no media"),
+        ]
+
     # --- internals ------------------------------------------------------------------------
 
     def _call(self, call_id: str) -> _CallMedia:
@@ -445,13 +461,14 @@ class MediaController:
             sdp_session_ids=(ids[0], ids[1]),
         )
         self.calls[call_id] = call
+        self.calls_anchored += 1
         return call
 
     def _local(self, call: _CallMedia, index: int, *, bump: bool = True) -> LocalMedia:
         if bump:
             call.sdp_versions[index] += 1  # RFC 3264 §8: each new SDP version +1
         return LocalMedia(
-            address=self.config.sdp_address,
+            address=self.config.advertised_address or call.worker.settings["address"],
             ports=(call.ports[index],),
             session_id=call.sdp_session_ids[index],
             session_version=str(call.sdp_versions[index]),

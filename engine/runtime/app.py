@@ -395,6 +395,9 @@ class Engine:
                         "Plug-in errors isolated"))
         if self.acd is not None:
             samples.extend(self.acd.metric_samples(self.loop.time()))
+        controller = self.media_controller
+        if controller is not None:
+            samples.extend(controller.metric_samples())  # type: ignore[attr-defined]
         admin_api = getattr(self, "admin_api", None)
         if admin_api is not None:
             for name, value in admin_api.counters.items():

@@ -442,6 +442,11 @@ def test_shipped_loadtest_config(sipp: SippRunner, engines: list[RunningEngine],
     uas.assert_ok(calls=100)
     watch.settle(timeout=15)
     assert watch.delta("vaultpbx_calls_answered_total") == 100
+    # Media is anchored as shipped: every call went through a worker, spread over 4 addresses.
+    assert watch.delta("vaultpbx_media_calls_anchored_total") == 100
+    samples = engine.metrics()
+    assert samples["vaultpbx_media_workers_alive"] == 4
+    assert samples["vaultpbx_media_calls"] == 0
     rows = cdr_rows(engine, 100, timeout=10)
     assert {row["cause"] for row in rows} == {"normal_clearing"}
 

@@ -163,6 +163,34 @@ def test_media_config_names_the_yaml_path() -> None:
         MediaConfig.from_dict({"port_max": 40000})
 
 
+def test_workers_spread_over_media_addresses_without_sharing_a_port() -> None:
+    config = MediaConfig.from_dict(
+        {"workers": 5, "addresses": ["127.0.0.2", "127.0.0.3"], "port_min": 20000,
+         "port_max": 20999}
+    )
+    bindings = config.worker_bindings()
+    assert [address for address, _ in bindings] == [
+        "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1", "127.0.0.2"
+    ]
+    # Workers 0 and 3 share 127.0.0.1: two disjoint halves of the range; worker 2 has it all.
+    assert (bindings[0][1].low, bindings[0][1].high) == (20000, 20499)
+    assert (bindings[3][1].low, bindings[3][1].high) == (20500, 20999)
+    assert (bindings[2][1].low, bindings[2][1].high) == (20000, 20999)
+    used = [(a, p) for a, r in bindings for p in r.even_ports()]
+    assert len(used) == len(set(used))
+    # Capacity grows with addresses: 3 addresses x 500 pairs.
+    assert len(used) == 1500
+    with pytest.raises(ValueError, match=r"media: addresses: each address may appear once"):
+        MediaConfig.from_dict({"addresses": ["127.0.0.1"]})
+    with pytest.raises(ValueError, match=r"media: workers: 3 media addresses need at least 3"):
+        MediaConfig.from_dict({"workers": 2, "addresses": ["127.0.0.2", "127.0.0.3"]})
+    with pytest.raises(ValueError, match=r"advertised_address works with one local address"):
+        MediaConfig.from_dict({"addresses": ["127.0.0.2"], "advertised_address": "127.0.0.9"})
+    with pytest.raises(ValueError, match=r"media\.addresses: expected a list of addresses"):
+        MediaConfig.from_dict({"addresses": "127.0.0.2"})
+    assert MediaConfig.from_dict({"addresses": ["127.0.0.2", "127.0.0.3"]}).worker_count >= 3
+
+
 def test_frames_split_anywhere_and_oversize_is_refused() -> None:
     data = encode_frame({"id": 1, "command": "ping"}) + encode_frame({"event": "timeout"})
     decoder = FrameDecoder()

@@ -336,3 +336,31 @@ def test_unavailable_when_no_worker_runs() -> None:
         assert caught.value.status_code == 503
 
     run(scenario)
+
+
+def test_calls_spread_over_workers_on_two_media_addresses() -> None:
+    """Two workers, two loopback addresses: each call's SDP names its worker's address and
+    media flows through it (capacity grows by one port range per address)."""
+
+    async def scenario(controller: MediaController, events: Events) -> None:
+        peers = [(RtpPeer(ssrc=0x10 + i), RtpPeer(ssrc=0x20 + i)) for i in range(4)]
+        seen: set[bytes] = set()
+        for index, (a, b) in enumerate(peers):
+            offer, answer = await connect(controller, f"spread-{index}", a, b, PLAIN, PLAIN)
+            (address,) = {line for line in offer.split(b"\r\n") if line.startswith(b"c=")}
+            assert address == next(
+                line for line in answer.split(b"\r\n") if line.startswith(b"c=")
+            )
+            seen.add(address)
+            await Stream(a, b).flows(20)
+            await Stream(b, a).flows(20)
+        assert seen == {b"c=IN IP4 127.0.0.1", b"c=IN IP4 127.0.0.2"}
+        stats = await controller.stats()
+        assert [w["sessions"] for w in stats["workers"]] == [2, 2]
+        for index in range(4):
+            assert await controller.delete(f"spread-{index}") is not None
+        for a, b in peers:
+            a.close()
+            b.close()
+
+    run(scenario, workers=2, addresses=("127.0.0.2",))
