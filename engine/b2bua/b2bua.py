@@ -357,7 +357,7 @@ class B2BUA:
         call.ring_deadline = now + self.config.sip.ring_timeout
         call.hard_end_at = now + self.config.sip.max_call_duration
         self.wheel.add(call, call.ring_deadline)
-        if self.media is not None and request.body:
+        if self.media is not None:
             # Anchor: the caller's offer goes to the media plane first; the callee is offered
             # our address and our keys, so each leg only ever sees vaultpbx (DESIGN step 4).
             call.anchored = True
@@ -365,6 +365,12 @@ class B2BUA:
             a_policy = self._srtp_policy("extension", caller_ext) if caller_ext else (
                 self._srtp_policy("trunk", source_trunk) if source_trunk else None)
             b_policy = self._srtp_policy(route.kind, route.name)
+            call.srtp_policies = (a_policy, b_policy)
+            if not request.body:
+                # Delayed offer (RFC 3261 §13.2.1): the callee's 2xx will carry the offer and
+                # the caller's ACK the answer; both pass through the media plane then.
+                self._dispatch(call, route, now)
+                return
 
             def offered(sdp: bytes | None, status: int, why: str, at: float) -> None:
                 self._media_offered(call_id, route, sdp, status, why, at)
@@ -599,7 +605,10 @@ class B2BUA:
                              content_type="application/sdp" if body else None,
                              extra=[("contact", a.dialog.local_contact)])
 
-            self._through_media(call, "callee", response.body, relay_provisional, now)
+            # An anchored delayed offer relays no early SDP: an unreliable 18x cannot carry
+            # the offer (§13.2.1), and the callee's address must not reach the caller.
+            early = response.body if leg.offer_in_invite or not call.anchored else b""
+            self._through_media(call, "callee", early, relay_provisional, now)
             return
         if status < 300:
             if leg.ack_bytes is not None:  # a 2xx retransmission: resend our ACK (§13.2.2.4)
@@ -689,6 +698,21 @@ class B2BUA:
         if leg.offer_in_invite:
             self._send_ack(leg, b"", None, now)
         call_id = call.id
+        if call.anchored and not leg.offer_in_invite and response.body and self.media:
+            # Delayed offer: the callee offers in its 2xx; the caller gets our offer in ours.
+            def offered(body: bytes | None, error: int, why: str, at: float) -> None:
+                call = self.calls.get(call_id)
+                if call is None:
+                    return
+                if error:
+                    self._send_ack(leg, b"", None, at)  # a 2xx is always ACKed (§13.2.2.4)
+                    self._fail_call(call, error, "media_refused", at, reason=_reason(why))
+                    return
+                self._answer_caller(call, leg, body or b"", at)
+
+            b_policy, a_policy = call.srtp_policies[1], call.srtp_policies[0]
+            self.media.offer(call_id, "callee", response.body, b_policy, a_policy, offered)
+            return
 
         def answered(body: bytes | None, error: int, why: str, at: float) -> None:
             call = self.calls.get(call_id)
@@ -793,7 +817,10 @@ class B2BUA:
             leg.invite_request = None
             b = call.b
             if b is not None and not b.offer_in_invite and b.ack_bytes is None:
-                self._send_ack(b, ack.body, ack.get("content-type"), now)
+                if call.anchored and self.media is not None:
+                    self._answer_delayed_offer(call, b, ack.body, now)
+                else:
+                    self._send_ack(b, ack.body, ack.get("content-type"), now)
             if b is not None:
                 b.invite_request = None
             self._arm_keepalive(call, now)
@@ -804,6 +831,24 @@ class B2BUA:
             other = self._other(leg)
             if other is not None and other.ack_bytes is None:
                 self._send_ack(other, ack.body, ack.get("content-type"), now)
+
+    def _answer_delayed_offer(self, call: Call, b: Leg, answer: bytes, now: float) -> None:
+        """The caller's ACK answered our offer: our answer to the callee goes in its ACK."""
+        assert self.media is not None
+        call_id = call.id
+
+        def answered(body: bytes | None, error: int, why: str, at: float) -> None:
+            if b.ack_bytes is None:
+                self._send_ack(b, body or b"", "application/sdp" if body else None, at)
+            call = self.calls.get(call_id)
+            if error and call is not None:
+                self._end_call(call, "media_refused", 0, at)
+
+        if not answer:
+            # No answer in the ACK: a protocol error by the caller (§13.2.1); end the call.
+            answered(None, 400, "ACK without the SDP answer", now)
+            return
+        self.media.answer(call_id, "caller", answer, answered)
 
     def on_cancel(self, invite_txn: ServerInviteTransaction, cancel: Request,
                   now: float) -> None:

@@ -68,6 +68,7 @@ class Call:
         "ring_deadline", "ok_retransmit_at", "ok_interval", "ok_giveup_at", "ok_bytes",
         "probe_at", "session_deadline", "hard_end_at", "session_interval", "draining",
         "timer", "wheel_seconds", "acd_queue", "agent", "anchored", "b_sdp",
+        "srtp_policies",
     )
 
     def __init__(self, call_id: str, now: float) -> None:
@@ -103,6 +104,8 @@ class Call:
         self.agent: str | None = None  # the agent extension being offered the call
         self.anchored = False  # media relayed by our workers (SDP rewritten per leg)
         self.b_sdp: bytes | None = None  # our offer for the callee legs, when anchored
+        # (caller, callee) srtp policy, kept for a delayed offer: the callee's 2xx offers then.
+        self.srtp_policies: tuple[str | None, str | None] = (None, None)
 
     def legs(self) -> list[Leg]:
         out = [self.a] if self.a is not None else []

@@ -312,3 +312,85 @@ def test_sigkill_of_a_media_worker_ends_its_calls_and_the_engine_goes_on(tmp_pat
     db = sqlite3.connect(engine.data_dir / "cdr.db")
     causes = sorted(row[0] for row in db.execute("SELECT cause FROM calls"))
     assert causes == ["media_lost", "shutdown"]
+
+
+def test_delayed_offer_is_anchored_offer_in_2xx_answer_in_ack(tmp_path: Path) -> None:
+    """An INVITE without SDP (RFC 3261 §13.2.1): the callee offers in its 2xx, the caller gets
+    our offer in ours and answers in its ACK; the callee's ACK carries our answer. Both legs
+    see only vaultpbx, and audio flows both ways through the relay."""
+    import asyncio
+
+    callee = RawUa()
+    engine = start_engine(tmp_path, {
+        "media": {"anchor": True, "workers": 1, "port_min": 24000 + (free_port() % 2000) * 2,
+                  "port_max": 32000},
+        "auth": {"trusted_sources": ["127.0.0.1"]},
+        "trunks": {"carrier": {"target": f"sip:127.0.0.1:{callee.port}", "srtp": "off"}},
+        "dialplan": [{"match": "0(\\d+)", "trunk": "carrier", "number": "\\1"}],
+    })
+    caller = RawUa()
+    alice = RtpPeer(ssrc=0x4444)
+    bob = RtpPeer(ssrc=0x5555)
+    try:
+        request = invite(caller, engine.sip_port, b"").replace(
+            b"Content-Type: application/sdp\r\n", b"")
+        caller.send(request, engine.sip_port)
+        b_invite = callee.wait(lambda m: isinstance(m, Request) and m.method == "INVITE")
+        assert isinstance(b_invite, Request) and b_invite.body == b""
+        # A 183 with SDP to an offerless INVITE is not relayed with its SDP (and never the
+        # callee's address): the caller sees a 183 without a body.
+        early = build_response(b_invite, 183, to_tag="callee1", extra=[
+            ("contact", f"<sip:callee@127.0.0.1:{callee.port}>"),
+            ("content-type", "application/sdp")], body=bob.sdp())
+        callee.send(early.serialize(), engine.sip_port)
+        a_early = caller.wait(lambda m: isinstance(m, Response) and m.status == 183)
+        assert isinstance(a_early, Response) and a_early.body == b""
+        ok = build_response(b_invite, 200, to_tag="callee1", extra=[
+            ("contact", f"<sip:callee@127.0.0.1:{callee.port}>"),
+            ("content-type", "application/sdp")], body=bob.sdp())
+        callee.send(ok.serialize(), engine.sip_port)
+        a_ok = caller.wait(lambda m: isinstance(m, Response) and m.status == 200)
+        assert isinstance(a_ok, Response)
+        our_offer = parse_sdp(a_ok.body)
+        assert our_offer.media[0].port not in (bob.port, 0)
+        assert str(bob.port).encode() not in a_ok.body
+        answer = alice.answer_to(a_ok.body)
+        ack = (
+            f"ACK sip:vaultpbx@127.0.0.1:{engine.sip_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-media-ack\r\n"
+            f"From: <sip:caller@127.0.0.1>;tag=caller1\r\n"
+            f"To: <sip:0555@127.0.0.1>;tag={a_ok.to.tag}\r\nCall-ID: media-call-1\r\n"
+            f"CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n"
+            f"Content-Length: {len(answer)}\r\n\r\n"
+        ).encode() + answer
+        caller.send(ack, engine.sip_port)
+        b_ack = callee.wait(lambda m: isinstance(m, Request) and m.method == "ACK")
+        assert isinstance(b_ack, Request)
+        our_answer = parse_sdp(b_ack.body)
+        assert our_answer.media[0].port not in (alice.port, 0)
+        assert str(alice.port).encode() not in b_ack.body
+        bob.learn(b_ack.body)
+
+        async def talk() -> tuple[list[bytes], list[bytes]]:
+            for n in range(50):
+                alice.send(n)
+                bob.send(1000 + n)
+                await asyncio.sleep(0.005)
+            return await bob.receive(50, 5.0), await alice.receive(50, 5.0)
+
+        at_bob, at_alice = asyncio.run(talk())
+        assert [payload_number(p[12:]) for p in at_bob] == list(range(50))
+        assert [payload_number(p[12:]) for p in at_alice] == list(range(1000, 1050))
+        bye = ack.split(b"\r\n\r\n")[0].replace(b"ACK sip", b"BYE sip").replace(
+            b"1 ACK", b"2 BYE").replace(b"media-ack", b"media-bye").replace(
+            b"Content-Type: application/sdp\r\n", b"").replace(
+            f"Content-Length: {len(answer)}".encode(), b"Content-Length: 0") + b"\r\n\r\n"
+        caller.send(bye, engine.sip_port)
+        assert caller.wait(lambda m: isinstance(m, Response) and m.cseq.method == "BYE")
+        assert callee.wait(lambda m: isinstance(m, Request) and m.method == "BYE")
+    finally:
+        caller.close()
+        callee.close()
+        alice.close()
+        bob.close()
+        assert engine.stop() == 0
