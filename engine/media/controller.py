@@ -62,6 +62,7 @@ __all__ = ["MediaController", "MediaLeg", "MediaUnavailable"]
 MediaLeg = Literal["caller", "callee"]
 _LEG_INDEX = {"caller": 0, "callee": 1}
 _REQUEST_TIMEOUT = 5.0
+_RESTART_WAIT = 3.0  # how long a new call waits for a restarting worker when none is alive
 _DIRECTIONS = {d.value for d in Direction}
 
 log = structlog.get_logger("vaultpbx.media")
@@ -250,6 +251,7 @@ class MediaController:
         self._sessions = itertools.count(1)
         self._closing = False
         self._restarting: set[asyncio.Task[None]] = set()
+        self._worker_up = asyncio.Event()
         for index, (address, part) in enumerate(config.worker_bindings()):
             settings = {
                 "index": index,
@@ -441,6 +443,15 @@ class MediaController:
         self, call_id: str, policy: MediaPolicy, other_policy: MediaPolicy
     ) -> _CallMedia:
         alive = [w for w in self.workers if w.alive]
+        if not alive and self._restarting:
+            # Every worker is down and at least one is being restarted (it takes a few hundred
+            # ms): hold the call briefly rather than refuse it with 503.
+            self._worker_up.clear()
+            try:
+                await asyncio.wait_for(self._worker_up.wait(), _RESTART_WAIT)
+            except TimeoutError:
+                pass
+            alive = [w for w in self.workers if w.alive]
         if not alive:
             raise MediaUnavailable("no media worker is running")
         worker = min(alive, key=lambda w: len(w.calls))
@@ -537,5 +548,6 @@ class MediaController:
                 continue
             worker.restarts += 1
             self.worker_restarts += 1
+            self._worker_up.set()
             log.warning("media_worker_restarted", worker=worker.index, pid=worker.pid)
             return

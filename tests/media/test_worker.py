@@ -326,6 +326,35 @@ def test_killed_worker_reports_its_calls_and_is_restarted() -> None:
     run(scenario, workers=2)
 
 
+def test_a_call_during_the_only_workers_restart_waits_for_it() -> None:
+    async def scenario(controller: MediaController, events: Events) -> None:
+        (worker,) = controller.workers
+        old_pid = worker.pid
+        assert old_pid is not None
+        first = (RtpPeer(ssrc=4), RtpPeer(ssrc=5))
+        await connect(controller, "before", *first, PLAIN, PLAIN)
+        a, b = RtpPeer(ssrc=6), RtpPeer(ssrc=7)
+        attempts: list[asyncio.Future[tuple[bytes, bytes]]] = []
+
+        def lost(call_ids: tuple[str, ...], why: str) -> None:
+            # Called the moment the worker is found dead, before its restart: a new call now.
+            assert not worker.alive and worker.restarts == 0
+            attempts.append(asyncio.ensure_future(
+                connect(controller, "during-restart", a, b, PLAIN, PLAIN)))
+
+        controller.on_calls_lost = lost
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not attempts and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await attempts[0]  # no 503: it waited for the restart
+        assert worker.restarts == 1 and worker.pid != old_pid
+        await Stream(a, b).flows(10)
+        await Stream(b, a).flows(10)
+
+    run(scenario)
+
+
 def test_unavailable_when_no_worker_runs() -> None:
     async def scenario(controller: MediaController, events: Events) -> None:
         controller._closing = True  # no restart: simulate a host with no worker left
