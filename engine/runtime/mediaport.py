@@ -55,8 +55,9 @@ class AsyncMediaPort:
         try:
             await self.controller.play(call_id, source)
         except Exception as exc:  # noqa: BLE001 - the caller is answered: silence, not failure
-            self.errors += 1
-            log.error("media.music_failed", source=source, error=repr(exc))
+            if call_id in self.controller.calls:  # else the call ended meanwhile: nothing lost
+                self.errors += 1
+                log.error("media.music_failed", source=source, error=repr(exc))
         return local
 
     def _music_started(self, task: asyncio.Task[LocalAnswer], done: MusicDone) -> None:
