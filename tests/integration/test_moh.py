@@ -70,14 +70,15 @@ def engine(tmp_path_factory: pytest.TempPathFactory,
         "extensions": {ext: {"password": pw} for ext, pw in PASSWORDS.items()},
         "queues": {"hunt": {"members": ["2001", "2002"], "ring_timeout": 10}},
         "dialplan": [{"match": "709", "queue": "hunt"}, {"match": "700", "queue": "support"},
-                     {"match": "701", "queue": "empty"}],
+                     {"match": "701", "queue": "empty"}, {"match": "702", "queue": "brief"}],
         "routing": {
             "skills": ["english", "french"],
             "agents": {"2002": {"skills": {"english": 3}}},
             "queues": {"support": {"skills": {"english": 1}, "ring_timeout": 10},
                        # nobody speaks French: callers wait here until they give up
                        "empty": {"skills": {"french": 1},
-                                 "music_on_hold": str(music["empty"])}},
+                                 "music_on_hold": str(music["empty"])},
+                       "brief": {"skills": {"french": 1}, "max_wait": 1}},
         },
     }
     started: list[RunningEngine] = []
@@ -321,6 +322,26 @@ def test_caller_hanging_up_while_listening_stops_the_music(
         assert [p[12:] for p in heard[:5]] == list(music_payloads(music["empty"], "PCMA")[:5])
         caller.cancel()
         wait_for(lambda: engine.health()["active_calls"] == calls, 5, "the call to end")
+        time.sleep(0.1)  # the worker's delete is on its way
+        alice.drain()
+        assert asyncio.run(alice.quiet(0.2)) == []
+    finally:
+        alice.close()
+
+
+def test_when_the_queue_gives_up_the_caller_gets_480_and_the_music_stops(
+        engine: RunningEngine) -> None:
+    alice = RtpPeer(ssrc=0xA5)
+    try:
+        caller = Caller(engine, "702", alice.sdp())
+        early = caller.sip.wait(is_status(183))
+        assert isinstance(early, Response)
+        alice.learn(early.body)
+        assert len(receive(alice, 5)) >= 5
+        final = caller.sip.wait(is_status(480), timeout=5)  # max_wait 1 s, nowhere to overflow
+        assert isinstance(final, Response) and final.to.tag == early.to.tag
+        caller.sip.send(caller.request("ACK", 1, caller.branch, to_tag=final.to.tag),
+                        engine.sip_port)
         time.sleep(0.1)  # the worker's delete is on its way
         alice.drain()
         assert asyncio.run(alice.quiet(0.2)) == []
