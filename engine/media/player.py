@@ -13,7 +13,9 @@ until an agent's media replaces it. Three layers, so the packet logic is testabl
   loop), the frames missed are skipped, not burst: the timestamp jumps as the clock did and the
   sequence does not, which is what a receiver's jitter buffer reads as a gap, not as loss.
 - `Players` (asyncio glue, one per worker): every playing leg of the worker, driven by ONE timer
-  ticking every 20 ms while anything plays (no task, no timer per call). Each packet goes out the
+  ticking every 20 ms on a fixed grid while anything plays (no task, no timer per call); each
+  playback's frames fall due half-way between ticks, so timer jitter of a few ms never sends two
+  frames in one tick and none in the next. Each packet goes out the
   way relayed media does: through the leg's `RtpStreamRewriter` (so when real media replaces the
   music the caller's phone sees one continuous stream: same SSRC, sequence +1, timestamps on),
   then the leg's SRTP sender, then `sendto` to the leg's (latched) peer.
@@ -244,6 +246,7 @@ class Players:
         self.frames_skipped = 0
         self.send_failures = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._next_tick = 0.0  # on the `clock`: ticks keep a fixed 20 ms grid, no drift
 
     def play(self, session_id: str, index: int, path: str, payload_type: int,
              encoding: str) -> None:
@@ -269,12 +272,19 @@ class Players:
             timestamp=int.from_bytes(start[6:10], "big"),
             now=self.clock(),
         )
-        self.playing[(session_id, index)] = _Playing(leg, playback, leg.send)
+        entry = self.playing[(session_id, index)] = _Playing(leg, playback, leg.send)
         leg.send = False  # no relayed media into this leg while the music plays
         self.relay.refresh(leg)
         self.started += 1
-        self._send_due(self.playing[(session_id, index)], self.clock())
+        now = self.clock()
+        self._send_due(entry, now)  # the first frame at once
         self._arm()
+        # Later frames fall due half-way between two ticks, so a tick a few ms early or late
+        # still sends exactly one frame: no 0-then-2 pattern (jitter) at the caller's phone.
+        tick = self._next_tick
+        while tick < now + FRAME_SECONDS / 2:
+            tick += FRAME_SECONDS
+        playback.next_due = tick - FRAME_SECONDS / 2
 
     def stop(self, session_id: str, index: int) -> bool:
         entry = self.playing.pop((session_id, index), None)
@@ -316,8 +326,12 @@ class Players:
 
     def _arm(self) -> None:
         if self._timer is None and self.playing:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + FRAME_SECONDS, self._tick)
+            now = self.clock()
+            # The next point of the grid; after a stall, at once (the playbacks skip ahead).
+            self._next_tick = max(self._next_tick + FRAME_SECONDS, now)
+            self._timer = asyncio.get_running_loop().call_later(
+                self._next_tick - now, self._tick
+            )
 
     def _tick(self) -> None:
         self._timer = None

@@ -156,7 +156,7 @@ def test_after_a_stall_missed_frames_are_skipped_not_burst() -> None:
 
 def run_players(scenario: Callable[[Relay, Players], Awaitable[None]]) -> None:
     async def main() -> None:
-        relay = Relay(address="127.0.0.1", pool=PortPool(PortRange(26100, 26199)))
+        relay = Relay(address="127.0.0.1", pool=PortPool(PortRange(23400, 23599)))
         players = Players(relay, clock=time.monotonic)  # the relay's clock
         try:
             await asyncio.wait_for(scenario(relay, players), 10)
