@@ -94,6 +94,9 @@ class QueueConfig:
     """Seconds of after-call work, during which the agent's seat stays busy."""
     ring_timeout: float = 15.0
     """Seconds an offered call rings at an agent before it counts as not answered."""
+    music_on_hold: str | None = None
+    """WAV file waiting callers hear (the engine checks the file); None: `media.music_on_hold`;
+    empty: none."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,7 +212,7 @@ _ROUTER_KEYS = frozenset({"skills", "agents", "queues"})
 _AGENT_KEYS = frozenset({"skills", "capacity", "queues"})
 _QUEUE_KEYS = frozenset({
     "skills", "priority", "strategy", "service_level", "max_wait", "overflow", "relaxation",
-    "wrap_up", "ring_timeout",
+    "wrap_up", "ring_timeout", "music_on_hold",
 })
 _SERVICE_LEVEL_KEYS = frozenset({"answer_within", "target_share"})
 _STEP_KEYS = frozenset({"after", "min_proficiency", "drop_skills"})
@@ -349,7 +352,14 @@ def _parse_queue(name: str, raw: Any, path: str, catalogue: frozenset[str],
         relaxation=tuple(steps),
         wrap_up=_seconds(m.get("wrap_up", 0.0), f"{path}.wrap_up", positive=False),
         ring_timeout=_seconds(m.get("ring_timeout", 15.0), f"{path}.ring_timeout", positive=True),
+        music_on_hold=_optional_text(m.get("music_on_hold"), f"{path}.music_on_hold"),
     )
+
+
+def _optional_text(value: Any, path: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _fail(path, f"must be a file path (or empty for none), got {value!r}")
+    return value
 
 
 def relaxed_requirement(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..hooks.registry import HookPoint, HookRegistry
-from ..runtime.config import Config
+from ..runtime.config import Config, music_on_hold_by_queue
 from ..sip.dialog import Dialog
 from ..sip.digest import DigestAnswer, DigestServer, build_authorization
 from ..sip.endpoint import Flow, TransactionLayer
@@ -54,6 +54,9 @@ SUPPORTED = "timer"
 # (rewritten SDP or None, error status, reason, now): a media answer arrives later than the
 # message that asked for it, so the B2BUA continues in the callback.
 MediaDone = Callable[[bytes | None, int, str, float], None]
+# (our answer for the caller, our narrowed offer for the callee legs, error status, reason, now):
+# the media plane answered the caller alone and plays music (both None when it could not).
+MusicDone = Callable[[bytes | None, bytes | None, int, str, float], None]
 
 
 class MediaPort(Protocol):
@@ -67,6 +70,12 @@ class MediaPort(Protocol):
     def answer(self, call_id: str, leg: str, sdp: bytes, done: MediaDone) -> None: ...
 
     def delete(self, call_id: str) -> None: ...
+
+    def play_music(self, call_id: str, source: str, done: MusicDone) -> None:
+        """Answer the caller's pending offer from the media plane alone (one codec the player
+        can send; the callee offer is narrowed to it) and play `source` to the caller until a
+        callee's answer goes through `answer` (which stops it and returns the same SDP)."""
+        ...
 
 
 class QueueRouter(Protocol):
@@ -123,6 +132,7 @@ class B2BUA:
         self.stats = {
             "calls_started": 0, "calls_answered": 0, "calls_failed": 0, "calls_ended": 0,
             "auth_challenges": 0, "auth_failures": 0, "registrations": 0,
+            "moh_started": 0, "moh_unavailable": 0,
         }
         self.on_auth_failure: Callable[[str, str, Flow], None] | None = None
         self.queue_router: QueueRouter | None = None
@@ -142,6 +152,7 @@ class B2BUA:
         """Take a new configuration; calls in progress keep going (SIGHUP)."""
         self.config = config
         self.dialplan = Dialplan(config.dialplan)
+        self.music_on_hold = music_on_hold_by_queue(config)
         self.digest = DigestServer(
             realm=config.sip.domain, secret=self.digest_secret, nonce_ttl=config.sip.nonce_ttl,
             algorithms=tuple(config.sip.digest_algorithms),
@@ -413,18 +424,58 @@ class B2BUA:
         elif route.kind == "trunk":
             self._ring_trunk(call, route.name, route.number, now)
         elif self.queue_router is not None and self.queue_router.handles(route.name):
-            # The router decides who rings and for how long; the caller hears ringing (music
-            # on hold comes with the media plane) until an agent answers or the queue gives up.
+            # The router decides who rings and for how long; the caller hears music on hold
+            # (or ringing) until an agent answers or the queue gives up.
             call.acd_queue = route.name
             call.state = CallState.QUEUED
             call.ring_deadline = None
-            if a.invite_server is not None and a.invite_request is not None:
-                self.respond(a.invite_server, a.invite_request, 180, now,
-                             extra=[("contact", a.dialog.local_contact)])
-            self.queue_router.enqueue(call, route.name, now)
+            self._wait_in_queue(call, route.name, now)
         else:
             queue = self.config.queues[route.name]
             call.hunt = list(queue.members)
+            self._wait_in_queue(call, route.name, now)
+
+    def _wait_in_queue(self, call: Call, queue: str, now: float) -> None:
+        """Music on hold for an anchored call: the media plane answers the caller (183 with
+        SDP) and plays the queue's file; then the queue starts. Without music (none configured,
+        not anchored, or no codec the player can send) the caller hears ringing as before."""
+        music = self.music_on_hold.get(queue)
+        media = self.media
+        offer = call.a.invite_request.body if call.a and call.a.invite_request else b""
+        if not music or not call.anchored or media is None or not offer:
+            # A delayed offer has nothing to answer in a 183: the caller hears ringing.
+            self._start_queue(call, queue, None, now)
+            return
+        call_id = call.id
+
+        def answered(answer: bytes | None, offer: bytes | None, error: int, why: str,
+                     at: float) -> None:
+            call = self.calls.get(call_id)
+            if call is None or call.state is CallState.ENDED:
+                return  # ended meanwhile; its media was deleted with it
+            if answer is None or offer is None:
+                self.stats["moh_unavailable"] += 1
+                self._start_queue(call, queue, None, at)
+                return
+            self.stats["moh_started"] += 1
+            call.b_sdp = offer
+            self._start_queue(call, queue, answer, at)
+
+        media.play_music(call_id, music, answered)
+
+    def _start_queue(self, call: Call, queue: str, early_sdp: bytes | None, now: float) -> None:
+        a = call.a
+        assert a is not None
+        call.early_sdp = early_sdp
+        if (early_sdp is not None or call.acd_queue is not None) and (
+                a.invite_server is not None and a.invite_request is not None):
+            # Our answer goes in an unreliable 183; no 100rel is needed because the 200 repeats
+            # exactly this SDP (RFC 6337 §3.1: the early answer is the answer).
+            self.respond(a.invite_server, a.invite_request, 183 if early_sdp else 180, now,
+                         extra=[("contact", a.dialog.local_contact)], body=early_sdp or b"")
+        if call.acd_queue is not None and self.queue_router is not None:
+            self.queue_router.enqueue(call, queue, now)
+        else:
             self._hunt_next(call, now)
 
     # -- the router's side (issue 5) --------------------------------------------------------------
@@ -590,6 +641,8 @@ class B2BUA:
             if call is None or leg.ended or status == 100:
                 return
             leg.provisional_seen = True
+            if call.early_sdp is not None:
+                return  # the caller hears music; an agent's ringing or early media is not for it
             call_id = call.id
 
             def relay_provisional(body: bytes | None, error: int, why: str, at: float) -> None:

@@ -67,7 +67,7 @@ class Call:
         "callee", "started", "answered_at", "ended_at", "cause", "status", "trunk",
         "ring_deadline", "ok_retransmit_at", "ok_interval", "ok_giveup_at", "ok_bytes",
         "probe_at", "session_deadline", "hard_end_at", "session_interval", "draining",
-        "timer", "wheel_seconds", "acd_queue", "agent", "anchored", "b_sdp",
+        "timer", "wheel_seconds", "acd_queue", "agent", "anchored", "b_sdp", "early_sdp",
         "srtp_policies",
     )
 
@@ -104,6 +104,7 @@ class Call:
         self.agent: str | None = None  # the agent extension being offered the call
         self.anchored = False  # media relayed by our workers (SDP rewritten per leg)
         self.b_sdp: bytes | None = None  # our offer for the callee legs, when anchored
+        self.early_sdp: bytes | None = None  # our answer in the caller's 183 (music on hold)
         # (caller, callee) srtp policy, kept for a delayed offer: the callee's 2xx offers then.
         self.srtp_policies: tuple[str | None, str | None] = (None, None)
 

@@ -44,6 +44,9 @@ class MediaConfig:
     packet that authenticates."""
     relatch_idle: float = 0.25
     """Seconds the current source must have been silent before another source takes over."""
+    music_on_hold: str = ""
+    """8 kHz mono 16-bit WAV that callers waiting in a queue hear (a queue's own
+    `music_on_hold` overrides it); empty: no music, callers hear ringing."""
 
     def __post_init__(self) -> None:
         PortRange(self.port_min, self.port_max)

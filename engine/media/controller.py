@@ -6,6 +6,10 @@ API (asyncio, every call non-blocking for the event loop; `leg` is "caller" or "
   await offer(call_id, leg, sdp, *, policy, other_policy=None) -> bytes: SDP for the other leg
       (INVITE or re-INVITE with SDP from `leg`; policies are remembered per leg for re-offers)
   await answer(call_id, leg, sdp) -> bytes: our answer for the leg that offered (183/2xx)
+  await answer_locally(call_id) -> LocalAnswer: answer the leg that offered from the media plane
+      alone (music on hold while queued): one codec the player can send; the other leg's offer
+      is narrowed to it, and the other leg's answer later returns this same SDP (RFC 6337 §3.1)
+  await play(call_id, source) / await stop_play(call_id): music to the locally answered leg
   await delete(call_id) -> dict | None: BYE/CANCEL/failure; frees ports, returns final counters
   await query(call_id) -> dict;  await stats() -> dict  (per worker and totals)
   on_calls_lost(call_ids, reason): a worker died; end those calls (their media is gone).
@@ -55,9 +59,10 @@ from ..sdp import (
     process_answer,
 )
 from .config import MediaConfig
+from .player import ENCODINGS
 from .protocol import FrameDecoder, ProtocolError, encode_frame
 
-__all__ = ["MediaController", "MediaLeg", "MediaUnavailable"]
+__all__ = ["LocalAnswer", "MediaController", "MediaLeg", "MediaUnavailable"]
 
 MediaLeg = Literal["caller", "callee"]
 _LEG_INDEX = {"caller": 0, "callee": 1}
@@ -202,6 +207,26 @@ class _PendingOffer:
     answered: tuple[bytes, bytes] | None = None  # (their answer, our answer): 183 then 200
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalAnswer:
+    """What `answer_locally` decided: the offerer's answer and the other leg's narrowed offer."""
+
+    answer: bytes  # for the leg that offered (183 now, the same bytes again in the 200)
+    offer: bytes  # for the other leg: only the codec the offerer was answered with
+    payload_type: int
+    encoding: str
+
+
+@dataclass(slots=True, kw_only=True)
+class _LocalAnswer:
+    pending: _PendingOffer  # the offer/answer exchange this answer belongs to
+    sdp: bytes
+    stream: NegotiatedStream  # the offerer's leg as answered (applied at once)
+    payload_type: int
+    encoding: str
+    playing: bool = False
+
+
 @dataclass(slots=True, kw_only=True)
 class _CallMedia:
     call_id: str
@@ -213,6 +238,7 @@ class _CallMedia:
     sdp_versions: list[int] = field(default_factory=lambda: [0, 0])
     pending: _PendingOffer | None = None
     negotiated: int = 0  # completed offer/answer exchanges
+    local: _LocalAnswer | None = None  # answered by the media plane alone (music on hold)
 
 
 def _keys(send_or_receive: bytes, keys: SrtpKeys | None) -> dict[str, str] | None:
@@ -340,6 +366,8 @@ class MediaController:
             raise SdpNegotiationError(f"no offer to {leg} is waiting for an answer")
         if pending.answered is not None and pending.answered[0] == sdp:
             return pending.answered[1]  # the same answer again (183 then 200): same SDP
+        if call.local is not None and call.local.pending is pending:
+            return await self._answer_after_local(call, call.local, answerer, sdp)
         offerer = pending.offerer
         answer_sdp = parse_sdp(sdp)
         stream_b = next(s for s in process_answer(pending.our_offer, answer_sdp) if s.accepted)
@@ -375,6 +403,121 @@ class MediaController:
         answer_bytes = our_answer.to_bytes()
         pending.answered = (sdp, answer_bytes)
         return answer_bytes
+
+    async def answer_locally(
+        self, call_id: str, *, encodings: tuple[str, ...] = ENCODINGS
+    ) -> LocalAnswer:
+        """Answer the pending offer ourselves with one of `encodings`, before the other leg has
+        answered. Why one codec: we never transcode, so the other leg must use what this leg
+        was answered with — its offer is narrowed to that codec (and telephone-event) here."""
+        call = self._call(call_id)
+        pending = call.pending
+        if pending is None or pending.answered is not None or call.local is not None:
+            raise SdpNegotiationError("no fresh offer to answer locally")
+        offerer, other = pending.offerer, 1 - pending.offerer
+        policy = call.policies[offerer]
+        playable = tuple(c for c in policy.codecs if c.upper() in encodings)
+        if not playable:
+            raise SdpNegotiationError("the offerer's policy allows no codec the player can send")
+        trial = build_answer(
+            pending.offer,
+            policy=replace(policy, codecs=playable),
+            local=self._local(call, offerer, bump=False),
+            random_bytes=self.random_bytes,
+        )
+        tried = next(s for s in trial.streams if s.accepted)
+        if not tried.direction.sends:
+            raise SdpNegotiationError("the offerer does not receive media (sendonly/inactive)")
+        chosen = tried.codecs[0]
+        template = pending.offer.media[tried.index]
+        kept = {str(chosen.payload_type)}
+        if tried.telephone_event_payload_type is not None:
+            kept.add(str(tried.telephone_event_payload_type))
+        like = replace(
+            pending.offer,
+            media=(replace(template, formats=tuple(f for f in template.formats if f in kept)),),
+            connection=pending.offer.connection_for(tried.index),
+        )
+        our_offer = create_offer(
+            policy=call.policies[other],
+            local=self._local(call, other),
+            random_bytes=self.random_bytes,
+            like=like,
+        )
+        negotiation = build_answer(
+            pending.offer,
+            policy=replace(policy, codecs=(chosen.encoding,)),
+            local=self._local(call, offerer),
+            random_bytes=self.random_bytes,
+        )
+        stream = next(s for s in negotiation.streams if s.accepted)
+        await self._apply(call, offerer, stream, renegotiation=False)
+        pending.our_offer = our_offer
+        answer_bytes = negotiation.sdp.to_bytes()
+        call.local = _LocalAnswer(
+            pending=pending,
+            sdp=answer_bytes,
+            stream=stream,
+            payload_type=chosen.payload_type,
+            encoding=chosen.encoding.upper(),
+        )
+        return LocalAnswer(
+            answer=answer_bytes,
+            offer=our_offer.sdp.to_bytes(),
+            payload_type=chosen.payload_type,
+            encoding=chosen.encoding.upper(),
+        )
+
+    async def play(self, call_id: str, source: str) -> None:
+        """Music from `source` (a WAV path the worker reads) to the locally answered leg."""
+        call = self._call(call_id)
+        local = call.local
+        if local is None:
+            raise SdpNegotiationError(f"call {call_id} was not answered locally")
+        await call.worker.request(
+            "play",
+            session=call.session_id,
+            leg=local.pending.offerer,
+            source=source,
+            encoding=local.encoding,
+            **{"payload-type": local.payload_type},
+        )
+        local.playing = True
+
+    async def stop_play(self, call_id: str) -> bool:
+        call = self.calls.get(call_id)
+        local = call.local if call is not None else None
+        if call is None or local is None or not local.playing:
+            return False
+        local.playing = False
+        await call.worker.request("stop-play", session=call.session_id, leg=local.pending.offerer)
+        return True
+
+    async def _answer_after_local(
+        self, call: _CallMedia, local: _LocalAnswer, answerer: int, sdp: bytes
+    ) -> bytes:
+        """The other leg answered the narrowed offer: connect it, keep the offerer's answer."""
+        pending = local.pending
+        stream_b = next(
+            s for s in process_answer(pending.our_offer, parse_sdp(sdp)) if s.accepted
+        )
+        if local.playing:
+            await self.stop_play(call.call_id)  # before any relayed packet can reach the leg
+        a = local.stream
+        stream_a = replace(
+            a,
+            direction=Direction.of(
+                sends=a.direction.sends and stream_b.direction.receives,
+                receives=a.direction.receives and stream_b.direction.sends,
+            ),
+        )
+        await asyncio.gather(
+            self._apply(call, pending.offerer, stream_a, False),
+            self._apply(call, answerer, stream_b, False),
+        )
+        call.negotiated += 1
+        pending.answered = (sdp, local.sdp)
+        return local.sdp
 
     async def delete(self, call_id: str) -> dict[str, Any] | None:
         """End the call's media: close its sockets, return its final counters."""

@@ -13,9 +13,15 @@ Commands (signalling → worker; the SDP work stays in the signalling process, s
   update  {session, leg: 0|1, remote: [host, port] | null, rtcp-remote: [host, port] | null,
            rtcp-mux, send, receive, srtp-in, srtp-out (null or {suite, key: base64}),
            new-source: bool}                      → {}
-  delete  {session}                               → {"stats": {...}}
+  play    {session, leg: 0|1, source: path of an 8 kHz mono 16-bit WAV, payload-type,
+           encoding: "PCMU"|"PCMA" (optional for 0 and 8)}  → {}
+          music on hold to that leg's peer, through its rewriter and SRTP sender, until stop-play
+          or delete (player.py); relayed media into the leg is held back meanwhile
+  stop-play {session, leg}                        → {"stopped": bool}
+  delete  {session}                               → {"stats": {...}}  (stops its players too)
   query   {session}                               → {"stats": {...}}
-  stats                                           → {"stats": {...worker totals}, "sessions": n}
+  stats                                           → {"stats": {...worker totals}, "sessions": n,
+                                                     "players": n, "player-frames": n, ...}
 Events (worker → signalling):
   timeout {session, idle: seconds}                — no media for the configured time
 """

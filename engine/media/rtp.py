@@ -143,6 +143,10 @@ class RtpStreamRewriter:
         if not self._started:
             self._started = True
             self._seq_offset = self._ts_offset = 0
+            # The first packet is the newest so far, whatever its number: without this, a
+            # stream starting at sequence >= 32768 was never remembered (it looked older than
+            # the initial 0) and the next source restarted the sequence near 0.
+            self._last_seq, self._last_ts, self._last_now = sequence, timestamp, now
             return
         gap = max(1, round((now - self._last_now) * self.clock_rate))
         self._seq_offset = (self._last_seq + 1 - sequence) & 0xFFFF

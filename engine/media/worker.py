@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Any
 
+from .player import Players, static_encoding
 from .ports import PortPool, PortRange
 from .protocol import FrameDecoder, ProtocolError, encode_frame
 from .relay import MediaSession, Relay, RelayError
@@ -98,6 +99,7 @@ class _Worker:
             relatch_idle=float(settings.get("relatch_idle", 0.25)),
             on_timeout=self._report_timeout,
         )
+        self.players = Players(self.relay, clock=time.monotonic)
         self.started = time.monotonic()
 
     def stop(self) -> None:
@@ -130,6 +132,7 @@ class _Worker:
             reply = await self.execute(message)
             reply["id"] = message.get("id")
             self.channel.send(reply)
+        self.players.close()
         self.relay.close()
 
     async def execute(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +159,19 @@ class _Worker:
                 )
                 return {"result": "ok"}
             if command == "delete":
+                self.players.stop_session(str(message["session"]))
                 return {"result": "ok", "stats": relay.delete_session(str(message["session"]))}
+            if command == "play":
+                payload_type = int(message["payload-type"])
+                encoding = message.get("encoding") or static_encoding(payload_type)
+                if encoding is None:
+                    raise ValueError(f"say the encoding of payload type {payload_type}")
+                self.players.play(str(message["session"]), int(message["leg"]),
+                                  str(message["source"]), payload_type, str(encoding).upper())
+                return {"result": "ok"}
+            if command == "stop-play":
+                stopped = self.players.stop(str(message["session"]), int(message["leg"]))
+                return {"result": "ok", "stopped": stopped}
             if command == "query":
                 return {"result": "ok", "stats": relay.query(str(message["session"]))}
             if command == "stats":
@@ -167,6 +182,7 @@ class _Worker:
                     "sessions-opened": relay.sessions_opened,
                     "timeouts": relay.timeouts_reported,
                     "ports-free": relay.pool.free,
+                    **self.players.counters(),
                     "pid": os.getpid(),
                     "cpu": time.process_time(),
                     "uptime": time.monotonic() - self.started,

@@ -166,6 +166,9 @@ class QueueConfig:
     """Seconds each member rings before the next is tried."""
     retention_days: int | None = None
     """Recording retention for calls of this queue (None: the recording default)."""
+    music_on_hold: str | None = None
+    """WAV file (8 kHz mono 16-bit) waiting callers hear; None: `media.music_on_hold`; empty:
+    none (callers hear the members ringing)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -278,6 +281,55 @@ def check_sections(loaded: LoadedConfig) -> None:
             path = message.split(":", 1)[0] if message.startswith(name) else name
             raise ConfigError(path, loaded.lines.line_of(path),
                               message.split(":", 1)[-1].strip(), str(loaded.path)) from exc
+    check_music_files(loaded)
+
+
+def music_on_hold_settings(config: Config) -> dict[str, str]:
+    """YAML path → configured music file, for every `music_on_hold` set (empty ones too)."""
+    out: dict[str, str] = {}
+    media = config.media if isinstance(config.media, dict) else {}
+    if media.get("music_on_hold"):
+        out["media.music_on_hold"] = str(media["music_on_hold"])
+    for name, queue in config.queues.items():
+        if queue.music_on_hold is not None:
+            out[f"queues.{name}.music_on_hold"] = queue.music_on_hold
+    routed = config.routing.get("queues") if isinstance(config.routing, dict) else None
+    for name, raw in (routed or {}).items():
+        if isinstance(raw, dict) and isinstance(raw.get("music_on_hold"), str):
+            out[f"routing.queues.{name}.music_on_hold"] = raw["music_on_hold"]
+    return out
+
+
+def music_on_hold_by_queue(config: Config) -> dict[str, str]:
+    """Queue name → the music file its waiting callers hear (queues without music left out)."""
+    settings = music_on_hold_settings(config)
+    default = settings.get("media.music_on_hold", "")
+    names = list(config.queues)
+    routed = config.routing.get("queues") if isinstance(config.routing, dict) else None
+    names += [name for name in (routed or {}) if name not in config.queues]
+    out: dict[str, str] = {}
+    for name in names:
+        own = settings.get(f"queues.{name}.music_on_hold",
+                           settings.get(f"routing.queues.{name}.music_on_hold"))
+        chosen = default if own is None else own
+        if chosen:
+            out[name] = chosen
+    return out
+
+
+def check_music_files(loaded: LoadedConfig) -> None:
+    """Every configured music file exists and is 8 kHz mono 16-bit PCM WAV, so a bad one is a
+    load (or SIGHUP) error naming its YAML path, not a silent queue hours later."""
+    from ..media.player import MusicFileError, read_music_file
+
+    for path, file in music_on_hold_settings(loaded.config).items():
+        if not file:
+            continue
+        try:
+            read_music_file(file)
+        except MusicFileError as exc:
+            raise ConfigError(path, loaded.lines.line_of(path), str(exc),
+                              str(loaded.path)) from exc
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -297,4 +349,5 @@ def parse_config(text: str, source: str = "<config>", path: Path | None = None) 
     return LoadedConfig(config, path or Path(source), lines)
 
 
-__all__ = ["Config", "ConfigError", "LoadedConfig", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "LoadedConfig", "load_config", "music_on_hold_by_queue",
+           "parse_config"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
-from ..b2bua.b2bua import MediaDone
-from ..media.controller import MediaController
+from ..b2bua.b2bua import MediaDone, MusicDone
+from ..media.controller import LocalAnswer, MediaController
 from ..sdp import MediaPolicy
 
 log = structlog.get_logger("vaultpbx.media")
@@ -44,6 +44,38 @@ class AsyncMediaPort:
 
     def delete(self, call_id: str) -> None:
         self._spawn(self.controller.delete(call_id), None)
+
+    def play_music(self, call_id: str, source: str, done: MusicDone) -> None:
+        task = asyncio.ensure_future(self._answer_and_play(call_id, source), loop=self.loop)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._music_started(t, done))
+
+    async def _answer_and_play(self, call_id: str, source: str) -> LocalAnswer:
+        local = await self.controller.answer_locally(call_id)
+        try:
+            await self.controller.play(call_id, source)
+        except Exception as exc:  # noqa: BLE001 - the caller is answered: silence, not failure
+            if call_id in self.controller.calls:  # else the call ended meanwhile: nothing lost
+                self.errors += 1
+                log.error("media.music_failed", source=source, error=repr(exc))
+        return local
+
+    def _music_started(self, task: asyncio.Task[LocalAnswer], done: MusicDone) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        now = self.loop.time()
+        exc = task.exception()
+        if exc is not None:
+            status = int(getattr(exc, "status_code", 500) or 500)
+            if status == 500:
+                self.errors += 1
+                log.error("media.local_answer_failed", error=repr(exc))
+            done(None, None, status, str(exc), now)
+        else:
+            local = task.result()
+            done(local.answer, local.offer, 0, "", now)
+        self.after()
 
     def _spawn(self, work: Awaitable[Any], done: MediaDone | None) -> None:
         task = asyncio.ensure_future(work, loop=self.loop)

@@ -175,6 +175,7 @@ def test_default_yaml_call_carries_srtp_on_the_caller_leg(tmp_path: Path) -> Non
                                 private_key=str(tmp_path / "var/tls/k.pem"))
     config["admin"].update(port=admin_port, tls=False)
     config["media"]["workers"] = 1
+    config["media"]["music_on_hold"] = str(ROOT / config["media"]["music_on_hold"])  # cwd moves
     config["drain_timeout"] = 1  # the call is still up when the test stops the engine
     engine = start_engine(tmp_path, config=config)
     passwords = {name: ext["password"] for name, ext in config["extensions"].items()}

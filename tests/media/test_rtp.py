@@ -119,6 +119,13 @@ def test_reordered_packet_does_not_move_the_stream_backwards():
     assert out is not None and fields(out)[:2] == (11, 1600 + 80)
 
 
+def test_a_first_source_numbered_above_32767_is_continued_too():
+    rewriter = RtpStreamRewriter()
+    rewriter.rewrite(rtp(seq=40000, ts=9000), now=0.0)  # random starts land here half the time
+    out = rewriter.rewrite(rtp(seq=5, ts=0, ssrc=2), now=0.02)
+    assert out is not None and fields(out)[:2] == (40001, 9000 + 160)
+
+
 def test_malformed_are_counted_and_dropped():
     rewriter = RtpStreamRewriter()
     assert rewriter.rewrite(b"\x00" * 20, now=0.0) is None
