@@ -9,6 +9,10 @@ Invariants:
   (forged or corrupted: authentication failure; replayed; malformed or too large). The refusal is
   counted on the session and its kind left in `last_failure`; nothing is raised, nothing is
   logged. Exceptions are reserved for setup errors (unknown suite, wrong key length).
+- The relay's per-packet path may call `libsrtp` (the pylibsrtp session itself) directly, which
+  saves a Python call per packet; pylibsrtp raises one of `SRTP_ERRORS` where this module returns
+  None, and the caller hands the exception to `count_refusal`, so the counts and `last_failure`
+  are the same whichever way a packet went.
 - The sender keeps libsrtp's refusal to encrypt the same packet index twice (`allow_repeat_tx` off):
   a repeated index under AES-CM or GCM would reuse keystream, so a duplicate is dropped instead.
 - Randomness for key generation is injected (`random_bytes`, shaped like `os.urandom`).
@@ -26,6 +30,7 @@ import pylibsrtp
 from pylibsrtp import Policy
 
 __all__ = [
+    "SRTP_ERRORS",
     "SRTP_SUITES",
     "SUPPORTED_SUITES",
     "SrtpFailure",
@@ -130,6 +135,9 @@ def decode_inline_key(suite_name: str, inline: str) -> bytes:
     return material
 
 
+#: What pylibsrtp raises for a packet it refuses (TypeError/ValueError: not bytes, too long).
+SRTP_ERRORS: tuple[type[Exception], ...] = (pylibsrtp.Error, ValueError, TypeError)
+
 _FAILURES_BY_MESSAGE = {
     "authentication failure": SrtpFailure.AUTH,
     "replay check failed (bad index)": SrtpFailure.REPLAY,
@@ -141,7 +149,7 @@ class SrtpSession:
     """One direction of one stream. Build with `sender(...)` or `receiver(...)`."""
 
     __slots__ = (
-        "_session",
+        "libsrtp",
         "suite",
         "auth_failures",
         "replay_failures",
@@ -158,7 +166,7 @@ class SrtpSession:
             )
         any_ssrc = Policy.SSRC_ANY_OUTBOUND if outbound else Policy.SSRC_ANY_INBOUND
         policy = Policy(key=bytes(key_material), ssrc_type=any_ssrc, srtp_profile=suite.profile)
-        self._session = pylibsrtp.Session(policy)
+        self.libsrtp = pylibsrtp.Session(policy)
         self.suite = suite
         self.auth_failures = 0
         self.replay_failures = 0
@@ -181,33 +189,34 @@ class SrtpSession:
 
     def protect(self, packet: bytes) -> bytes | None:
         try:
-            return self._session.protect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as error:
-            self._refuse(error)
+            return self.libsrtp.protect(packet)
+        except SRTP_ERRORS as error:
+            self.count_refusal(error)
             return None
 
     def unprotect(self, packet: bytes) -> bytes | None:
         try:
-            return self._session.unprotect(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as error:
-            self._refuse(error)
+            return self.libsrtp.unprotect(packet)
+        except SRTP_ERRORS as error:
+            self.count_refusal(error)
             return None
 
     def protect_rtcp(self, packet: bytes) -> bytes | None:
         try:
-            return self._session.protect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as error:
-            self._refuse(error)
+            return self.libsrtp.protect_rtcp(packet)
+        except SRTP_ERRORS as error:
+            self.count_refusal(error)
             return None
 
     def unprotect_rtcp(self, packet: bytes) -> bytes | None:
         try:
-            return self._session.unprotect_rtcp(packet)
-        except (pylibsrtp.Error, ValueError, TypeError) as error:
-            self._refuse(error)
+            return self.libsrtp.unprotect_rtcp(packet)
+        except SRTP_ERRORS as error:
+            self.count_refusal(error)
             return None
 
-    def _refuse(self, error: Exception) -> None:
+    def count_refusal(self, error: Exception) -> SrtpFailure:
+        """Count a packet libsrtp refused with `error` (one of SRTP_ERRORS); returns its kind."""
         failure = (
             _FAILURES_BY_MESSAGE.get(str(error), SrtpFailure.MALFORMED)
             if isinstance(error, pylibsrtp.Error)
@@ -220,3 +229,4 @@ class SrtpSession:
         else:
             self.malformed += 1
         self.last_failure = failure
+        return failure
