@@ -311,10 +311,20 @@ class Bench:
         await self.drop_calls()
         relayed = (last["stats"]["packets_out"] - first["stats"]["packets_out"]) / elapsed
         cpu = (last["cpu"] - first["cpu"]) / elapsed
-        row = {"mode": name, "pps": relayed, "cpu": cpu, "offered": offered}
+        waited = (last["worker_waited"] - first["worker_waited"]) / elapsed
+        generator_cpu = (last["generator_cpu"] - first["generator_cpu"]) / elapsed
+        row = {
+            "mode": name,
+            "pps": relayed,
+            "cpu": cpu,
+            "offered": offered,
+            "waited": waited,
+            "generator_cpu": generator_cpu,
+        }
         print(
             f"{name}: {relayed:,.0f} packets/s relayed, worker CPU {cpu:.0%}, "
-            f"generator offered {offered:,.0f}/s",
+            f"generator offered {offered:,.0f}/s; worker waiting for a CPU {waited:.0%}, "
+            f"generator CPU {generator_cpu:.0%}",
             flush=True,
         )
         return row
@@ -415,14 +425,15 @@ def write_results(
         "",
         "## Packets per second relayed by one worker (8 calls, A→B flat out)",
         "",
-        "| path | packets/s relayed | worker CPU | µs per packet | generator offered/s |",
-        "|---|---:|---:|---:|---:|",
+        "| path | packets/s relayed | worker CPU | µs per packet | generator offered/s "
+        "| worker waiting for a CPU | generator CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["throughput"]:
         per_packet = row["cpu"] / row["pps"] * 1e6 if row["pps"] else 0
         lines.append(
             f"| {row['mode']} | {row['pps']:,.0f} | {row['cpu']:.0%} | {per_packet:.1f} | "
-            f"{row['offered']:,.0f} |"
+            f"{row['offered']:,.0f} | {row['waited']:.0%} | {row['generator_cpu']:.0%} |"
         )
     lines += [
         "",
