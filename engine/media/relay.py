@@ -11,8 +11,9 @@ re-INVITEs) → optional recorder tap → SRTP protect (sender keyed with what w
 No task, no await, no logging, no allocation beyond what the SRTP layer and the rewriter need.
 Bad packets never raise: they are counted on the leg and dropped.
 
-The fast path calls pylibsrtp's own `protect`/`unprotect` (kept on the leg as bound methods,
-`unprotect_in`/`protect_out`, next to the `SrtpSession` they belong to) and catches its exceptions:
+The fast path calls libsrtp through `SrtpSession.rtp_unprotector()`/`rtp_protector()` (kept on the
+leg as `unprotect_in`/`protect_out`, next to the `SrtpSession` they belong to) and catches their
+exceptions:
 a refused packet is rare, so its classification, counting and the fallback key live on the slow
 path (`_unprotect_failed`). The rewriter passes packets through untouched until a source change
 gives it offsets to apply (rtp.py).
@@ -62,7 +63,7 @@ __all__ = [
 Address = tuple[str, int]
 #: tap(session_id, from_leg_index, plain_rtp_packet, now): called for every relayed RTP packet.
 Tap = Callable[[str, int, bytes, float], None]
-#: pylibsrtp's Session.protect / Session.unprotect, bound: raise one of SRTP_ERRORS on refusal.
+#: SrtpSession.rtp_protector() / rtp_unprotector(): raise one of SRTP_ERRORS on refusal.
 SrtpTransform = Callable[[bytes], bytes]
 
 COUNTERS = (
@@ -159,8 +160,8 @@ class Leg(asyncio.DatagramProtocol):
         self.srtp_in_previous: SrtpSession | None = None
         self.srtp_out: SrtpSession | None = None
         self.srtp_out_key: tuple[str, bytes] | None = None
-        self.unprotect_in: SrtpTransform | None = None  # srtp_in.libsrtp.unprotect
-        self.protect_out: SrtpTransform | None = None  # srtp_out.libsrtp.protect
+        self.unprotect_in: SrtpTransform | None = None  # srtp_in.rtp_unprotector()
+        self.protect_out: SrtpTransform | None = None  # srtp_out.rtp_protector()
         self.keys_changed_at = 0.0
         self.rewriter = RtpStreamRewriter()  # the stream we send to this leg's peer
         self.updated_at = _monotonic()
@@ -468,12 +469,12 @@ class Relay:
         if srtp_in != leg.srtp_in_key:
             leg.srtp_in_previous = leg.srtp_in
             leg.srtp_in = SrtpSession.receiver(*srtp_in) if srtp_in is not None else None
-            leg.unprotect_in = leg.srtp_in.libsrtp.unprotect if leg.srtp_in is not None else None
+            leg.unprotect_in = leg.srtp_in.rtp_unprotector() if leg.srtp_in is not None else None
             leg.srtp_in_key = srtp_in
             leg.keys_changed_at = now
         if srtp_out != leg.srtp_out_key:
             leg.srtp_out = SrtpSession.sender(*srtp_out) if srtp_out is not None else None
-            leg.protect_out = leg.srtp_out.libsrtp.protect if leg.srtp_out is not None else None
+            leg.protect_out = leg.srtp_out.rtp_protector() if leg.srtp_out is not None else None
             leg.srtp_out_key = srtp_out
         if new_source and leg.peer is not None:
             leg.peer.rewriter.source_changed()
