@@ -282,6 +282,7 @@ class Bench:
         reply = await worker.request("stats", timeout=30.0)
         reply["cpu"], reply["at"] = cpu, at
         reply["worker_waited"], reply["generator_cpu"] = worker_sched[1], generator_sched[0]
+        reply["softirq"] = _host_softirq()
         return reply
 
     def socket_drops(self) -> tuple[int, int]:
@@ -313,7 +314,9 @@ class Bench:
         cpu = (last["cpu"] - first["cpu"]) / elapsed
         waited = (last["worker_waited"] - first["worker_waited"]) / elapsed
         generator_cpu = (last["generator_cpu"] - first["generator_cpu"]) / elapsed
+        softirq = (last["softirq"] - first["softirq"]) / elapsed
         row = {
+            "softirq": softirq,
             "mode": name,
             "pps": relayed,
             "cpu": cpu,
@@ -324,7 +327,7 @@ class Bench:
         print(
             f"{name}: {relayed:,.0f} packets/s relayed, worker CPU {cpu:.0%}, "
             f"generator offered {offered:,.0f}/s; worker waiting for a CPU {waited:.0%}, "
-            f"generator CPU {generator_cpu:.0%}",
+            f"generator CPU {generator_cpu:.0%}, host softirq {softirq:.0%}",
             flush=True,
         )
         return row
@@ -346,6 +349,7 @@ class Bench:
             cpu = (last["cpu"] - first["cpu"]) / window
             waited = (last["worker_waited"] - first["worker_waited"]) / window
             generator_cpu = (last["generator_cpu"] - first["generator_cpu"]) / window
+            softirq = (last["softirq"] - first["softirq"]) / window
             result = await run
             drops_after = self.socket_drops()
             after = await self.worker_stats()
@@ -361,6 +365,7 @@ class Bench:
                 "late": result["late_slots"],
                 "auth": last["stats"]["srtp_auth_failures"],
                 "waited": waited,
+                "softirq": softirq,
                 "generator_cpu": generator_cpu,
                 "max_lag_ms": result["max_lag_ms"],
                 "worker_in": relayed_in,
@@ -375,14 +380,26 @@ class Bench:
                 f"slots {result['late_slots']}, socket drops worker {row['worker_drops']:,} "
                 f"generator {row['generator_drops']:,}; worker received {relayed_in:,} sent "
                 f"{relayed_out:,}; worker runnable but waiting for a CPU {waited:.0%}, generator "
-                f"CPU {generator_cpu:.0%}, longest queue {result['max_lag_ms']:.0f} ms",
+                f"CPU {generator_cpu:.0%}, host softirq {softirq:.0%}, longest queue "
+                f"{result['max_lag_ms']:.0f} ms",
                 flush=True,
             )
-            over = over + 1 if loss >= 0.001 or cpu > 0.97 else 0
+            # Worker CPU is no stop sign: near saturation each wake-up finds more packets per
+            # socket, so a worker at "100%" may still keep up. Loss is what counts.
+            over = over + 1 if loss >= 0.001 else 0
             if over >= 2:
                 break
         await self.drop_calls()
         return rows
+
+
+def _host_softirq() -> float:
+    """CPU seconds the host has spent in softirq context, all cores. With IRQ time accounting
+    this time is charged to no process: on loopback it is mostly the UDP delivery that the
+    worker's and the generator's sendmsg calls trigger, so it belongs to their cost."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[7]) / os.sysconf("SC_CLK_TCK")
 
 
 def _schedstat(pid: int) -> tuple[float, float]:
@@ -426,29 +443,31 @@ def write_results(
         "## Packets per second relayed by one worker (8 calls, A→B flat out)",
         "",
         "| path | packets/s relayed | worker CPU | µs per packet | generator offered/s "
-        "| worker waiting for a CPU | generator CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| worker waiting for a CPU | generator CPU | host softirq |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["throughput"]:
         per_packet = row["cpu"] / row["pps"] * 1e6 if row["pps"] else 0
         lines.append(
             f"| {row['mode']} | {row['pps']:,.0f} | {row['cpu']:.0%} | {per_packet:.1f} | "
-            f"{row['offered']:,.0f} | {row['waited']:.0%} | {row['generator_cpu']:.0%} |"
+            f"{row['offered']:,.0f} | {row['waited']:.0%} | {row['generator_cpu']:.0%} "
+            f"| {row['softirq']:.0%} |"
         )
     lines += [
         "",
         "## Concurrent SRTP calls on one worker (both legs SRTP, 50 packets/s each way per leg)",
         "",
         "| calls | packets relayed/s | sent | received | loss | worker CPU | CPU per call "
-        "| worker waiting for a CPU | generator CPU | longest queue | generator late slots "
-        "| rcvbuf drops worker / generator |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| worker waiting for a CPU | generator CPU | host softirq | longest queue "
+        "| generator late slots | rcvbuf drops worker / generator |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["capacity"]:
         lines.append(
             f"| {row['calls']} | {row['calls'] * 100:,} | {row['sent']:,} | {row['received']:,} | "
             f"{row['loss']:.3%} | {row['cpu']:.0%} | {row['cpu'] / row['calls'] * 1e6:,.0f} µs/s "
-            f"| {row['waited']:.0%} | {row['generator_cpu']:.0%} | {row['max_lag_ms']:.0f} ms "
+            f"| {row['waited']:.0%} | {row['generator_cpu']:.0%} | {row['softirq']:.0%} "
+            f"| {row['max_lag_ms']:.0f} ms "
             f"| {row['late']} | {row['worker_drops']:,} / {row['generator_drops']:,} |"
         )
     good = [r for r in results["capacity"] if r["loss"] < 0.001]
