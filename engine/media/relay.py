@@ -11,6 +11,13 @@ re-INVITEs) → optional recorder tap → SRTP protect (sender keyed with what w
 No task, no await, no logging, no allocation beyond what the SRTP layer and the rewriter need.
 Bad packets never raise: they are counted on the leg and dropped.
 
+The fast path calls libsrtp through `SrtpSession.rtp_unprotector()`/`rtp_protector()` (kept on the
+leg as `unprotect_in`/`protect_out`, next to the `SrtpSession` they belong to) and catches their
+exceptions:
+a refused packet is rare, so its classification, counting and the fallback key live on the slow
+path (`_unprotect_failed`). The rewriter passes packets through untouched until a source change
+gives it offsets to apply (rtp.py).
+
 Invariants:
 - A packet from the address we send to is on the fast path. A packet from any other address is
   a latching candidate (comedia): before the first packet since the leg's SDP named its peer, any
@@ -41,7 +48,7 @@ from typing import Any
 
 from .ports import PortPool, PortPoolExhausted
 from .rtp import RtpStreamRewriter
-from .srtp import SrtpFailure, SrtpSession
+from .srtp import SRTP_ERRORS, SrtpFailure, SrtpSession
 
 __all__ = [
     "COUNTERS",
@@ -56,6 +63,8 @@ __all__ = [
 Address = tuple[str, int]
 #: tap(session_id, from_leg_index, plain_rtp_packet, now): called for every relayed RTP packet.
 Tap = Callable[[str, int, bytes, float], None]
+#: SrtpSession.rtp_protector() / rtp_unprotector(): raise one of SRTP_ERRORS on refusal.
+SrtpTransform = Callable[[bytes], bytes]
 
 COUNTERS = (
     "packets_in",
@@ -122,6 +131,8 @@ class Leg(asyncio.DatagramProtocol):
         "srtp_in_previous",
         "srtp_out",
         "srtp_out_key",
+        "unprotect_in",
+        "protect_out",
         "keys_changed_at",
         "rewriter",
         "updated_at",
@@ -149,6 +160,8 @@ class Leg(asyncio.DatagramProtocol):
         self.srtp_in_previous: SrtpSession | None = None
         self.srtp_out: SrtpSession | None = None
         self.srtp_out_key: tuple[str, bytes] | None = None
+        self.unprotect_in: SrtpTransform | None = None  # srtp_in.rtp_unprotector()
+        self.protect_out: SrtpTransform | None = None  # srtp_out.rtp_protector()
         self.keys_changed_at = 0.0
         self.rewriter = RtpStreamRewriter()  # the stream we send to this leg's peer
         self.updated_at = _monotonic()
@@ -172,13 +185,15 @@ class Leg(asyncio.DatagramProtocol):
         if 192 <= data[1] <= 223:  # RTCP on the multiplexed port, RFC 5761 §4
             self.rtcp_received(data)
             return
-        srtp = self.srtp_in
-        if srtp is not None:
-            plain = srtp.unprotect(data)
-            if plain is None:
-                plain = self._unprotect_failed(data)
-                if plain is None:
+        unprotect = self.unprotect_in
+        if unprotect is not None:
+            try:
+                plain = unprotect(data)
+            except SRTP_ERRORS as error:
+                refused = self._unprotect_failed(data, error)
+                if refused is None:
                     return
+                plain = refused
         else:
             plain = data
         if not self.forward:
@@ -192,10 +207,12 @@ class Leg(asyncio.DatagramProtocol):
         tap = self.owner.tap
         if tap is not None:
             tap(self.session_id, self.index, out, now)
-        srtp = peer.srtp_out
-        if srtp is not None:
-            out = srtp.protect(out)
-            if out is None:
+        protect = peer.protect_out
+        if protect is not None:
+            try:
+                out = protect(out)
+            except SRTP_ERRORS as error:
+                peer.srtp_out.count_refusal(error)  # type: ignore[union-attr]
                 peer.send_failures += 1
                 return
         peer.transport.sendto(out, peer.remote)  # type: ignore[union-attr]
@@ -228,14 +245,15 @@ class Leg(asyncio.DatagramProtocol):
         peer.packets_out += 1
         peer.bytes_out += len(out)
 
-    def _unprotect_failed(self, data: bytes) -> bytes | None:
+    def _unprotect_failed(self, data: bytes, error: Exception) -> bytes | None:
+        """The current receive key refused `data`: try the previous key, else count why."""
         srtp: SrtpSession = self.srtp_in  # type: ignore[assignment]
+        failure = srtp.count_refusal(error)
         previous = self.srtp_in_previous
         if previous is not None:
             plain = previous.unprotect(data)
             if plain is not None:
                 return plain
-        failure = srtp.last_failure
         if failure is SrtpFailure.AUTH:
             self.srtp_auth_failures += 1
         elif failure is SrtpFailure.REPLAY:
@@ -451,10 +469,12 @@ class Relay:
         if srtp_in != leg.srtp_in_key:
             leg.srtp_in_previous = leg.srtp_in
             leg.srtp_in = SrtpSession.receiver(*srtp_in) if srtp_in is not None else None
+            leg.unprotect_in = leg.srtp_in.rtp_unprotector() if leg.srtp_in is not None else None
             leg.srtp_in_key = srtp_in
             leg.keys_changed_at = now
         if srtp_out != leg.srtp_out_key:
             leg.srtp_out = SrtpSession.sender(*srtp_out) if srtp_out is not None else None
+            leg.protect_out = leg.srtp_out.rtp_protector() if leg.srtp_out is not None else None
             leg.srtp_out_key = srtp_out
         if new_source and leg.peer is not None:
             leg.peer.rewriter.source_changed()

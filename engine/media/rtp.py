@@ -12,6 +12,12 @@ Invariants:
   timestamps without jumps) while the source behind it changes, e.g. when a re-INVITE moves the
   other leg to a new endpoint. Offsets are modulo 2^16 (sequence) and 2^32 (timestamp). When there
   is nothing to change the packet object is returned as is; otherwise one copy is made.
+- The rewriter is on the relay's per-packet path, so the common case is kept short: a header whose
+  first octet is 0x80 (version 2, no padding, no extension, no CSRC) is valid as soon as it has 12
+  octets and is read with one `unpack_from`; anything else goes through `parse_rtp_header`. While
+  the offsets are zero and the SSRC is kept (from the first source until the first change), the
+  rewriter only remembers the newest sequence/timestamp/time, which is all a later source change
+  needs to continue the stream.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ RTP_HEADER_SIZE = 12
 _FIXED_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _EXTENSION_HEADER = struct.Struct("!HH")  # profile-defined, length in 32-bit words
+_PLAIN_HEADER_FIRST_OCTET = 0x80  # V=2, P=0, X=0, CC=0: nothing beyond the fixed 12 octets
 _RTCP_FIRST = 192  # octet 1 range of RTCP packet types, RFC 5761 §4
 _RTCP_LAST = 223
 
@@ -78,7 +85,8 @@ def parse_rtp_header(packet: bytes) -> RtpHeader | None:
 class RtpStreamRewriter:
     """One outgoing RTP stream kept continuous across changes of the source feeding it.
 
-    `ssrc` fixes the SSRC we send; None keeps the first source's SSRC. A change of incoming SSRC
+    `ssrc` fixes the SSRC we send; None keeps the first source's SSRC (set it only here: the
+    pass-through decision is taken when a source starts). A change of incoming SSRC
     starts a new source automatically; `source_changed()` forces it (the media controller calls
     it on a re-INVITE, when the same SSRC may restart its sequence). The first packet of a new
     source continues the sequence at last+1 and the timestamp at last + the time elapsed since
@@ -96,6 +104,7 @@ class RtpStreamRewriter:
         "_last_ts",
         "_last_now",
         "_started",
+        "_pass_through",
     )
 
     def __init__(self, *, ssrc: int | None = None, clock_rate: int = 8000) -> None:
@@ -109,19 +118,27 @@ class RtpStreamRewriter:
         self._last_ts = 0
         self._last_now = 0.0
         self._started = False
+        self._pass_through = False  # offsets zero and SSRC kept: packets leave unchanged
 
     def source_changed(self) -> None:
         self._source_ssrc = None
 
     def rewrite(self, packet: bytes, now: float) -> bytes | None:
         """The packet as it should leave, or None (counted in `malformed`) if it is not RTP."""
-        header = parse_rtp_header(packet)
-        if header is None:
+        if (
+            len(packet) < RTP_HEADER_SIZE or packet[0] != _PLAIN_HEADER_FIRST_OCTET
+        ) and parse_rtp_header(packet) is None:
             self.malformed += 1
             return None
-        _, _, sequence, timestamp, ssrc, _, _ = header
+        sequence, timestamp, ssrc = _SEQ_TS_SSRC.unpack_from(packet, 2)
         if ssrc != self._source_ssrc:
             self._start_source(sequence, timestamp, ssrc, now)
+        if self._pass_through:
+            if (sequence - self._last_seq) & 0xFFFF < 0x8000:
+                self._last_seq = sequence
+                self._last_ts = timestamp
+                self._last_now = now
+            return packet
         out_seq = (sequence + self._seq_offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
         # Remember the newest packet sent; a late (reordered) one must not move us backwards.
@@ -147,7 +164,8 @@ class RtpStreamRewriter:
             # stream starting at sequence >= 32768 was never remembered (it looked older than
             # the initial 0) and the next source restarted the sequence near 0.
             self._last_seq, self._last_ts, self._last_now = sequence, timestamp, now
-            return
-        gap = max(1, round((now - self._last_now) * self.clock_rate))
-        self._seq_offset = (self._last_seq + 1 - sequence) & 0xFFFF
-        self._ts_offset = (self._last_ts + gap - timestamp) & 0xFFFFFFFF
+        else:
+            gap = max(1, round((now - self._last_now) * self.clock_rate))
+            self._seq_offset = (self._last_seq + 1 - sequence) & 0xFFFF
+            self._ts_offset = (self._last_ts + gap - timestamp) & 0xFFFFFFFF
+        self._pass_through = self._seq_offset == 0 and self._ts_offset == 0 and self.ssrc == ssrc

@@ -5,6 +5,7 @@ strict latching, RTCP on a separate port, timeouts on a hand-moved clock)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -14,8 +15,11 @@ import uvloop
 from vaultpbx.media.config import MediaConfig
 from vaultpbx.media.ports import PortPool, PortPoolExhausted, PortRange
 from vaultpbx.media.protocol import MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
-from vaultpbx.media.relay import MediaSession, Relay
+from vaultpbx.media.relay import KEY_FALLBACK_SECONDS, MediaSession, Relay
 from vaultpbx.media.rtppeer import RtpPeer, numbered_payload, payload_number
+from vaultpbx.media.srtp import SrtpSession
+
+SUITE = "AES_CM_128_HMAC_SHA1_80"
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +63,62 @@ def test_tap_sees_every_relayed_packet_in_the_clear() -> None:
     assert all(
         sid == "s1" and p[12:] == numbered_payload(payload_number(p[12:])) for sid, _, p in tapped
     )
+
+
+def test_refused_srtp_is_counted_and_the_old_key_still_works_after_a_rekey() -> None:
+    async def scenario(relay: Relay) -> None:
+        a, b = RtpPeer(ssrc=0xA, suite=SUITE), RtpPeer(ssrc=0xB)
+        await wire(relay, a, b, srtp_in=(SUITE, a.key))
+        leg = relay.sessions["s1"].legs[0]
+        a.send(1)
+        assert [payload_number(p[12:]) for p in await b.receive(1)] == [1]
+        old_sender = a.tx
+        assert old_sender is not None
+        a.rekey()  # re-INVITE with a new key; a packet under the old one is still in flight
+        await relay.update_leg("s1", 0, remote=("127.0.0.1", a.port), srtp_in=(SUITE, a.key))
+        in_flight = old_sender.protect(a.packet(2))
+        assert in_flight is not None
+        a.send_raw(in_flight)  # the current key refuses it, the fallback key relays it
+        assert a.tx is not None
+        replayed = a.tx.protect(a.packet(3))
+        assert replayed is not None
+        a.send_raw(replayed)
+        a.send_raw(replayed)
+        forged = SrtpSession.sender(SUITE, os.urandom(30)).protect(a.packet(4))
+        assert forged is not None
+        a.send_raw(forged)
+        a.send(5)
+        assert [payload_number(p[12:]) for p in await b.receive(4)] == [2, 3, 5]
+        assert (leg.srtp_auth_failures, leg.srtp_replays, leg.malformed) == (1, 1, 0)
+        # Once the fallback has expired, the old key is refused like any other.
+        relay.check_timeouts(leg.keys_changed_at + KEY_FALLBACK_SECONDS + 1)
+        stale = old_sender.protect(a.packet(6))
+        assert stale is not None
+        a.send_raw(stale)
+        a.send(7)
+        assert [payload_number(p[12:]) for p in await b.receive(1)] == [7]
+        assert leg.srtp_auth_failures == 2 and leg.packets_in == 8
+
+    run_relay(scenario)
+
+
+def test_a_packet_the_sending_key_refuses_is_counted_and_not_sent() -> None:
+    async def scenario(relay: Relay) -> None:
+        a, b = RtpPeer(ssrc=0xA), RtpPeer(ssrc=0xB, suite=SUITE)
+        await wire(relay, a, b)
+        relay_key = os.urandom(30)
+        await relay.update_leg("s1", 1, remote=("127.0.0.1", b.port), srtp_out=(SUITE, relay_key))
+        b.rx = SrtpSession.receiver(SUITE, relay_key)
+        too_long = a.packet(0) + bytes(1400)  # fits a datagram, not libsrtp's buffer + tag
+        a.send_raw(too_long)
+        a.send(1)
+        assert [payload_number(p[12:]) for p in await b.receive(1)] == [1]
+        assert await b.quiet(0.05) == [] and b.failures == 0
+        callee = relay.sessions["s1"].legs[1]
+        assert (callee.send_failures, callee.packets_out) == (1, 1)
+        assert callee.srtp_out is not None and callee.srtp_out.malformed == 1
+
+    run_relay(scenario)
 
 
 def test_strict_latching_drops_other_sources() -> None:

@@ -131,3 +131,40 @@ def test_malformed_are_counted_and_dropped():
     assert rewriter.rewrite(b"\x00" * 20, now=0.0) is None
     assert rewriter.rewrite(b"\x80", now=0.0) is None
     assert rewriter.malformed == 2
+
+
+@given(st.binary(max_size=64))
+def test_rewriter_accepts_exactly_what_the_header_parser_accepts(data):
+    # The rewriter's shortcut for a plain 0x80 header must not let through anything the full
+    # parser refuses, nor refuse anything it accepts.
+    rewriter = RtpStreamRewriter()
+    out = rewriter.rewrite(data, now=0.0)
+    assert (out is None) == (parse_rtp_header(data) is None)
+    assert rewriter.malformed == (1 if out is None else 0)
+
+
+def test_pass_through_until_a_source_change_then_rewritten_copies():
+    rewriter = RtpStreamRewriter()
+    sent = [rtp(seq=100 + i, ts=160 * i) for i in range(3)]
+    assert all(rewriter.rewrite(p, now=0.02 * i) is p for i, p in enumerate(sent))
+    late = rtp(seq=99, ts=0)  # reordered while passing through: must not move us backwards
+    assert rewriter.rewrite(late, now=0.05) is late
+    rewriter.source_changed()  # re-INVITE: same SSRC restarts its numbering
+    restarted = rtp(seq=1, ts=0)
+    out = rewriter.rewrite(restarted, now=0.06)
+    assert out is not None and out is not restarted
+    # 102 was the newest sent, 20 ms before at ts 320: continue at 103, 320 + 160 samples.
+    assert fields(out) == (103, 320 + 160, 0x11223344)
+    nxt = rewriter.rewrite(rtp(seq=2, ts=160), now=0.08)
+    assert nxt is not None and fields(nxt) == (104, 320 + 160 + 160, 0x11223344)
+
+
+def test_headers_with_csrcs_or_extension_take_the_full_parse_and_still_pass():
+    rewriter = RtpStreamRewriter()
+    with_csrcs = rtp(seq=7, csrcs=(1, 2))
+    with_extension = rtp(seq=8, extension=b"\x10\xaa\x00\x00")
+    assert rewriter.rewrite(with_csrcs, now=0.0) is with_csrcs
+    assert rewriter.rewrite(with_extension, now=0.02) is with_extension
+    truncated_extension = rtp(seq=9, extension=b"\x10\xaa\x00\x00", payload=b"")[:-2]
+    assert rewriter.rewrite(truncated_extension, now=0.04) is None
+    assert rewriter.malformed == 1

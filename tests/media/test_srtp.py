@@ -21,10 +21,13 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from vaultpbx.media.srtp import (
+    SRTP_ERRORS,
+    SRTP_SUITES,
     SUPPORTED_SUITES,
     SrtpFailure,
     SrtpKeyError,
     SrtpSession,
+    _libsrtp_call,
     decode_inline_key,
     encode_inline_key,
     generate_key_material,
@@ -261,3 +264,49 @@ def test_setup_errors_are_exceptions_with_reasons():
         decode_inline_key("AEAD_AES_256_GCM", "not*base64")
     with pytest.raises(SrtpKeyError, match="wrong number of bytes"):
         generate_key_material("AEAD_AES_128_GCM", lambda n: bytes(n - 1))
+
+
+def test_the_relays_packet_transforms_call_libsrtp_directly_with_this_pylibsrtp():
+    # If a pylibsrtp upgrade moves its internals, the transforms quietly fall back to the public
+    # Session methods (correct, ~1 µs per packet slower): this says so instead of staying quiet.
+    session = SrtpSession.sender("AES_CM_128_HMAC_SHA1_80", LIBSRTP_KEY)
+    assert _libsrtp_call(session.libsrtp, "srtp_protect", 144) is not None
+    assert session.rtp_protector() != session.libsrtp.protect
+
+
+@pytest.mark.parametrize("suite_name", SUPPORTED_SUITES)
+def test_packet_transforms_match_pylibsrtp_and_refuse_the_same_way(suite_name):
+    key = os.urandom(SRTP_SUITES[suite_name].key_material_length)
+    public = SrtpSession.sender(suite_name, key).libsrtp.protect
+    sender = SrtpSession.sender(suite_name, key)
+    protect = sender.rtp_protector()
+    plain = [
+        h(LIBSRTP, "rtp_plain")[:2] + bytes([0, n]) + h(LIBSRTP, "rtp_plain")[4:]
+        for n in range(1, 5)
+    ]
+    protected = [protect(packet) for packet in plain]
+    assert protected == [public(packet) for packet in plain]
+    receiver = SrtpSession.receiver(suite_name, key)
+    unprotect = receiver.rtp_unprotector()
+    assert [unprotect(packet) for packet in protected[:3]] == plain[:3]
+    forged = bytearray(protected[3])  # a new index, so authentication is what refuses it
+    forged[-1] ^= 1
+    refusals = []
+    for packet, transform in (
+        (bytes(forged), unprotect),  # authentication failure
+        (protected[2], unprotect),  # replay
+        (bytes(1400), protect),  # no room for the tag in libsrtp's buffer
+        (plain[2], protect),  # the sender never reuses a packet index
+    ):
+        with pytest.raises(SRTP_ERRORS) as refused:
+            transform(packet)
+        owner = receiver if transform is unprotect else sender
+        refusals.append(owner.count_refusal(refused.value))
+    assert refusals == [
+        SrtpFailure.AUTH,
+        SrtpFailure.REPLAY,
+        SrtpFailure.MALFORMED,
+        SrtpFailure.REPLAY,
+    ]
+    assert (receiver.auth_failures, receiver.replay_failures) == (1, 1)
+    assert (sender.malformed, sender.replay_failures) == (1, 1)
