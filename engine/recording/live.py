@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .container import Codec, Direction, RecordingMetadata
+from .container import Codec, RecordingMetadata
 from .writer import RecordingWriter
 
 __all__ = ["SWEEP_SECONDS", "LiveRecordings"]
@@ -37,7 +37,6 @@ __all__ = ["SWEEP_SECONDS", "LiveRecordings"]
 SWEEP_SECONDS = 0.1
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_DIRECTIONS = (Direction.FROM_CALLER, Direction.FROM_CALLEE)
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -147,7 +146,7 @@ class LiveRecordings:
             live.skipped += 1
             return
         try:
-            live.writer.append_rtp(_DIRECTIONS[leg], packet[offset:end],
+            live.writer.append_rtp(leg, packet[offset:end],
                                    _U32.unpack_from(packet, 4)[0], now)
         except OSError as error:
             self.sessions.pop(session_id, None)

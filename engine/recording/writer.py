@@ -188,7 +188,7 @@ class RecordingWriter:
         if channel.buffered >= self._chunk_samples:
             self.seal_chunk(now)
 
-    def append_rtp(self, direction: Direction, payload: bytes, timestamp: int, now: float) -> None:
+    def append_rtp(self, direction: int, payload: bytes, timestamp: int, now: float) -> None:
         """Buffer one RTP frame, placed by its RTP timestamp rather than by its arrival.
 
         The sender's timestamps are the media timeline: frames that arrive in a burst after a
@@ -197,25 +197,29 @@ class RecordingWriter:
         arrival clock; when the two disagree by more than `resync` (a new source the rewriter
         did not smooth, a sender clock far off, or a forged timestamp) the channel is re-anchored
         at its arrival, so a timestamp can never move audio far from when it was heard.
+        `direction` is a `Direction` or its int value (the relay's leg index: no enum on the
+        per-packet path).
         """
         if self._sensitive:
             self.stats.frames_dropped_sensitive += 1
             return
-        samples = len(payload) // self._bytes_per_sample
-        if samples == 0 or len(payload) % self._bytes_per_sample:
+        size = len(payload)
+        samples = size if self._bytes_per_sample == 1 else size // self._bytes_per_sample
+        if samples == 0 or samples * self._bytes_per_sample != size:
             self.stats.frames_malformed += 1
             return
         channel = self._channels[direction]
-        arrived = round((now - self._origin) * self.sample_rate)
-        if channel.rtp_base < 0:
+        arrived = int((now - self._origin) * self.sample_rate + 0.5)
+        base = channel.rtp_base
+        if base < 0:
             channel.rtp_base, channel.sample_base = timestamp, max(arrived, channel.next_sample)
             start = channel.sample_base
         else:
-            delta = (timestamp - channel.rtp_base) & 0xFFFFFFFF
+            delta = (timestamp - base) & 0xFFFFFFFF
             if delta >= 0x80000000:
                 delta -= 0x100000000  # RFC 3550 §5.1: timestamps wrap; older is negative
             start = channel.sample_base + delta
-            if abs(start - arrived) > self._resync:
+            if not -self._resync <= start - arrived <= self._resync:
                 start = max(arrived, channel.next_sample)
                 channel.rtp_base, channel.sample_base = timestamp, start
         expected = channel.next_sample
