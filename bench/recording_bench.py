@@ -79,9 +79,12 @@ async def open_call(controller: MediaController, n: int) -> Call:
     return Call(call_id, a, b)
 
 
+FSYNC_EVERY = [5]  # the engine's default (recording.fsync_every); --fsync-every changes it
+
+
 async def record(controller: MediaController, call: Call, directory: Path) -> None:
     rid = os.urandom(16).hex()
-    await controller.record(call.call_id, **{
+    await controller.record(call.call_id, **{"fsync-every": FSYNC_EVERY[0],
         "path": str(directory / f"{rid}.vrec"), "recording-id": rid, "key-id": os.urandom(16).hex(),
         "data-key": base64.b64encode(os.urandom(32)).decode(), "codec": "PCMU", "rate": 8000,
         "payload-types": [0], "metadata": {"call_id": call.call_id}})
@@ -193,7 +196,9 @@ def main() -> int:
     parser.add_argument("--steps", type=lambda s: [int(x) for x in s.split(",")],
                         default=[200, 400, 600], help="recorded call counts to step through")
     parser.add_argument("--port-min", type=int, default=20000)
+    parser.add_argument("--fsync-every", type=int, default=5, help="chunks between fsyncs")
     args = parser.parse_args()
+    FSYNC_EVERY[0] = args.fsync_every
 
     seal_rows = [(label, *bench_seal(size, 1.0))
                  for label, size in (("1 s stereo G.711 (16,000 B)", 16_000), ("64 KiB", 65_536))]
@@ -221,8 +226,9 @@ def main() -> int:
         f"- host: {platform.machine()}, {os.cpu_count()} cores (shared with other work), Python "
         f"{platform.python_version()}, {platform.platform()}",
         "- one media worker process (uvloop), plain RTP both legs, PCMU 20 ms frames both ways "
-        "(100 packets/s per call); CPU is the worker's own process time; the load generator "
-        "(this process) runs beside it on the second core.",
+        "(100 packets/s per call); CPU is the worker's own process time (user + system, so the "
+        f"kernel's share of write() and fsync counts); fsync every {args.fsync_every} chunks; "
+        "the load generator (this process) runs beside it on the second core.",
         "",
         "## Sealing (AES-256-GCM, `cryptography`), one core",
         "",

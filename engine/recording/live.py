@@ -129,25 +129,28 @@ class LiveRecordings:
         live = self.sessions.get(session_id)
         if live is None:
             return
-        first = packet[0]
-        offset = 12 + (first & 0x0F) * 4
-        end = len(packet)
-        if first & 0x10:  # header extension, RFC 3550 §5.3.1
-            if end < offset + 4:
-                live.malformed += 1
-                return
-            offset += 4 + _U16.unpack_from(packet, offset + 2)[0] * 4
-        if first & 0x20:  # padding: the last octet counts it
-            end -= packet[-1]
-        if offset >= end:
-            live.malformed += 1
-            return
         if packet[1] & 0x7F not in live.payload_types:
             live.skipped += 1
             return
+        first = packet[0]
+        if first == 0x80:  # version 2, no padding, extension or CSRC: nearly every packet
+            payload = packet[12:]
+        else:
+            offset = 12 + (first & 0x0F) * 4
+            end = len(packet)
+            if first & 0x10:  # header extension, RFC 3550 §5.3.1
+                if end < offset + 4:
+                    live.malformed += 1
+                    return
+                offset += 4 + _U16.unpack_from(packet, offset + 2)[0] * 4
+            if first & 0x20:  # padding: the last octet counts it
+                end -= packet[-1]
+            if offset >= end:
+                live.malformed += 1
+                return
+            payload = packet[offset:end]
         try:
-            live.writer.append_rtp(leg, packet[offset:end],
-                                   _U32.unpack_from(packet, 4)[0], now)
+            live.writer.append_rtp(leg, payload, _U32.unpack_from(packet, 4)[0], now)
         except OSError as error:
             self.sessions.pop(session_id, None)
             self._failed(live, error)

@@ -62,7 +62,7 @@ class WriterStats:
 
 
 class _Channel:
-    __slots__ = ("next_sample", "segments", "buffered", "rtp_base", "sample_base")
+    __slots__ = ("next_sample", "segments", "buffered", "rtp_base", "sample_base", "next_rtp")
 
     def __init__(self) -> None:
         self.next_sample = 0
@@ -70,6 +70,7 @@ class _Channel:
         self.buffered = 0  # samples
         self.rtp_base = -1  # RTP timestamp that `sample_base` maps to; -1: not anchored yet
         self.sample_base = 0
+        self.next_rtp = -1  # timestamp of the frame that would continue the last segment
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -209,6 +210,17 @@ class RecordingWriter:
             self.stats.frames_malformed += 1
             return
         channel = self._channels[direction]
+        segments = channel.segments
+        if timestamp == channel.next_rtp and segments:
+            # Nearly every frame: the one right after the last, in the chunk being filled.
+            segments[-1][1].extend(payload)
+            channel.next_sample += samples
+            channel.next_rtp = (timestamp + samples) & 0xFFFFFFFF
+            channel.buffered += samples
+            self.stats.frames += 1
+            if channel.buffered >= self._chunk_samples:
+                self.seal_chunk(now)
+            return
         arrived = int((now - self._origin) * self.sample_rate + 0.5)
         base = channel.rtp_base
         if base < 0:
@@ -226,12 +238,12 @@ class RecordingWriter:
         if start < expected:
             self.stats.frames_late += 1
             return
-        segments = channel.segments
         if segments and start == expected:
             segments[-1][1].extend(payload)
         else:
             segments.append((start, bytearray(payload)))
         channel.next_sample = start + samples
+        channel.next_rtp = (timestamp + samples) & 0xFFFFFFFF
         channel.buffered += samples
         self.stats.frames += 1
         if channel.buffered >= self._chunk_samples:
@@ -254,7 +266,7 @@ class RecordingWriter:
             self._sensitive = False
             at = max(self._sample_at(now), self._pause_start)
             for channel in self._channels:
-                channel.rtp_base = -1  # re-anchor after the pause, at or after its end
+                channel.rtp_base = channel.next_rtp = -1  # re-anchor at or after its end
                 channel.next_sample = max(channel.next_sample, at)
             self._events.append(Event(EventKind.SENSITIVE_END, at))
 
