@@ -4,6 +4,8 @@ role's mask policy, four-eyes recording export, and the audit log for auditors.
   POST /login                             {user, password, otp} → token     anyone
   POST /logout, GET /me                                                      any session
   GET  /calls?limit=N                     call records, masked for the role  metadata.read
+  POST /calls/{id}/sensitive              {on: bool}: PCI pause of a recorded calls.handle
+                                          call (id: engine call id or SIP Call-ID)
   GET  /recordings                        list, caller masked for the role   recording.list
   POST /recordings/{id}/export-requests   ask for an export                  recording.export
   GET  /export-requests                   open requests (approvers: all)     recording.export
@@ -71,6 +73,7 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/logout", ANY_SESSION, "logout"),
     ("GET", "/me", ANY_SESSION, "me"),
     ("GET", "/calls", P.METADATA_READ, "list_calls"),
+    ("POST", "/calls/{id}/sensitive", P.CALLS_HANDLE, "switch_sensitive"),
     ("GET", "/recordings", P.RECORDING_LIST, "list_recordings"),
     ("POST", "/recordings/{id}/export-requests", P.RECORDING_EXPORT, "request_export"),
     ("GET", "/export-requests", P.RECORDING_EXPORT, "export_requests"),
@@ -154,6 +157,9 @@ class AdminApi:
         self.audit_dir = Path(audit_dir) if audit_dir is not None else None
         self.audit_sink = Path(audit_sink) if audit_sink is not None else None
         self.masker = TextMasker(security.masking)
+        # (call id, on, actor) -> False if no such recorded call; set by the runtime when it
+        # records calls. The switch is audited there (HookPoint.RECORDING_SENSITIVE).
+        self.sensitive: Callable[[str, bool, str], bool] | None = None
         self.auth = Authenticator(users, sessions, totp=totp, anomaly=anomaly, hooks=hooks)
         self.login_attempts = login_attempts
         self.login_window = login_window
@@ -365,6 +371,20 @@ class AdminApi:
             return _error(400, "limit must be an integer from 1 to 1000")
         records = [self.mask_record(record, session.role) for record in self.cdr.recent(limit)]
         return HttpResponse.of_json({"calls": records})
+
+    def switch_sensitive(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        """PCI pause on or off: while on, no audio of the call reaches its recording."""
+        assert session is not None
+        body = _json_object(request)
+        on = None if body is None else body.get("on")
+        if not isinstance(on, bool):
+            return _error(400, "expected a JSON object {\"on\": true|false}")
+        if self.sensitive is None:
+            return _error(404, "calls are not recorded on this node")
+        call_id = request.params.get("id", "")
+        if not self.sensitive(call_id, on, session.user):
+            return _error(404, "no recorded call with this id")
+        return HttpResponse.of_json({"call": call_id, "sensitive": on})
 
     def mask_record(self, record: Mapping[str, object], role: str) -> dict[str, object]:
         """One record as `role` may see it (also used for recording listings)."""

@@ -37,6 +37,9 @@ class HookPoint(enum.Enum):
     RECORDING_STARTED = "recording_started"
     RECORDING_STOPPED = "recording_stopped"
     RECORDING_ACCESSED = "recording_accessed"
+    # PCI pause switched on or off for a recorded call (by the admin API or a plug-in through
+    # `registry.controls["recording.sensitive"]`): audited.
+    RECORDING_SENSITIVE = "recording_sensitive"
     API_REQUEST = "api_request"
     LOG_RECORD = "log_record"
     # Security events: each one leaves an audit record (see vaultpbx.security.audit).
@@ -66,6 +69,7 @@ HOOK_POINTS: dict[HookPoint, HookPointSpec] = {
 # Points the audit observer subscribes to (everything that touches data or privileges).
 AUDITED_POINTS: tuple[HookPoint, ...] = (
     HookPoint.RECORDING_ACCESSED,
+    HookPoint.RECORDING_SENSITIVE,
     HookPoint.LOGIN,
     HookPoint.LOGOUT,
     HookPoint.ACCESS_DENIED,
@@ -119,6 +123,7 @@ class HookRegistry:
         "max_strikes",
         "errors",
         "log_processor",
+        "controls",
     )
 
     def __init__(
@@ -137,6 +142,10 @@ class HookRegistry:
         self.budget_ns = int(budget_seconds * 1e9)
         self.max_strikes = max_strikes
         self.errors = 0
+        # What the engine lets plug-ins drive, by name (an IVR or payment plug-in switches the
+        # PCI pause with controls["recording.sensitive"](call_id, on, actor) -> bool). Filled by
+        # the runtime; a name is absent when that part of the engine is not running.
+        self.controls: dict[str, Callable[..., Any]] = {}
         # runtime/logs.py runs every structlog record through this: built-in masking and secret
         # redaction always, then the enabled plug-in maskers. Replace it to change the policies:
         # `registry.log_processor = MaskProcessor(TextMasker(policies), registry=registry)`.

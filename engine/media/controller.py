@@ -14,6 +14,10 @@ API (asyncio, every call non-blocking for the event loop; `leg` is "caller" or "
   await query(call_id) -> dict;  await stats() -> dict  (per worker and totals)
   on_calls_lost(call_ids, reason): a worker died; end those calls (their media is gone).
   on_media_timeout(call_id): no media for media.timeout seconds; end the call on both legs.
+  recordable(call_id) -> (encoding, clock rate, payload types) | None: what a recorder can store
+      of the call's agreed codec (G.711 or L16; None before an answer or for other codecs)
+  await record(call_id, **fields); await sensitive(call_id, on): see protocol.py
+  on_recording_event(message): a worker closed (or failed) a recording: {recording-id, state...}
 Errors carry their SIP answer: SdpParseError 400, SdpNegotiationError 488 (e.g. srtp: required and
 no acceptable a=crypto), MediaUnavailable 503 (no worker or no port): `.status_code`.
 
@@ -164,15 +168,22 @@ class _WorkerHandle:
         if was_alive:
             self.controller._worker_lost(self)
 
-    async def request(
-        self, command: str, *, timeout: float = _REQUEST_TIMEOUT, **fields: Any
-    ) -> dict[str, Any]:
+    def submit(self, command: str, **fields: Any) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Write the command to the worker now; the future gets its reply. (A caller that
+        must not return before the command is on its way, such as a PCI pause switched from a
+        synchronous handler, submits; everyone else awaits `request`.)"""
         if not self.alive or self.channel is None or self.channel.transport is None:
             raise MediaUnavailable(f"media worker {self.index} is not running")
         request_id = next(self.ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending[request_id] = future
         self.channel.transport.write(encode_frame({"id": request_id, "command": command, **fields}))
+        return request_id, future
+
+    async def request(
+        self, command: str, *, timeout: float = _REQUEST_TIMEOUT, **fields: Any
+    ) -> dict[str, Any]:
+        request_id, future = self.submit(command, **fields)
         try:
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -239,6 +250,22 @@ class _CallMedia:
     pending: _PendingOffer | None = None
     negotiated: int = 0  # completed offer/answer exchanges
     local: _LocalAnswer | None = None  # answered by the media plane alone (music on hold)
+    recordable: tuple[str, int, tuple[int, ...]] | None = None
+
+
+_RECORDABLE = ("PCMU", "PCMA", "L16")
+
+
+def _recordable(*streams: NegotiatedStream) -> tuple[str, int, tuple[int, ...]] | None:
+    """The codec the answerer chose, when the recording container can store it as is, and every
+    payload type either leg may use for it (no transcoding: both legs carry the same codec)."""
+    chosen = streams[-1].codecs[0] if streams[-1].codecs else None
+    if chosen is None or chosen.encoding.upper() not in _RECORDABLE:
+        return None
+    types = sorted({c.payload_type for stream in streams for c in stream.codecs
+                    if c.encoding.upper() == chosen.encoding.upper()
+                    and c.clock_rate == chosen.clock_rate})
+    return chosen.encoding.upper(), chosen.clock_rate, tuple(types)
 
 
 def _keys(send_or_receive: bytes, keys: SrtpKeys | None) -> dict[str, str] | None:
@@ -274,6 +301,7 @@ class MediaController:
         self.calls_lost = 0
         self.media_timeouts = 0
         self.calls_anchored = 0
+        self.on_recording_event: Callable[[dict[str, Any]], None] | None = None
         self._sessions = itertools.count(1)
         self._closing = False
         self._restarting: set[asyncio.Task[None]] = set()
@@ -400,6 +428,7 @@ class MediaController:
             self._apply(call, answerer, stream_b, renegotiation),
         )
         call.negotiated += 1
+        call.recordable = _recordable(stream_a, stream_b)
         answer_bytes = our_answer.to_bytes()
         pending.answered = (sdp, answer_bytes)
         return answer_bytes
@@ -516,6 +545,7 @@ class MediaController:
             self._apply(call, answerer, stream_b, False),
         )
         call.negotiated += 1
+        call.recordable = _recordable(stream_a, stream_b)
         pending.answered = (sdp, local.sdp)
         return local.sdp
 
@@ -530,6 +560,25 @@ class MediaController:
         except MediaUnavailable:
             return None
         return reply.get("stats")
+
+    def recordable(self, call_id: str) -> tuple[str, int, tuple[int, ...]] | None:
+        call = self.calls.get(call_id)
+        return None if call is None else call.recordable
+
+    async def record(self, call_id: str, **fields: Any) -> None:
+        """Start recording the call in its worker (fields: protocol.py, `record`)."""
+        call = self._call(call_id)
+        await call.worker.request("record", session=call.session_id, **fields)
+
+    async def sensitive(self, call_id: str, on: bool) -> None:
+        """PCI pause of the call's recording on or off; the command is written to the worker
+        before this returns its awaitable (see `_WorkerHandle.submit`)."""
+        await self.sensitive_now(call_id, on)
+
+    def sensitive_now(self, call_id: str, on: bool) -> asyncio.Future[dict[str, Any]]:
+        call = self._call(call_id)
+        _, future = call.worker.submit("sensitive", session=call.session_id, on=on)
+        return future
 
     async def query(self, call_id: str) -> dict[str, Any]:
         call = self._call(call_id)
@@ -653,6 +702,10 @@ class MediaController:
         )
 
     def _worker_event(self, worker: _WorkerHandle, message: dict[str, Any]) -> None:
+        if message.get("event") == "recording":
+            if self.on_recording_event is not None:
+                self.on_recording_event(message)
+            return
         if message.get("event") == "timeout":
             call_id = str(message.get("call-id"))
             if call_id in self.calls:

@@ -21,9 +21,19 @@ Commands (signalling → worker; the SDP work stays in the signalling process, s
   delete  {session}                               → {"stats": {...}}  (stops its players too)
   query   {session}                               → {"stats": {...}}
   stats                                           → {"stats": {...worker totals}, "sessions": n,
-                                                     "players": n, "player-frames": n, ...}
+                                                     "players": n, "player-frames": n,
+                                                     recording totals, ...}
+  record  {session, path, recording-id, key-id (hex), data-key (base64), codec: PCMU|PCMA|L16,
+           rate, payload-types: [pt, ...], metadata: {caller, callee, call_id, queue, extra},
+           chunk-seconds, fsync-every}        → {}  the worker creates the sealed file and taps
+                                                    the session (the data key travels only on
+                                                    this private socketpair, as SRTP keys do)
+  sensitive {session, on: bool}                   → {}  PCI pause of the session's recording
 Events (worker → signalling):
   timeout {session, idle: seconds}                — no media for the configured time
+  recording {session, call-id, recording-id, state: closed|failed, seconds, chunks, bytes,
+             frames, frames-sensitive, frames-late, skipped, malformed[, reason]}
+                                                  — a recording ended (delete, or a write error)
 """
 
 from __future__ import annotations

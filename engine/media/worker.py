@@ -12,6 +12,10 @@ Invariants:
   (its sockets close with it), so no orphan keeps ports bound.
 - A bad command gets an error reply and changes nothing else; only a broken frame (protocol
   error) ends the worker, because after that the stream cannot be trusted.
+- Recorded sessions (the `record` command) are written by this process: the relay's tap feeds
+  `LiveRecordings`, which seals a chunk about once a second. When the control channel ends, the
+  worker seals what it has buffered as ordinary chunks (no final chunk: the recording is
+  incomplete, nothing is lost) before it exits.
 - SIGINT is ignored (a terminal's Ctrl-C is for the signalling process, which stops us);
   SIGTERM exits at once.
 """
@@ -30,6 +34,7 @@ import sys
 import time
 from typing import Any
 
+from ..recording.live import SWEEP_SECONDS, LiveRecordings
 from .player import Players, static_encoding
 from .ports import PortPool, PortRange
 from .protocol import FrameDecoder, ProtocolError, encode_frame
@@ -100,6 +105,7 @@ class _Worker:
             on_timeout=self._report_timeout,
         )
         self.players = Players(self.relay, clock=time.monotonic)
+        self.recordings = LiveRecordings(on_event=self.channel.send)
         self.started = time.monotonic()
 
     def stop(self) -> None:
@@ -123,8 +129,20 @@ class _Worker:
         self.relay.check_timeouts(time.monotonic())
         asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
 
+    def _sweep_recordings(self) -> None:
+        if self.done.is_set():
+            return
+        if self.recordings.sessions:
+            self.recordings.sweep(time.monotonic())
+        asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep_recordings)
+
+    def _tap_if_recording(self) -> None:
+        # Sessions that nobody records cost nothing per packet when no session is recorded.
+        self.relay.tap = self.recordings.tap if self.recordings.sessions else None
+
     async def serve(self) -> None:
         asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
+        asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep_recordings)
         while True:
             message = await self.queue.get()
             if message is None:
@@ -133,6 +151,7 @@ class _Worker:
             reply["id"] = message.get("id")
             self.channel.send(reply)
         self.players.close()
+        self.recordings.close_all_unfinished()
         self.relay.close()
 
     async def execute(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -159,8 +178,11 @@ class _Worker:
                 )
                 return {"result": "ok"}
             if command == "delete":
-                self.players.stop_session(str(message["session"]))
-                return {"result": "ok", "stats": relay.delete_session(str(message["session"]))}
+                session_id = str(message["session"])
+                self.players.stop_session(session_id)
+                self.recordings.stop(session_id, time.monotonic())
+                self._tap_if_recording()
+                return {"result": "ok", "stats": relay.delete_session(session_id)}
             if command == "play":
                 payload_type = int(message["payload-type"])
                 encoding = message.get("encoding") or static_encoding(payload_type)
@@ -172,6 +194,20 @@ class _Worker:
             if command == "stop-play":
                 stopped = self.players.stop(str(message["session"]), int(message["leg"]))
                 return {"result": "ok", "stopped": stopped}
+            if command == "record":
+                session = relay.sessions.get(str(message["session"]))
+                if session is None:
+                    return {"result": "error", "error-reason": "no such session"}
+                self.recordings.start(session.session_id, session.call_id, message,
+                                      time.monotonic())
+                self._tap_if_recording()
+                return {"result": "ok"}
+            if command == "sensitive":
+                found = self.recordings.set_sensitive(
+                    str(message["session"]), bool(message["on"]), time.monotonic())
+                if not found:
+                    return {"result": "error", "error-reason": "session is not recorded"}
+                return {"result": "ok"}
             if command == "query":
                 return {"result": "ok", "stats": relay.query(str(message["session"]))}
             if command == "stats":
@@ -183,6 +219,7 @@ class _Worker:
                     "timeouts": relay.timeouts_reported,
                     "ports-free": relay.pool.free,
                     **self.players.counters(),
+                    **self.recordings.totals(),
                     "pid": os.getpid(),
                     "cpu": time.process_time(),
                     "uptime": time.monotonic() - self.started,
@@ -190,6 +227,8 @@ class _Worker:
             return {"result": "error", "error-reason": f"unknown command {command!r}"}
         except RelayError as error:
             return {"result": "error", "error-reason": str(error)}
+        except OSError as error:  # a recording file that cannot be created
+            return {"result": "error", "error-reason": f"{command}: {error.strerror}"}
         except (KeyError, TypeError, ValueError) as error:
             return {"result": "error", "error-reason": f"bad {command} command: {error!r}"}
 

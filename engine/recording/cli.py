@@ -32,7 +32,7 @@ from .errors import AccessDeniedError, RecordingError
 from .export import Authorize, allow_all, check_access, export_wav, verify_all, verify_recording
 from .kek import KekProvider, LocalFileKek
 from .keystore import Keystore
-from .recorder import recover_unfinished
+from .recorder import FILE_SUFFIX, recover_if_idle
 
 Handler = Callable[[argparse.Namespace, Path], int]
 AuditOpener = Callable[[argparse.Namespace, Path], AuditLog]
@@ -127,7 +127,7 @@ def add_recording_commands(
 
     def list_handler(args: argparse.Namespace, data_dir: Path) -> int:
         with store_for(data_dir) as store:
-            recover_unfinished(store, recordings_dir(data_dir))
+            recover_if_idle(store, recordings_dir(data_dir))
             rows = store.rows(states=None if args.all else ("recording", "closed", "incomplete"))
             # One listing, one audit record (as the admin API does), not one per row.
             quiet = HookRegistry()
@@ -178,15 +178,24 @@ def add_recording_commands(
 
     def verify_handler(args: argparse.Namespace, data_dir: Path) -> int:
         with store_for(data_dir) as store:
-            recover_unfinished(store, recordings_dir(data_dir))
+            recover_if_idle(store, recordings_dir(data_dir))
             if args.recording_id:
                 checks = [verify_recording(store, args.recording_id, actor=args.actor,
                                            hooks=hooks, authorize=authorize)]
                 denied: list[str] = []
+                strays: list[Path] = []
             else:
                 report = verify_all(store, actor=args.actor, hooks=hooks, authorize=authorize)
                 checks, denied = report.checks, report.denied
+                indexed = {row.recording_id for row in store.rows()}
+                # A sealed file the index does not know has no key: it cannot be checked, and
+                # nothing the engine wrote looks like that (the row comes before the file).
+                strays = [path for path in sorted(recordings_dir(data_dir).glob(
+                    f"*{FILE_SUFFIX}")) if path.stem not in indexed]
         failed = 0
+        for path in strays:
+            stdout().write(f"{path.name}  FAILED  not in the index (no key to verify it)\n")
+            failed += 1
         for check in checks:
             r = check.report
             status = "ok" if check.passed else "FAILED"

@@ -10,6 +10,7 @@ Invariants:
 
 from __future__ import annotations
 
+import fcntl
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,26 @@ from .reader import StructureScan, scan_structure
 from .writer import RecordingWriter
 
 FILE_SUFFIX = ".vrec"
+WRITER_LOCK = ".writers.lock"
+
+
+def take_writer_lock(directory: str | os.PathLike[str]) -> int | None:
+    """Hold the recording directory as its writer (the engine, for its whole life), or None if
+    another process holds it. Recovery needs it: run while an engine records, it would take the
+    live recordings (no final chunk yet) for dead ones. The kernel drops the lock when its
+    holder dies, SIGKILL included, so a crashed engine never blocks recovery."""
+    Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(Path(directory) / WRITER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release_writer_lock(fd: int) -> None:
+    os.close(fd)  # closing the only descriptor releases the flock
 
 
 def start_recording(
@@ -97,7 +118,8 @@ class RecoveryReport:
 
 
 def recover_unfinished(store: Keystore, directory: str | os.PathLike[str]) -> RecoveryReport:
-    """Reconcile rows left in state 'recording' with what their files say."""
+    """Reconcile rows left in state 'recording' with what their files say. Call it holding the
+    writer lock (the engine at start-up), or through `recover_if_idle`."""
     report = RecoveryReport()
     unfinished = {scan.recording_id for scan in scan_unfinished(directory)}
     for row in store.rows(states=("recording",)):
@@ -108,3 +130,15 @@ def recover_unfinished(store: Keystore, directory: str | os.PathLike[str]) -> Re
             store.mark_closed(row.recording_id, os.stat(row.path).st_mtime)
             report.closed.append(row.recording_id)
     return report
+
+
+def recover_if_idle(store: Keystore, directory: str | os.PathLike[str]) -> RecoveryReport | None:
+    """`recover_unfinished` unless an engine is writing to `directory` (then None: its
+    recordings in state 'recording' are live, not dead)."""
+    fd = take_writer_lock(directory)
+    if fd is None:
+        return None
+    try:
+        return recover_unfinished(store, directory)
+    finally:
+        release_writer_lock(fd)

@@ -18,8 +18,12 @@ Invariants:
   leaves a gap (lost packets, silence suppression); a frame that would run more than `max_lead`
   ahead of the arrival clock is dropped and counted (sender clock faster than ours).
 
-The media plane calls `append` per packet and `maybe_seal` from its timer; no call allocates more
-than the list entry for the frame, and none performs I/O except when a chunk is sealed.
+`append_rtp` places a frame by its RTP timestamp (anchored to, and bounded by, the arrival
+clock) instead of its arrival time: the media workers use it, so jitter never cuts a G.711 stream.
+
+The media plane calls `append` (or `append_rtp`) per packet and `maybe_seal` from its timer; no
+call allocates more than the list entry for the frame, and none performs I/O except when a chunk
+is sealed.
 """
 
 from __future__ import annotations
@@ -52,17 +56,21 @@ class WriterStats:
     frames_dropped_sensitive: int = 0
     frames_dropped_ahead: int = 0
     frames_malformed: int = 0
+    frames_late: int = 0  # RTP timestamp behind what is stored already (reordered, duplicate)
     chunks: int = 0
     bytes_written: int = 0
 
 
 class _Channel:
-    __slots__ = ("next_sample", "segments", "buffered")
+    __slots__ = ("next_sample", "segments", "buffered", "rtp_base", "sample_base", "next_rtp")
 
     def __init__(self) -> None:
         self.next_sample = 0
         self.segments: list[tuple[int, bytearray]] = []
         self.buffered = 0  # samples
+        self.rtp_base = -1  # RTP timestamp that `sample_base` maps to; -1: not anchored yet
+        self.sample_base = 0
+        self.next_rtp = -1  # timestamp of the frame that would continue the last segment
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -99,6 +107,7 @@ class RecordingWriter:
         fsync_every: int = 5,
         jitter_tolerance: float = 0.06,
         max_lead: float = 0.2,
+        resync: float = 2.0,
         on_close: Callable[[RecordingWriter], None] | None = None,
     ) -> None:
         """`now` is the media clock (the one passed to append/maybe_seal) at the first sample;
@@ -117,10 +126,12 @@ class RecordingWriter:
         self._fsync_every = fsync_every
         self._tolerance = round(jitter_tolerance * sample_rate)
         self._max_lead = round(max_lead * sample_rate)
+        self._resync = round(resync * sample_rate)
         self._on_close = on_close
         self._channels = (_Channel(), _Channel())
         self._events: list[Event] = []
         self._sensitive = False
+        self._pause_start = 0
         self._next_index = 0
         self._last_seal = now
         self._unsynced = 0
@@ -178,16 +189,86 @@ class RecordingWriter:
         if channel.buffered >= self._chunk_samples:
             self.seal_chunk(now)
 
+    def append_rtp(self, direction: int, payload: bytes, timestamp: int, now: float) -> None:
+        """Buffer one RTP frame, placed by its RTP timestamp rather than by its arrival.
+
+        The sender's timestamps are the media timeline: frames that arrive in a burst after a
+        stall, or with jitter beyond `jitter_tolerance`, are still stored back to back, so a
+        G.711 call exports bit-exact. The first frame of a channel anchors its timestamps to the
+        arrival clock; when the two disagree by more than `resync` (a new source the rewriter
+        did not smooth, a sender clock far off, or a forged timestamp) the channel is re-anchored
+        at its arrival, so a timestamp can never move audio far from when it was heard.
+        `direction` is a `Direction` or its int value (the relay's leg index: no enum on the
+        per-packet path).
+        """
+        if self._sensitive:
+            self.stats.frames_dropped_sensitive += 1
+            return
+        size = len(payload)
+        samples = size if self._bytes_per_sample == 1 else size // self._bytes_per_sample
+        if samples == 0 or samples * self._bytes_per_sample != size:
+            self.stats.frames_malformed += 1
+            return
+        channel = self._channels[direction]
+        segments = channel.segments
+        if timestamp == channel.next_rtp and segments:
+            # Nearly every frame: the one right after the last, in the chunk being filled.
+            segments[-1][1].extend(payload)
+            channel.next_sample += samples
+            channel.next_rtp = (timestamp + samples) & 0xFFFFFFFF
+            channel.buffered += samples
+            self.stats.frames += 1
+            if channel.buffered >= self._chunk_samples:
+                self.seal_chunk(now)
+            return
+        arrived = int((now - self._origin) * self.sample_rate + 0.5)
+        base = channel.rtp_base
+        if base < 0:
+            channel.rtp_base, channel.sample_base = timestamp, max(arrived, channel.next_sample)
+            start = channel.sample_base
+        else:
+            delta = (timestamp - base) & 0xFFFFFFFF
+            if delta >= 0x80000000:
+                delta -= 0x100000000  # RFC 3550 §5.1: timestamps wrap; older is negative
+            start = channel.sample_base + delta
+            if not -self._resync <= start - arrived <= self._resync:
+                start = max(arrived, channel.next_sample)
+                channel.rtp_base, channel.sample_base = timestamp, start
+        expected = channel.next_sample
+        if start < expected:
+            self.stats.frames_late += 1
+            return
+        if segments and start == expected:
+            segments[-1][1].extend(payload)
+        else:
+            segments.append((start, bytearray(payload)))
+        channel.next_sample = start + samples
+        channel.next_rtp = (timestamp + samples) & 0xFFFFFFFF
+        channel.buffered += samples
+        self.stats.frames += 1
+        if channel.buffered >= self._chunk_samples:
+            self.seal_chunk(now)
+
     def sensitive_start(self, now: float) -> None:
-        """Start the PCI pause: from now on no audio is kept until `sensitive_end`."""
+        """Start the PCI pause: from now on no audio is kept until `sensitive_end`.
+
+        The pause is a clean interval of the timeline: it starts no earlier than the audio
+        already stored (RTP timestamps may run a little ahead of the arrival clock), and audio
+        after it is placed no earlier than its end."""
         if not self._sensitive:
             self._sensitive = True
-            self._events.append(Event(EventKind.SENSITIVE_START, self._sample_at(now)))
+            at = max(self._sample_at(now), *(c.next_sample for c in self._channels))
+            self._pause_start = at
+            self._events.append(Event(EventKind.SENSITIVE_START, at))
 
     def sensitive_end(self, now: float) -> None:
         if self._sensitive:
             self._sensitive = False
-            self._events.append(Event(EventKind.SENSITIVE_END, self._sample_at(now)))
+            at = max(self._sample_at(now), self._pause_start)
+            for channel in self._channels:
+                channel.rtp_base = channel.next_rtp = -1  # re-anchor at or after its end
+                channel.next_sample = max(channel.next_sample, at)
+            self._events.append(Event(EventKind.SENSITIVE_END, at))
 
     def add_note(self, now: float, detail: str) -> None:
         """Mark the timeline (hold, transfer...). `detail` is sealed but must not hold personal
@@ -230,6 +311,16 @@ class RecordingWriter:
         self.closed = True
         if self._on_close is not None:
             self._on_close(self)
+
+    def close_unfinished(self) -> None:
+        """Seal what is buffered as an ordinary (non-final) chunk, fsync and close: for a writer
+        whose owner is gone (the signalling process died). Nothing buffered is lost, and the
+        missing final chunk tells recovery the call did not end here (state 'incomplete')."""
+        if self.closed:
+            return
+        if self._events or any(c.segments for c in self._channels):
+            self._seal(final=False)
+        self.abort()
 
     def abort(self) -> None:
         """Close the file without a final chunk (the call plane is shutting down hard)."""

@@ -33,6 +33,7 @@ from ..hooks.maskers import MaskProcessor, TextMasker
 from ..hooks.registry import HookPoint, HookRegistry
 from ..io.tlscontext import create_self_signed, server_context
 from ..io.transports import TransportManager
+from ..recording.keystore import Keystore
 from ..security.audit import AuditLog, FileSink
 from ..security.config import SecurityConfig
 from ..security.floodguard import FloodGuard
@@ -41,6 +42,7 @@ from ..sip.endpoint import Flow, TransactionLayer
 from .cdr import CdrStore
 from .config import Config, ConfigError, LoadedConfig, load_config
 from .logs import configure_logging
+from .recording import CallRecorder
 
 log = structlog.get_logger("vaultpbx")
 
@@ -116,6 +118,8 @@ class Engine:
         self.layer: TransactionLayer | None = None
         self.cdr = CdrStore(self.data_dir / "cdr.db")
         self.acd: AcdBridge | None = None  # set in start() when the config has `routing:`
+        self.recorder: CallRecorder | None = None  # set in start() when recording is enabled
+        self.keystore: Keystore | None = None
         self.http: HttpServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -192,6 +196,7 @@ class Engine:
         self.layer.on_internal_error = self._internal_error
         self._start_acd()
         await self._start_media()
+        self._start_recording()
         if config.admin.port:
             await self._start_admin()
         self.tasks.append(self.loop.create_task(self._housekeeping()))
@@ -231,6 +236,8 @@ class Engine:
 
         def calls_lost(call_ids: tuple[str, ...], reason: str) -> None:
             log.error("media.calls_lost", calls=len(call_ids), reason=reason)
+            if self.recorder is not None:
+                self.recorder.calls_lost(call_ids)
             now = self.loop.time()
             for call_id in call_ids:
                 self.b2bua.end_call_by_id(call_id, "media_lost", now)
@@ -248,13 +255,47 @@ class Engine:
         self.media_port = port
         self.b2bua.media = port
 
+    def _open_keystore(self) -> Keystore:
+        if self.keystore is None:
+            from ..recording.config import RecordingConfig
+            from ..recording.kek import LocalFileKek
+            from ..recording.keystore import RetentionPolicy
+
+            settings = RecordingConfig.from_dict(self.config.recording)
+            retention = RetentionPolicy(
+                days_by_class={name: queue.retention_days for name, queue
+                               in self.config.queues.items() if queue.retention_days},
+                default_days=settings.retention_days)
+            self.keystore = Keystore(self.data_dir / "keystore.db",
+                                     LocalFileKek(self.data_dir / "kek.key"),
+                                     retention=retention, hooks=self.hooks)
+        return self.keystore
+
+    def _start_recording(self) -> None:
+        """Record answered anchored calls (issue 4) when `recording.enabled`: keys and index
+        here, sealed audio written by the media workers under <data_dir>/recordings."""
+        from ..media.controller import MediaController
+        from ..recording.config import RecordingConfig
+
+        settings = RecordingConfig.from_dict(self.config.recording)
+        if not settings.enabled:
+            return
+        controller = self.media_controller
+        self.recorder = CallRecorder(
+            settings, self._open_keystore(), self.data_dir / "recordings",
+            controller=controller if isinstance(controller, MediaController) else None,
+            b2bua=self.b2bua, hooks=self.hooks, loop=self.loop)
+        self.recorder.start()
+        if controller is None:
+            log.warning("recording.needs_anchored_media")
+
     async def _start_admin(self) -> None:
         from ..api.admin import AdminApi
         from ..api.recordings import KeystoreRecordings
-        from ..recording.cli import open_store
 
         admin = self.config.admin
-        self.keystore = open_store(self.data_dir, hooks=self.hooks)
+        self._open_keystore()
+        assert self.keystore is not None
         audit = self.security.audit
         self.admin_api = AdminApi.from_config(
             self.security, hooks=self.hooks, cdr=self.cdr,
@@ -262,6 +303,8 @@ class Engine:
             audit_dir=self.data_path(audit.dir),
             audit_sink=self.data_path(audit.sink) if audit.sink else None,
         )
+        if self.recorder is not None:
+            self.admin_api.sensitive = self.recorder.set_sensitive
         # The authenticated API's routes (its masked /calls included) win over the open ones.
         # Agent controls and queue statistics need a session like the rest of the API.
         acd_routes = self.admin_api.guard_routes(
@@ -408,6 +451,8 @@ class Engine:
         controller = self.media_controller
         if controller is not None:
             samples.extend(controller.metric_samples())  # type: ignore[attr-defined]
+        if self.recorder is not None:
+            samples.extend(self.recorder.metric_samples())
         admin_api = getattr(self, "admin_api", None)
         if admin_api is not None:
             for name, value in admin_api.counters.items():
@@ -501,6 +546,8 @@ class Engine:
             await self.media_port.drain()  # type: ignore[attr-defined]
         if self.media_controller is not None:
             await self.media_controller.close()  # type: ignore[attr-defined]
+        if self.recorder is not None:
+            self.recorder.close()
         if self.http is not None:
             self.http.close()
         self.transports.close()

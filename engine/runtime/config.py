@@ -267,8 +267,11 @@ def check_sections(loaded: LoadedConfig) -> None:
             raise ValueError("media.anchor: must be true or false")
         return MediaConfig.from_dict(raw)
 
+    from ..recording.config import RecordingConfig
+
     checks: list[tuple[str, Any]] = [("security", SecurityConfig.from_dict),
-                                     ("media", media_section)]
+                                     ("media", media_section),
+                                     ("recording", RecordingConfig.from_dict)]
     if loaded.config.routing:
         from ..routing.config import RouterConfig
 

@@ -16,6 +16,7 @@ TABLE: list[tuple[str, str, set[str]]] = [
     ("POST", "/logout", set(ROLES)),
     ("GET", "/me", set(ROLES)),
     ("GET", "/calls", {"agent", "qa", "supervisor", "admin"}),
+    ("POST", "/calls/call-1/sensitive", {"agent", "supervisor"}),
     ("GET", "/recordings", {"agent", "qa", "supervisor", "admin"}),
     ("POST", f"/recordings/{RECORDING_ID}/export-requests", {"supervisor", "admin"}),
     ("GET", "/export-requests", {"supervisor", "admin"}),
@@ -30,7 +31,7 @@ TABLE: list[tuple[str, str, set[str]]] = [
 
 def _template(path: str) -> str:
     return (path.split("?")[0].replace(RECORDING_ID, "{id}").replace("{request}", "{id}")
-            .replace("/users/agent/", "/users/{name}/"))
+            .replace("/users/agent/", "/users/{name}/").replace("/call-1/", "/{id}/"))
 
 
 def test_table_covers_every_route() -> None:
@@ -40,6 +41,8 @@ def test_table_covers_every_route() -> None:
 
 def _prepare(h: Harness, role: str, method: str, path: str) -> str:
     """Make what a call needs to succeed for `role`, e.g. an export request to approve."""
+    if path.endswith("/sensitive"):  # a recorded call (the runtime provides the switch)
+        h.api.sensitive = lambda call_id, on, actor: call_id == "call-1"
     if "{request}" not in path:
         return path
     if path.endswith("/approve"):
@@ -65,7 +68,8 @@ def test_role_endpoint_table(harness: Harness, role: str, method: str, path: str
     path = _prepare(h, role, method, path)
     token = h.token(role)
     before = len(h.heard(HookPoint.ACCESS_DENIED))
-    response = h.request(method, path, token=token)
+    response = h.request(method, path, token=token,
+                         body={"on": True} if path.endswith("/sensitive") else None)
     denied = h.heard(HookPoint.ACCESS_DENIED)[before:]
     if role in allowed:
         assert 200 <= response.status < 300, (response.status, response.body)
