@@ -157,10 +157,18 @@ def test_srtp_required_without_crypto_gets_488(tmp_path: Path) -> None:
 
 def test_default_yaml_call_carries_srtp_on_the_caller_leg(tmp_path: Path) -> None:
     """configs/default.yaml as shipped (only ports and the data directory moved): 1001 calls
-    1002 with SDES-SRTP and digest auth; the audio arrives intact at 1002."""
+    1002 with SDES-SRTP and digest auth; the audio arrives intact at 1002, and the call leaves a
+    sealed recording that `vaultpbx recordings export` turns into a WAV holding that audio."""
     import asyncio
+    import json
+    import subprocess
+    import sys
+    import time
+    import wave
 
+    import numpy as np
     import yaml
+    from vaultpbx.codecs.g711 import ulaw_decode
     from vaultpbx.sip.digest import build_authorization
 
     from tests.integration.engine import ROOT
@@ -224,13 +232,19 @@ def test_default_yaml_call_carries_srtp_on_the_caller_leg(tmp_path: Path) -> Non
             f"Call-ID: default-yaml-call\r\nCSeq: 2 ACK\r\nMax-Forwards: 70\r\n"
             f"Content-Length: 0\r\n\r\n").encode(), sip_port)
 
-        async def talk() -> list[bytes]:
-            for n in range(40):
-                alice.send(n)
-                await asyncio.sleep(0.005)
-            return await bob.receive(40, 5.0)
+        deadline = time.monotonic() + 5  # the worker starts recording a few ms after the 200
+        while engine.metrics().get("vaultpbx_recordings_started_total", 0) < 1:
+            assert time.monotonic() < deadline, "default.yaml records every call"
+            time.sleep(0.02)
 
-        heard = asyncio.run(talk())
+        async def talk() -> tuple[list[bytes], list[bytes]]:
+            sent = []
+            for n in range(40):
+                sent.append(alice.send(n)[12:])
+                await asyncio.sleep(0.005)
+            return sent, await bob.receive(40, 5.0)
+
+        said, heard = asyncio.run(talk())
         assert [payload_number(p[12:]) for p in heard] == list(range(40))
         assert bob.failures == 0 and alice.failures == 0
     finally:
@@ -238,7 +252,25 @@ def test_default_yaml_call_carries_srtp_on_the_caller_leg(tmp_path: Path) -> Non
         callee_sip.close()
         alice.close()
         bob.close()
-        assert engine.stop() == 0
+        assert engine.stop() == 0  # drains: the call ends, its recording is sealed and closed
+    # The call left a sealed recording; `vaultpbx recordings export` makes a WAV of it.
+    cli = [sys.executable, "-m", "vaultpbx.runtime.cli"]
+    config_args = ["-c", str(engine.config_path)]
+    listing = subprocess.run([*cli, "recordings", "list", "--json", *config_args],
+                             capture_output=True, text=True, timeout=60, check=True)
+    [row] = json.loads(listing.stdout)
+    assert row["state"] == "closed"
+    wav_path = tmp_path / "call.wav"
+    subprocess.run([*cli, "recordings", "export", row["id"], "-o", str(wav_path), *config_args],
+                   capture_output=True, text=True, timeout=60, check=True)
+    with wave.open(str(wav_path)) as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
+        caller_channel = np.frombuffer(wav.readframes(wav.getnframes()), "<i2")[0::2]
+    spoken = ulaw_decode(b"".join(said)).astype("<i2").tobytes()
+    assert spoken in caller_channel.tobytes()  # all 40 frames, sample for sample, in order
+    verify = subprocess.run([*cli, "recordings", "verify", *config_args],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and "1 checked, 0 failed" in verify.stdout, verify.stdout
 
 
 def _establish(engine_port: int, caller: RawUa, callee: RawUa, call_id: str
