@@ -27,6 +27,9 @@ PHONE_A = ("127.0.0.1", 5000)
 
 
 class DiscardTransport:
+    def close(self) -> None:
+        pass
+
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         pass
 

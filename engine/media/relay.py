@@ -7,9 +7,14 @@ socket to Y's peer, so every peer sends to and receives from the same address (s
 
 Per packet (`Leg.datagram_received`): source check → SRTP unprotect (receiver keyed with what X
 gave us) → hold check → `RtpStreamRewriter` of Y (SSRC/sequence/timestamp continuity across
-re-INVITEs) → optional recorder tap → SRTP protect (sender keyed with what we gave Y) → sendto.
+re-INVITEs) → X's recording buffer, if recorded → SRTP protect (sender keyed with what we gave
+Y) → sendto.
 No task, no await, no logging, no allocation beyond what the SRTP layer and the rewriter need.
 Bad packets never raise: they are counted on the leg and dropped.
+
+Recording costs two list appends per packet here: a recorded leg's `recording` is a list that
+receives the plain packet and its arrival time; the recorder drains it from its own timer
+(recording/live.py), so there is no per-packet call into the recorder.
 
 The fast path calls libsrtp through `SrtpSession.rtp_unprotector()`/`rtp_protector()` (kept on the
 leg as `unprotect_in`/`protect_out`, next to the `SrtpSession` they belong to) and catches their
@@ -57,12 +62,9 @@ __all__ = [
     "MediaSession",
     "Relay",
     "RelayError",
-    "Tap",
 ]
 
 Address = tuple[str, int]
-#: tap(session_id, from_leg_index, plain_rtp_packet, now): called for every relayed RTP packet.
-Tap = Callable[[str, int, bytes, float], None]
 #: SrtpSession.rtp_protector() / rtp_unprotector(): raise one of SRTP_ERRORS on refusal.
 SrtpTransform = Callable[[bytes], bytes]
 
@@ -137,6 +139,7 @@ class Leg(asyncio.DatagramProtocol):
         "rewriter",
         "updated_at",
         "last_rx",
+        "recording",
         *COUNTERS,
     )
 
@@ -166,6 +169,8 @@ class Leg(asyncio.DatagramProtocol):
         self.rewriter = RtpStreamRewriter()  # the stream we send to this leg's peer
         self.updated_at = _monotonic()
         self.last_rx = 0.0
+        # Recorded: packets from this leg's peer go here, alternating with their arrival time.
+        self.recording: list[bytes | float] | None = None
         for name in COUNTERS:
             setattr(self, name, 0)
 
@@ -204,9 +209,10 @@ class Leg(asyncio.DatagramProtocol):
         if out is None:
             self.malformed += 1
             return
-        tap = self.owner.tap
-        if tap is not None:
-            tap(self.session_id, self.index, out, now)
+        recording = self.recording
+        if recording is not None:
+            recording.append(out)
+            recording.append(now)
         protect = peer.protect_out
         if protect is not None:
             try:
@@ -233,9 +239,10 @@ class Leg(asyncio.DatagramProtocol):
         if out is None:
             self.malformed += 1
             return
-        tap = self.owner.tap
-        if tap is not None:
-            tap(self.session_id, self.index, out, now)
+        recording = self.recording
+        if recording is not None:
+            recording.append(out)
+            recording.append(now)
         if peer.srtp_out is not None:
             out = peer.srtp_out.protect(out)
             if out is None:
@@ -371,7 +378,6 @@ class Relay:
         latch: str = "host",
         relatch_idle: float = 0.25,
         on_timeout: Callable[[MediaSession, float], None] | None = None,
-        tap: Tap | None = None,
     ) -> None:
         self.address = address
         self.pool = pool
@@ -380,7 +386,6 @@ class Relay:
         self.latch = latch
         self.relatch_idle = relatch_idle
         self.on_timeout = on_timeout
-        self.tap = tap
         self.sessions: dict[str, MediaSession] = {}
         self.retired = dict.fromkeys(COUNTERS, 0)
         self.sessions_opened = 0

@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from ..recording.live import SWEEP_SECONDS, LiveRecordings
+from ..recording.live import LiveRecordings
 from .player import Players, static_encoding
 from .ports import PortPool, PortRange
 from .protocol import FrameDecoder, ProtocolError, encode_frame
@@ -133,16 +133,14 @@ class _Worker:
         if self.done.is_set():
             return
         if self.recordings.sessions:
+            started = time.thread_time()
             self.recordings.sweep(time.monotonic())
-        asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep_recordings)
-
-    def _tap_if_recording(self) -> None:
-        # Sessions that nobody records cost nothing per packet when no session is recorded.
-        self.relay.tap = self.recordings.tap if self.recordings.sessions else None
+            self.recordings.cpu += time.thread_time() - started
+        asyncio.get_running_loop().call_later(self.recordings.interval, self._sweep_recordings)
 
     async def serve(self) -> None:
         asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
-        asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._sweep_recordings)
+        asyncio.get_running_loop().call_later(self.recordings.interval, self._sweep_recordings)
         while True:
             message = await self.queue.get()
             if message is None:
@@ -181,7 +179,6 @@ class _Worker:
                 session_id = str(message["session"])
                 self.players.stop_session(session_id)
                 self.recordings.stop(session_id, time.monotonic())
-                self._tap_if_recording()
                 return {"result": "ok", "stats": relay.delete_session(session_id)}
             if command == "play":
                 payload_type = int(message["payload-type"])
@@ -198,9 +195,16 @@ class _Worker:
                 session = relay.sessions.get(str(message["session"]))
                 if session is None:
                     return {"result": "error", "error-reason": "no such session"}
-                self.recordings.start(session.session_id, session.call_id, message,
-                                      time.monotonic())
-                self._tap_if_recording()
+                legs = session.legs
+
+                def detach() -> None:
+                    for leg in legs:
+                        leg.recording = None
+
+                buffers = self.recordings.start(session.session_id, session.call_id, message,
+                                                time.monotonic(), detach=detach)
+                for leg, buffer in zip(legs, buffers, strict=True):
+                    leg.recording = buffer
                 return {"result": "ok"}
             if command == "sensitive":
                 found = self.recordings.set_sensitive(

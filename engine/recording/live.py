@@ -1,20 +1,24 @@
-"""The recordings of one media worker: the relay's tap in, sealed chunks out.
+"""The recordings of one media worker: the relay's buffers in, sealed chunks out.
 
-A media worker keeps one `RecordingWriter` per recorded session. The relay calls `tap` for every
-RTP packet it forwards (plain, after SRTP unprotect and the continuity rewrite); this module
-picks the payload out of it and hands it to the writer, channel = the leg the packet came from
-(leg 0 is the caller's, so channel 0 is what the caller said, as the container defines).
+A media worker keeps one `RecordingWriter` per recorded session. Each leg of a recorded session
+has a list (`Leg.recording`) that the relay appends every RTP packet it forwards from that leg's
+peer to (plain, after SRTP unprotect and the continuity rewrite), with its arrival time; this
+module drains those lists into the writer, channel = the leg the packet came from (leg 0 is the
+caller's, so channel 0 is what the caller said, as the container defines).
 
 Invariants:
-- `tap` never raises and never blocks: one dict lookup for a session that is not recorded; for a
-  recorded one, a header walk, one slice and the writer's append. A write error (disk full)
-  ends that recording (reported through `on_event`, state "failed"), never the relay.
+- The relay's part is two list appends per packet: no call, no lookup, never an exception.
+  Draining runs from the worker's timer every `interval` and before anything that changes
+  how later packets are kept (PCI pause on/off, stop), so every packet is written in the mode
+  it arrived in. A write error (disk full) ends that recording (reported through `on_event`,
+  state "failed", and its legs stop buffering), never the relay.
 - Only payload types negotiated for the recorded codec are stored. RFC 4733 telephone-events,
   comfort noise and anything else are counted in `skipped` and never written: a DTMF event
   packet is not audio, so a keypad digit sent that way never reaches the disk in any mode.
-- A quiet call is still sealed about once a second: the worker calls `sweep(now)` every
-  `SWEEP_SECONDS`, and a chunk is due `SWEEP_SECONDS` early so that the sweep's granularity
-  never stretches the interval past `chunk_seconds`.
+- Every call is sealed at least once per `chunk_seconds`, quiet or not: the worker calls
+  `sweep(now)` every `interval` (SWEEP_SECONDS, or half the shortest chunk), and a chunk is due
+  one interval early, so neither the sweep's granularity nor the packets waiting in a leg's
+  buffer stretch what lives only in memory past `chunk_seconds`.
 - `close_all_unfinished` (the signalling process is gone) seals what is buffered as ordinary
   chunks and leaves every file without its final chunk: nothing is lost, and recovery at the
   next start marks them incomplete.
@@ -23,7 +27,6 @@ Invariants:
 from __future__ import annotations
 
 import base64
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,15 +37,16 @@ from .writer import RecordingWriter
 
 __all__ = ["SWEEP_SECONDS", "LiveRecordings"]
 
-SWEEP_SECONDS = 0.1
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
+#: How often the worker drains the legs' buffers and seals what is due. Longer means fewer,
+#: larger batches (cheaper per packet); a chunk is due one interval early, so the audio that
+#: only lives in memory never spans more than chunk_seconds. Shorter chunks shorten it.
+SWEEP_SECONDS = 0.2
 
 EventSink = Callable[[dict[str, Any]], None]
 
 
 class _Live:
-    __slots__ = ("session_id", "call_id", "writer", "payload_types", "skipped", "malformed")
+    __slots__ = ("session_id", "call_id", "writer", "payload_types", "buffers", "detach")
 
     def __init__(self, session_id: str, call_id: str, writer: RecordingWriter,
                  payload_types: frozenset[int]) -> None:
@@ -50,8 +54,25 @@ class _Live:
         self.call_id = call_id
         self.writer = writer
         self.payload_types = payload_types
-        self.skipped = 0  # packets of other payload types (telephone-event, CN...)
-        self.malformed = 0
+        # Per leg (channel), what the relay appended since the last drain: packet, arrival, ...
+        self.buffers: tuple[list[bytes | float], list[bytes | float]] = ([], [])
+        self.detach: Callable[[], None] | None = None  # stops the relay appending to them
+
+    def end(self) -> None:
+        if self.detach is not None:
+            self.detach()
+            self.detach = None
+        for buffer in self.buffers:
+            buffer.clear()
+
+    def drain(self) -> None:
+        """Hand the buffered packets to the writer, oldest first (never raises but OSError)."""
+        for channel, buffer in enumerate(self.buffers):
+            if buffer:
+                try:
+                    self.writer.append_rtp_packets(channel, buffer, self.payload_types)
+                finally:
+                    buffer.clear()  # in place: the relay's leg holds this very list
 
 
 class LiveRecordings:
@@ -64,14 +85,22 @@ class LiveRecordings:
         self.wall_clock = wall_clock
         self.started = 0
         self.failed = 0
+        self.cpu = 0.0  # CPU seconds the worker spent in `sweep` (draining, sealing, writing)
+        self.interval = SWEEP_SECONDS  # seconds between sweeps: at most half the shortest chunk
 
     # -- control (one call each, from the worker's command loop) ----------------------------
 
-    def start(self, session_id: str, call_id: str, command: dict[str, Any], now: float) -> None:
-        """Open the writer for a `record` command (protocol.py documents its fields)."""
+    def start(self, session_id: str, call_id: str, command: dict[str, Any], now: float, *,
+              detach: Callable[[], None] | None = None
+              ) -> tuple[list[bytes | float], list[bytes | float]]:
+        """Open the writer for a `record` command (protocol.py documents its fields). Returns
+        the two buffers (caller's leg, callee's leg) the relay's legs append packets to;
+        `detach` is called when the recording ends, to stop that."""
         if session_id in self.sessions:
             raise ValueError(f"session {session_id} is recorded already")
         metadata = command.get("metadata") or {}
+        chunk_seconds = float(command.get("chunk-seconds", 1.0))
+        self.interval = min(self.interval, chunk_seconds / 2)
         writer = RecordingWriter(
             Path(str(command["path"])),
             recording_id=bytes.fromhex(str(command["recording-id"])),
@@ -86,18 +115,23 @@ class LiveRecordings:
                 call_id=str(metadata.get("call_id", "")), queue=str(metadata.get("queue", "")),
                 extra={str(k): str(v) for k, v in (metadata.get("extra") or {}).items()},
             ),
-            chunk_seconds=float(command.get("chunk-seconds", 1.0)),
+            chunk_seconds=chunk_seconds,
             fsync_every=int(command.get("fsync-every", 5)),
         )
         types = frozenset(int(pt) for pt in command["payload-types"])
-        self.sessions[session_id] = _Live(session_id, call_id, writer, types)
+        live = _Live(session_id, call_id, writer, types)
+        live.detach = detach
+        self.sessions[session_id] = live
         self.started += 1
+        return live.buffers
 
     def set_sensitive(self, session_id: str, on: bool, now: float) -> bool:
         """PCI pause on or off; False if the session is not recorded."""
         live = self.sessions.get(session_id)
         if live is None:
             return False
+        if not self._drain(live):  # what arrived before the switch keeps its mode
+            return True
         if on:
             live.writer.sensitive_start(now)
         else:
@@ -110,64 +144,60 @@ class LiveRecordings:
         if live is None:
             return None
         try:
+            live.drain()
             live.writer.close(now)
         except OSError as error:
             return self._failed(live, error)
+        live.end()
         return self._report(live, "closed")
 
     def close_all_unfinished(self) -> None:
         for live in list(self.sessions.values()):
             try:
+                live.drain()
                 live.writer.close_unfinished()
             except OSError:
                 pass  # the file keeps what reached it; recovery finds it incomplete
+            live.end()
         self.sessions.clear()
 
     # -- per packet ---------------------------------------------------------------------------
 
     def tap(self, session_id: str, leg: int, packet: bytes, now: float) -> None:
+        """One relayed RTP packet from `leg`'s peer, for a caller without the relay's buffers
+        (the relay itself appends to the buffers `start` returned)."""
         live = self.sessions.get(session_id)
-        if live is None:
-            return
-        if packet[1] & 0x7F not in live.payload_types:
-            live.skipped += 1
-            return
-        first = packet[0]
-        if first == 0x80:  # version 2, no padding, extension or CSRC: nearly every packet
-            payload = packet[12:]
-        else:
-            offset = 12 + (first & 0x0F) * 4
-            end = len(packet)
-            if first & 0x10:  # header extension, RFC 3550 §5.3.1
-                if end < offset + 4:
-                    live.malformed += 1
-                    return
-                offset += 4 + _U16.unpack_from(packet, offset + 2)[0] * 4
-            if first & 0x20:  # padding: the last octet counts it
-                end -= packet[-1]
-            if offset >= end:
-                live.malformed += 1
-                return
-            payload = packet[offset:end]
-        try:
-            live.writer.append_rtp(leg, payload, _U32.unpack_from(packet, 4)[0], now)
-        except OSError as error:
-            self.sessions.pop(session_id, None)
-            self._failed(live, error)
+        if live is not None:
+            buffer = live.buffers[leg]
+            buffer.append(packet)
+            buffer.append(now)
 
     def sweep(self, now: float) -> None:
-        due = now + SWEEP_SECONDS
+        """From the worker's timer: drain every buffer, seal what is due."""
+        due = now + self.interval
         for live in list(self.sessions.values()):
-            try:
-                live.writer.maybe_seal(due)
-            except OSError as error:
-                self.sessions.pop(live.session_id, None)
-                self._failed(live, error)
+            if self._drain(live):
+                try:
+                    live.writer.maybe_seal(due)
+                except OSError as error:
+                    self.sessions.pop(live.session_id, None)
+                    self._failed(live, error)
+
+    def _drain(self, live: _Live) -> bool:
+        """False if a write error (disk full) ended the recording; the relay goes on."""
+        try:
+            live.drain()
+        except OSError as error:
+            self.sessions.pop(live.session_id, None)
+            self._failed(live, error)
+            return False
+        return True
 
     # -- reports ------------------------------------------------------------------------------
 
     def _failed(self, live: _Live, error: OSError) -> dict[str, Any]:
         self.failed += 1
+        live.end()
         try:
             live.writer.abort()
         except OSError:
@@ -190,14 +220,14 @@ class LiveRecordings:
             "frames": stats.frames,
             "frames-sensitive": stats.frames_dropped_sensitive,
             "frames-late": stats.frames_late,
-            "skipped": live.skipped,
-            "malformed": live.malformed + stats.frames_malformed,
+            "skipped": stats.frames_skipped,
+            "malformed": stats.frames_malformed,
             **extra,
         }
         if self.on_event is not None:
             self.on_event(report)
         return report
 
-    def totals(self) -> dict[str, int]:
+    def totals(self) -> dict[str, int | float]:
         return {"recordings": len(self.sessions), "recordings-started": self.started,
-                "recordings-failed": self.failed}
+                "recordings-failed": self.failed, "recordings-cpu": round(self.cpu, 6)}

@@ -43,26 +43,27 @@ async def wire(relay: Relay, a: RtpPeer, b: RtpPeer, **leg_a: object) -> tuple[i
     return port_a, port_b
 
 
-def test_tap_sees_every_relayed_packet_in_the_clear() -> None:
-    tapped: list[tuple[str, int, bytes]] = []
+def test_recording_buffer_gets_every_relayed_packet_in_the_clear() -> None:
+    buffers: list[list[bytes | float]] = [[], []]
 
     async def scenario(relay: Relay) -> None:
         a = RtpPeer(ssrc=0xA, suite="AES_CM_128_HMAC_SHA1_80")
         b = RtpPeer(ssrc=0xB)
         await wire(relay, a, b, srtp_in=("AES_CM_128_HMAC_SHA1_80", a.key))
+        for leg, buffer in zip(relay.sessions["s1"].legs, buffers, strict=True):
+            leg.recording = buffer
         for number in range(5):
             a.send(number)
             b.send(100 + number)
         assert len(await b.receive(5)) == 5
         assert len(await a.receive(5)) == 5
 
-    run_relay(scenario, tap=lambda sid, leg, packet, now: tapped.append((sid, leg, packet)))
-    from_a = [payload_number(p[12:]) for sid, leg, p in tapped if leg == 0]
-    from_b = [payload_number(p[12:]) for sid, leg, p in tapped if leg == 1]
-    assert from_a == [0, 1, 2, 3, 4] and from_b == [100, 101, 102, 103, 104]
-    assert all(
-        sid == "s1" and p[12:] == numbered_payload(payload_number(p[12:])) for sid, _, p in tapped
-    )
+    run_relay(scenario)
+    for buffer, first in zip(buffers, (0, 100), strict=True):
+        packets, times = buffer[0::2], buffer[1::2]
+        assert [payload_number(p[12:]) for p in packets] == list(range(first, first + 5))
+        assert all(p[12:] == numbered_payload(payload_number(p[12:])) for p in packets)
+        assert all(isinstance(t, float) for t in times) and times == sorted(times)
 
 
 def test_refused_srtp_is_counted_and_the_old_key_still_works_after_a_rekey() -> None:
