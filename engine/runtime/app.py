@@ -268,7 +268,8 @@ class Engine:
                 default_days=settings.retention_days)
             self.keystore = Keystore(self.data_dir / "keystore.db",
                                      LocalFileKek(self.data_dir / "kek.key"),
-                                     retention=retention, hooks=self.hooks)
+                                     retention=retention, hooks=self.hooks,
+                                     sync_commits=False)  # housekeeping checkpoints it
         return self.keystore
 
     def _start_recording(self) -> None:
@@ -391,6 +392,8 @@ class Engine:
         first_t, first_n = self._call_starts[0]
         if now > first_t:
             self.calls_per_second = (started - first_n) / (now - first_t)
+        if self.keystore is not None:
+            self.keystore.checkpoint()  # this second's recording rows are now on disk
         self.b2bua.location.sweep(now)
         self.guard.sweep(now)
         self.transports.close_idle(now)

@@ -204,3 +204,46 @@ def test_a_second_keystore_connection_sees_the_same_index(env) -> None:
             assert sum(1 for _ in r.iter_chunks()) == 5
     finally:
         other.close()
+
+
+def test_unsynced_commits_survive_a_sigkill_and_a_checkpoint_makes_them_durable(
+        tmp_path: Path) -> None:
+    """The engine's store (sync_commits=False) loses nothing when its process is SIGKILLed:
+    a real child process indexes recordings and is killed; every row is there afterwards. Its
+    checkpoint leaves no committed frame only in the WAL."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from vaultpbx.recording.kek import LocalFileKek\n"
+        "from vaultpbx.recording.keystore import Keystore\n"
+        "root = Path(sys.argv[1])\n"
+        "store = Keystore(root / 'keystore.db', LocalFileKek(root / 'kek.key'), "
+        "sync_commits=False)\n"
+        "for n in range(50):\n"
+        "    store.create_recording(root / 'recordings', caller_number='+4420794600%02d' % n)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    store = Keystore(tmp_path / "keystore.db", LocalFileKek(tmp_path / "kek.key"),
+                     sync_commits=False)
+    try:
+        assert len(store.rows()) == 50
+        store.create_recording(tmp_path / "recordings")
+        store.checkpoint()
+        with sqlite3.connect(tmp_path / "keystore.db") as other:
+            busy, frames, copied = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0 and frames == copied
+    finally:
+        store.close()
