@@ -361,3 +361,47 @@ def test_a_caller_that_only_sends_hears_ringing_instead(engine: RunningEngine) -
         caller.cancel()
     finally:
         alice.close()
+
+
+def test_a_delayed_offer_caller_hears_ringing_then_gets_the_agents_offer(
+        engine: RunningEngine) -> None:
+    """An INVITE without SDP has no offer to answer in a 183: the caller hears the agent's
+    ringing, and the agent's 2xx offer reaches it through the media plane (our offer, our
+    address), with the caller's answer in its ACK; then audio flows both ways."""
+    agent = AgentPhone(engine, "2001")
+    other = AgentPhone(engine, "2002")
+    alice, bob = RtpPeer(ssrc=0xDE1), RtpPeer(ssrc=0xDE2)
+    try:
+        before = engine.metrics()
+        caller = Caller(engine, "709", b"")
+        invite = agent.sip.wait(is_method("INVITE"))
+        assert isinstance(invite, Request) and not invite.body
+        agent.reply(invite, 180)
+        ringing = caller.sip.wait(is_status(180))  # the agent's ringing, no music instead
+        assert isinstance(ringing, Response) and not ringing.body
+        agent.reply(invite, 200, bob.sdp())
+        ok = caller.sip.wait(is_status(200))
+        assert isinstance(ok, Response)
+        offer = parse_sdp(ok.body)
+        assert offer.media[0].port != bob.port  # anchored: the worker's port, not the agent's
+        alice.learn(ok.body)
+        answer = alice.answer_to(ok.body)
+        caller.sip.send(caller.request("ACK", 1, f"z9hG4bK-ack-{caller.call_id}", answer,
+                                       to_tag=ok.to.tag), engine.sip_port)
+        ack = agent.sip.wait(is_method("ACK"))
+        assert isinstance(ack, Request) and ack.body
+        bob.learn(ack.body)
+        for n in range(10):
+            alice.send(n)
+            bob.send(100 + n)
+        assert [payload_number(p[12:]) for p in receive(bob, 10)] == list(range(10))
+        assert [payload_number(p[12:]) for p in receive(alice, 10)] == list(range(100, 110))
+        after = engine.metrics()
+        assert after["vaultpbx_moh_started_total"] == before["vaultpbx_moh_started_total"]
+        caller.bye(ok)
+        agent.sip.wait(is_method("BYE"))
+    finally:
+        alice.close()
+        bob.close()
+        agent.close()
+        other.close()
