@@ -489,6 +489,12 @@ NOTES = """
 
 - "CPU per call" is worker CPU seconds per call-second (µs of one core per second of call);
   1,000,000 divided by it is the ceiling of calls one core could carry if nothing else ran.
+  It falls as calls rise while the worker's CPU stays near a full core. The likely reason
+  (not traced here): a quiet worker wakes from epoll for nearly every datagram (a wakeup, a
+  read, a read that finds nothing), a busy one finds several waiting per wakeup, so a packet
+  costs less the busier the worker is; the flat-out µs-per-packet rows are the floor. The
+  limit shows as the longest queue (how far the worker ran behind the generator's 20 ms
+  slots) growing, then as loss.
 - The generator runs on the same 2-core host. At the higher levels both cores are busy (worker +
   generator + the kernel's loopback softirq work, which Linux charges to whichever process is
   sending): the measured worker CPU includes the kernel delivering its own sends into the
