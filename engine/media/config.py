@@ -7,9 +7,10 @@ and names the YAML path of the first bad one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..runtime.typedyaml import LineMap, build
 from .ports import PortRange
 
 __all__ = ["LatchMode", "MediaConfig"]
@@ -95,28 +96,7 @@ class MediaConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, *, path: str = "media") -> MediaConfig:
-        raw = dict(raw or {})
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ValueError(f"{path}.{key}: unknown setting")
-            expected = known[name].type
-            if expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"{path}.{key}: expected an integer, got {value!r}")
-            if expected == "float":
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    raise ValueError(f"{path}.{key}: expected a number, got {value!r}")
-                value = float(value)
-            if expected in ("str", "LatchMode") and not isinstance(value, str):
-                raise ValueError(f"{path}.{key}: expected a string, got {value!r}")
-            if expected == "tuple[str, ...]":
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise ValueError(f"{path}.{key}: expected a list of addresses, got {value!r}")
-                value = tuple(value)
-            kwargs[name] = value
-        try:
-            return cls(**kwargs)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+        """Checked by the same typed builder as the rest of the YAML: a bad field raises
+        ValueError naming its dotted path (`media.<key>: ...`)."""
+        config: MediaConfig = build(cls, raw or {}, LineMap(), path)
+        return config

@@ -8,8 +8,10 @@ key-encryption key in `<data_dir>/kek.key` (cli.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from ..runtime.typedyaml import LineMap, build
 
 __all__ = ["RecordingConfig"]
 
@@ -37,24 +39,7 @@ class RecordingConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, *, path: str = "recording") -> RecordingConfig:
-        raw = dict(raw or {})
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ValueError(f"{path}.{key}: unknown setting")
-            expected = known[name].type
-            if expected == "bool" and not isinstance(value, bool):
-                raise ValueError(f"{path}.{key}: expected true or false, got {value!r}")
-            if expected == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"{path}.{key}: expected an integer, got {value!r}")
-            if expected == "float":
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    raise ValueError(f"{path}.{key}: expected a number, got {value!r}")
-                value = float(value)
-            kwargs[name] = value
-        try:
-            return cls(**kwargs)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+        """Checked by the same typed builder as the rest of the YAML: a bad field raises
+        ValueError naming its dotted path (`recording.<key>: ...`)."""
+        config: RecordingConfig = build(cls, raw or {}, LineMap(), path)
+        return config

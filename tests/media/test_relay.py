@@ -216,9 +216,9 @@ def test_ports_are_even_disjoint_per_worker_and_below_ephemeral() -> None:
 
 def test_media_config_names_the_yaml_path() -> None:
     assert MediaConfig.from_dict({"workers": 2, "port-min": 21000}).port_range.low == 21000
-    with pytest.raises(ValueError, match=r"media\.workers: expected an integer"):
+    with pytest.raises(ValueError, match=r"media\.workers: must be an integer"):
         MediaConfig.from_dict({"workers": "two"})
-    with pytest.raises(ValueError, match=r"media\.colour: unknown setting"):
+    with pytest.raises(ValueError, match=r"media\.colour: unknown key"):
         MediaConfig.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="ephemeral"):
         MediaConfig.from_dict({"port_max": 40000})
@@ -247,7 +247,7 @@ def test_workers_spread_over_media_addresses_without_sharing_a_port() -> None:
         MediaConfig.from_dict({"workers": 2, "addresses": ["127.0.0.2", "127.0.0.3"]})
     with pytest.raises(ValueError, match=r"advertised_address works with one local address"):
         MediaConfig.from_dict({"addresses": ["127.0.0.2"], "advertised_address": "127.0.0.9"})
-    with pytest.raises(ValueError, match=r"media\.addresses: expected a list of addresses"):
+    with pytest.raises(ValueError, match=r"media\.addresses: must be a list"):
         MediaConfig.from_dict({"addresses": "127.0.0.2"})
     assert MediaConfig.from_dict({"addresses": ["127.0.0.2", "127.0.0.3"]}).worker_count >= 3
 
