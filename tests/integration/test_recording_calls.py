@@ -24,6 +24,7 @@ import time
 import urllib.request
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from vaultpbx.codecs.dtmf import COLUMN_FREQUENCIES, KEYPAD, ROW_FREQUENCIES, DtmfDetector
@@ -172,11 +173,7 @@ def test_round_trip_bit_exact_no_plaintext_and_verify(tmp_path: Path) -> None:
         metrics = engine.metrics()
         assert metrics["vaultpbx_recordings_closed_total"] == 1
     finally:
-        caller.close()
-        callee.close()
-        for peer in (alice, bob):
-            if peer is not None:
-                peer.close()
+        _close(caller, callee, alice, bob)
         assert engine.stop() == 0
     # No plaintext: neither the G.711 bytes nor their linear form is anywhere under var/.
     probes = [said[i:i + 24] for i in range(0, len(said), 1000)]
@@ -241,14 +238,17 @@ def test_sigkill_mid_call_leaves_an_incomplete_recording_readable_to_the_kill(
         assert done.returncode == 0, done.stdout
         assert "(no final chunk)" in done.stdout
     finally:
-        caller.close()
-        callee.close()
-        for peer in (alice, bob):
-            if peer is not None:
-                peer.close()
+        _close(caller, callee, alice, bob)
         engine.kill()
         if restarted is not None:
             restarted.stop()
+
+
+def _close(*parts: Any) -> None:
+    """Close the SIP sockets and RTP peers a test opened (a peer not yet made is None)."""
+    for part in parts:
+        if part is not None:
+            part.close()
 
 
 def _tone(digit: str, seconds: float) -> bytes:
@@ -326,11 +326,7 @@ def test_pci_pause_through_the_admin_api_keeps_dtmf_out_of_the_recording(
         _hang_up(caller, engine.sip_port, ok.to.tag or "", "rec-pci")
         row = _wait_state(engine, "closed")
     finally:
-        caller.close()
-        callee.close()
-        for peer in (alice, bob):
-            if peer is not None:
-                peer.close()
+        _close(caller, callee, alice, bob)
         engine.stop()
     with open_store(engine.data_dir) as store:
         result = export_wav(store, row["id"], tmp_path / "pci.wav", actor="test")
