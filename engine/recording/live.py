@@ -19,6 +19,8 @@ Invariants:
   `sweep(now)` every `interval` (SWEEP_SECONDS, or half the shortest chunk), and a chunk is due
   one interval early, so neither the sweep's granularity nor the packets waiting in a leg's
   buffer stretch what lives only in memory past `chunk_seconds`.
+- A new file's directory entry is fsynced by the next sweep, together with every other file
+  created since (one fsync per sweep, not per file); its header by its first periodic fsync.
 - `close_all_unfinished` (the signalling process is gone) seals what is buffered as ordinary
   chunks and leaves every file without its final chunk: nothing is lost, and recovery at the
   next start marks them incomplete.
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .container import Codec, RecordingMetadata
-from .writer import RecordingWriter
+from .writer import DirectorySync, RecordingWriter
 
 __all__ = ["SWEEP_SECONDS", "LiveRecordings"]
 
@@ -85,8 +87,11 @@ class LiveRecordings:
         self.wall_clock = wall_clock
         self.started = 0
         self.failed = 0
+        self.directory_syncs_failed = 0
         self.cpu = 0.0  # CPU seconds the worker spent in `sweep` (draining, sealing, writing)
         self.interval = SWEEP_SECONDS  # seconds between sweeps: at most half the shortest chunk
+        # New files' directory entries are fsynced once per sweep, not once per file.
+        self.directory_sync = DirectorySync()
 
     # -- control (one call each, from the worker's command loop) ----------------------------
 
@@ -117,6 +122,7 @@ class LiveRecordings:
             ),
             chunk_seconds=chunk_seconds,
             fsync_every=int(command.get("fsync-every", 5)),
+            directory_sync=self.directory_sync,
         )
         types = frozenset(int(pt) for pt in command["payload-types"])
         live = _Live(session_id, call_id, writer, types)
@@ -160,6 +166,7 @@ class LiveRecordings:
                 pass  # the file keeps what reached it; recovery finds it incomplete
             live.end()
         self.sessions.clear()
+        self._sync_directories()
 
     # -- per packet ---------------------------------------------------------------------------
 
@@ -182,6 +189,13 @@ class LiveRecordings:
                 except OSError as error:
                     self.sessions.pop(live.session_id, None)
                     self._failed(live, error)
+        self._sync_directories()
+
+    def _sync_directories(self) -> None:
+        try:
+            self.directory_sync.flush()
+        except OSError:
+            self.directory_syncs_failed += 1  # the files are written; only power-cut safety waits
 
     def _drain(self, live: _Live) -> bool:
         """False if a write error (disk full) ended the recording; the relay goes on."""
@@ -230,4 +244,5 @@ class LiveRecordings:
 
     def totals(self) -> dict[str, int | float]:
         return {"recordings": len(self.sessions), "recordings-started": self.started,
-                "recordings-failed": self.failed, "recordings-cpu": round(self.cpu, 6)}
+                "recordings-failed": self.failed, "recordings-cpu": round(self.cpu, 6),
+                "recordings-directory-syncs-failed": self.directory_syncs_failed}

@@ -5,7 +5,9 @@ Invariants:
   so every file on disk has a key, and a crash can never leave audio nobody can shred.
 - `recover_unfinished` is run at start-up, before any writer of this node opens: a file without a
   final chunk then belongs to a dead writer, and its row becomes 'incomplete'. A file that does end
-  with its final chunk but whose row never saw the close is marked 'closed'.
+  with its final chunk but whose row never saw the close is marked 'closed'; a file that is
+  missing or has no whole header (a power cut before its first fsync) makes the row
+  'incomplete', never 'closed'.
 """
 
 from __future__ import annotations
@@ -121,15 +123,21 @@ def recover_unfinished(store: Keystore, directory: str | os.PathLike[str]) -> Re
     """Reconcile rows left in state 'recording' with what their files say. Call it holding the
     writer lock (the engine at start-up), or through `recover_if_idle`."""
     report = RecoveryReport()
-    unfinished = {scan.recording_id for scan in scan_unfinished(directory)}
     for row in store.rows(states=("recording",)):
-        if row.recording_id in unfinished or not Path(row.path).exists():
-            store.mark_incomplete(row.recording_id)
-            report.incomplete.append(row.recording_id)
-        else:
+        if _ends_with_final_chunk(row.path):
             store.mark_closed(row.recording_id, os.stat(row.path).st_mtime)
             report.closed.append(row.recording_id)
+        else:  # no final chunk, no file, or not even a whole header (a power cut)
+            store.mark_incomplete(row.recording_id)
+            report.incomplete.append(row.recording_id)
     return report
+
+
+def _ends_with_final_chunk(path: str | os.PathLike[str]) -> bool:
+    try:
+        return scan_structure(path).finished
+    except (RecordingFormatError, OSError):
+        return False
 
 
 def recover_if_idle(store: Keystore, directory: str | os.PathLike[str]) -> RecoveryReport | None:

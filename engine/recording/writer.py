@@ -119,6 +119,26 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+class DirectorySync:
+    """Directory entries of newly created files, made durable together: `flush` fsyncs each
+    directory once, however many files were created in it since the last flush. A media
+    worker's recordings share one directory, so a worker starting 100 recordings a second
+    fsyncs it once per sweep instead of once per file."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: set[Path] = set()
+
+    def created(self, path: Path) -> None:
+        self._pending.add(path.parent)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, set()
+        for directory in pending:
+            _fsync_directory(directory)
+
+
 class RecordingWriter:
     """One recording being written. Not thread-safe: one media worker owns it."""
 
@@ -140,9 +160,16 @@ class RecordingWriter:
         max_lead: float = 0.2,
         resync: float = 2.0,
         on_close: Callable[[RecordingWriter], None] | None = None,
+        directory_sync: DirectorySync | None = None,
     ) -> None:
         """`now` is the media clock (the one passed to append/maybe_seal) at the first sample;
-        `wall_time` is the Unix time of that same instant, stored in the header."""
+        `wall_time` is the Unix time of that same instant, stored in the header.
+
+        Without `directory_sync` the header and the file's directory entry are fsynced before
+        this returns. With it (the media workers), both wait: the header for the file's first
+        periodic fsync, the entry for the owner's next `directory_sync.flush()`. A power cut
+        may then lose a recording younger than `fsync_every` chunks whole, which is the loss
+        `fsync_every` allows anyway; a SIGKILL loses nothing either way."""
         self.path = Path(path)
         self.recording_id = recording_id
         self.codec = codec
@@ -181,8 +208,12 @@ class RecordingWriter:
         self._fd = os.open(self.path, flags, 0o600)
         try:
             _write_all(self._fd, raw)
-            os.fsync(self._fd)
-            _fsync_directory(self.path.parent)  # the file itself survives a power cut
+            if directory_sync is None:
+                os.fsync(self._fd)
+                _fsync_directory(self.path.parent)  # the file itself survives a power cut
+            else:
+                directory_sync.created(self.path)
+                self._unsynced = 1  # the header rides on the first periodic fsync
         except BaseException:
             os.close(self._fd)
             raise

@@ -18,6 +18,7 @@ from vaultpbx.recording.export import export_wav, verify_all, verify_recording
 from vaultpbx.recording.g711 import decode_ulaw
 from vaultpbx.recording.reader import RecordingReader
 from vaultpbx.recording.recorder import recover_unfinished, scan_unfinished, start_recording
+from vaultpbx.recording.writer import DirectorySync
 
 from .recording_helpers import FRAME, T0, WALL, audio, frame_offsets, write_recording
 
@@ -233,3 +234,57 @@ def test_export_memory_stays_bounded_for_a_long_call(env, tmp_path: Path) -> Non
     assert result.frames == seconds * 8000
     assert (tmp_path / "o.wav").stat().st_size == 44 + seconds * 8000 * 4
     assert peak < 2_000_000, peak
+
+
+def test_recovery_marks_a_file_without_a_whole_header_incomplete_never_closed(env) -> None:
+    """A power cut before a file's first fsync can leave it empty or cut inside its header;
+    its row must not be taken for a finished recording."""
+    cut = start_recording(env.store, env.directory, codec=Codec.PCMU, now=T0, wall_time=WALL)
+    empty = start_recording(env.store, env.directory, codec=Codec.PCMU, now=T0, wall_time=WALL)
+    done = start_recording(env.store, env.directory, codec=Codec.PCMU, now=T0, wall_time=WALL)
+    done.close(T0 + 0.1)
+    for writer, size in ((cut, 20), (empty, 0)):
+        writer.abort()
+        os.truncate(writer.path, size)
+    cut_id, empty_id = cut.recording_id.hex(), empty.recording_id.hex()
+    report = recover_unfinished(env.store, env.directory)
+    assert sorted(report.incomplete) == sorted([cut_id, empty_id]) and report.closed == []
+    assert env.store.get(cut_id).state == env.store.get(empty_id).state == "incomplete"
+    assert env.store.get(done.recording_id.hex()).state == "closed"
+
+
+def test_workers_fsync_the_directory_once_per_sweep_and_each_file_when_due(
+        env, monkeypatch) -> None:
+    """With a shared DirectorySync, opening files costs no fsync; one flush makes all their
+    directory entries durable; the header rides on each file's first periodic fsync or its
+    close. Without one, a writer fsyncs file and directory before accepting audio."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append("directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    shared = DirectorySync()
+    writers = [start_recording(env.store, env.directory, codec=Codec.PCMU, now=T0,
+                               wall_time=WALL, directory_sync=shared, fsync_every=2)
+               for _ in range(3)]
+    assert synced == []
+    shared.flush()
+    assert synced == ["directory"]
+    shared.flush()
+    assert synced == ["directory"]  # nothing new since
+    frame = audio(0.02, 3)
+    w = writers[0]
+    w.append(CALLER, frame, T0)
+    w.maybe_seal(T0 + 1.0)  # chunk 1 + the header: fsync_every (2) reached
+    assert synced == ["directory", "file"]
+    for writer in writers:
+        writer.close(T0 + 1.5)
+    assert synced == ["directory", "file", "file", "file", "file"]
+    synced.clear()
+    alone = start_recording(env.store, env.directory, codec=Codec.PCMU, now=T0, wall_time=WALL)
+    assert synced == ["file", "directory"]
+    alone.close(T0 + 0.1)
+    assert verify_all(env.store, actor="auditor").ok
