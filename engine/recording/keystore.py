@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,6 +263,15 @@ class Keystore:
                 "UPDATE recordings SET state = 'closed', closed_at = ? "
                 "WHERE recording_id = ? AND state IN ('recording', 'incomplete')",
                 (at, recording_id),
+            )
+
+    def mark_closed_many(self, closed: Iterable[tuple[str, float]]) -> None:
+        """`mark_closed` for each (recording id, closed at), in one transaction."""
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE recordings SET state = 'closed', closed_at = ? "
+                "WHERE recording_id = ? AND state IN ('recording', 'incomplete')",
+                [(at, recording_id) for recording_id, at in closed],
             )
 
     def mark_incomplete(self, recording_id: str) -> None:

@@ -392,6 +392,8 @@ class Engine:
         first_t, first_n = self._call_starts[0]
         if now > first_t:
             self.calls_per_second = (started - first_n) / (now - first_t)
+        if self.recorder is not None:
+            self.recorder.flush()  # this second's closed recordings
         if self.keystore is not None:
             self.keystore.checkpoint()  # this second's recording rows are now on disk
         self.b2bua.location.sweep(now)

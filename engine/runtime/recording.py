@@ -57,6 +57,11 @@ class CallRecorder:
         self.hooks = hooks
         self.loop = loop
         self.active: dict[str, str] = {}  # call id -> recording id (hex)
+        # Closes reported by the workers, written to the index together by `flush` (once a
+        # second from housekeeping): a transaction per call cost the event loop ~3% of its CPU
+        # at 400 calls/s. Until then the row says 'recording'; a crash meanwhile is mended by
+        # recovery, which finds the file's final chunk and marks it closed.
+        self._closed: list[tuple[str, float]] = []
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock: int | None = None
@@ -78,7 +83,14 @@ class CallRecorder:
         if self.controller is not None:
             self.controller.on_recording_event = self.recording_ended
 
+    def flush(self) -> None:
+        """Write the closes reported since the last flush to the index, in one transaction."""
+        if self._closed:
+            closed, self._closed = self._closed, []
+            self.store.mark_closed_many(closed)
+
     def close(self) -> None:
+        self.flush()
         self.hooks.controls.pop("recording.sensitive", None)
         if self._lock is not None:
             release_writer_lock(self._lock)
@@ -144,7 +156,7 @@ class CallRecorder:
             del self.active[call_id]
         if message.get("state") == "closed":
             self.counters["recordings_closed"] += 1
-            self.store.mark_closed(rid, float(message.get("wall-end") or time.time()))
+            self._closed.append((rid, float(message.get("wall-end") or time.time())))
             self.hooks.notify(HookPoint.RECORDING_STOPPED, RecordingEvent(
                 action="stopped", recording_id=rid, actor="system:media", at=time.time(),
                 detail=f"{message.get('chunks', 0)} chunks"))

@@ -247,3 +247,17 @@ def test_unsynced_commits_survive_a_sigkill_and_a_checkpoint_makes_them_durable(
         assert busy == 0 and frames == copied
     finally:
         store.close()
+
+
+def test_closes_written_together_move_only_open_rows(env) -> None:
+    open_one = env.store.create_recording(env.directory)
+    cut = env.store.create_recording(env.directory)
+    shredded = env.store.create_recording(env.directory)
+    env.store.mark_incomplete(cut.recording_id.hex())
+    env.store.shred(shredded.recording_id.hex(), actor="dpo", reason="erasure")
+    env.store.mark_closed_many([(open_one.recording_id.hex(), 1000.0),
+                                (cut.recording_id.hex(), 1001.0),
+                                (shredded.recording_id.hex(), 1002.0)])
+    assert env.store.get(open_one.recording_id.hex()).state == "closed"
+    assert env.store.get(cut.recording_id.hex()).state == "closed"  # its final chunk came late
+    assert env.store.get(shredded.recording_id.hex()).state == "shredded"  # nothing moves back
