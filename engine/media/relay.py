@@ -34,7 +34,9 @@ Invariants:
   so packets in flight across a re-INVITE still authenticate. An unchanged key keeps its session
   (libsrtp's replay state and rollover counter survive; an SRTP sender is never re-created with
   the same key, which could repeat keystream).
-- RTCP is relayed (and re-protected as SRTCP) even while on hold (RFC 3264 §5.1); RTP is relayed
+- RTCP is relayed (and re-protected as SRTCP) even while on hold (RFC 3264 §5.1), with SSRCs
+  and numbering translated where a source change made the rewriters shift a stream (rtcp.py),
+  so reports name the stream each endpoint actually received; RTP is relayed
   from X to Y only when we receive from X and send to Y (a=sendonly/recvonly/inactive).
 - RFC 4733 telephone-events are RTP like any other payload type: they pass through unchanged
   apart from the rewriter's continuity offsets.
@@ -52,6 +54,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .ports import PortPool, PortPoolExhausted
+from .rtcp import translate_rtcp
 from .rtp import RtpStreamRewriter
 from .srtp import SRTP_ERRORS, SrtpFailure, SrtpSession
 
@@ -316,6 +319,8 @@ class Leg(asyncio.DatagramProtocol):
                 return
             data = plain
         peer: Leg = self.peer  # type: ignore[assignment]
+        # Our SSRC and numbering, where a source change made us rewrite either stream.
+        data = translate_rtcp(data, peer.rewriter.translation(), self.rewriter.translation())
         if peer.srtp_out is not None:
             out = peer.srtp_out.protect_rtcp(data)
             if out is None:

@@ -29,6 +29,7 @@ __all__ = [
     "RTP_HEADER_SIZE",
     "RtpHeader",
     "RtpStreamRewriter",
+    "StreamTranslation",
     "is_rtcp",
     "parse_rtp_header",
 ]
@@ -41,6 +42,16 @@ _EXTENSION_HEADER = struct.Struct("!HH")  # profile-defined, length in 32-bit wo
 _PLAIN_HEADER_FIRST_OCTET = 0x80  # V=2, P=0, X=0, CC=0: nothing beyond the fixed 12 octets
 _RTCP_FIRST = 192  # octet 1 range of RTCP packet types, RFC 5761 §4
 _RTCP_LAST = 223
+
+
+class StreamTranslation(NamedTuple):
+    """A source's SSRC, sequence and timestamp as they leave the relay (offsets modulo 2^16 and
+    2^32): out = source + offset."""
+
+    source_ssrc: int
+    sent_ssrc: int
+    seq_offset: int
+    ts_offset: int
 
 
 class RtpHeader(NamedTuple):
@@ -122,6 +133,14 @@ class RtpStreamRewriter:
 
     def source_changed(self) -> None:
         self._source_ssrc = None
+
+    def translation(self) -> StreamTranslation | None:
+        """How the current source's numbering maps onto the stream we send, for RTCP about it
+        (rtcp.py); None while packets pass through unchanged or before the first packet."""
+        source = self._source_ssrc
+        if source is None or self._pass_through or self.ssrc is None:
+            return None
+        return StreamTranslation(source, self.ssrc, self._seq_offset, self._ts_offset)
 
     def rewrite(self, packet: bytes, now: float) -> bytes | None:
         """The packet as it should leave, or None (counted in `malformed`) if it is not RTP."""

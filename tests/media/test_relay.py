@@ -170,6 +170,37 @@ def test_rtcp_on_port_plus_one_when_the_peer_does_not_multiplex() -> None:
     run_relay(scenario)
 
 
+def test_rtcp_names_the_stream_each_side_saw_after_a_source_change() -> None:
+    """B's endpoint switches to a new SSRC (as an agent taking over from music on hold does):
+    A keeps hearing one stream, SSRC 0xB, so B's sender report must reach A as 0xB, and A's
+    report about 0xB must reach B as a report about its own 0xC, in B's sequence numbering."""
+
+    async def scenario(relay: Relay) -> None:
+        a, b = RtpPeer(ssrc=0xA), RtpPeer(ssrc=0xB)
+        await wire(relay, a, b)
+        for number in range(3):
+            b.send(number)
+        assert len(await a.receive(3)) == 3
+        b.ssrc, b.sequence = 0xC, 40_000  # a new source, numbered its own way
+        b.send(3)
+        (heard,) = await a.receive(1)
+        heard_seq, heard_ts, heard_ssrc = struct.unpack_from("!HII", heard, 2)
+        assert heard_ssrc == 0xB and heard_seq != 40_001  # one continuous stream at A
+        body = struct.pack("!IIIIII", 0xC, 1, 2, b.timestamp, 4, 640)
+        b.send_raw(struct.pack("!BBH", 0x80, 200, len(body) // 4) + body)
+        (report,) = await a.receive(1)
+        assert struct.unpack_from("!BII", report, 1)[0] == 200
+        assert struct.unpack_from("!I", report, 4)[0] == 0xB
+        assert struct.unpack_from("!I", report, 16)[0] == heard_ts  # same timeline as the RTP
+        block = struct.pack("!IIIIII", 0xB, 0, (1 << 16) | heard_seq, 3, 0, 0)
+        a.send_raw(struct.pack("!BBHI", 0x81, 201, 7, 0xA) + block)
+        (back,) = await b.receive(1)
+        block_ssrc, _, highest = struct.unpack_from("!III", back, 8)
+        assert block_ssrc == 0xC and highest == (1 << 16) | 40_001
+
+    run_relay(scenario)
+
+
 def test_timeout_reported_once_on_a_hand_moved_clock() -> None:
     reported: list[tuple[str, float]] = []
 
