@@ -42,7 +42,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -103,7 +103,7 @@ def load_users(store: UserStore, entries: Iterable[UserEntry | Mapping[str, Any]
     parsed = list(parse_users(raw)) if raw else []
     for entry in [item for item in items if isinstance(item, UserEntry)] + parsed:
         store.add_hashed(entry.name, entry.role.value, entry.password_hash,
-                         totp_secret=entry.totp_secret)
+                         totp_secret=entry.totp_secret, extension=entry.extension)
     return store
 
 
@@ -205,20 +205,43 @@ class AdminApi:
                 for method, path, permission, name in ROUTES}
 
     def guard_routes(self, routes: Mapping[tuple[str, str], Callable[[HttpRequest], Any]],
-                     permissions: Mapping[str, str]) -> dict[tuple[str, str], Any]:
+                     permissions: Mapping[str, str], *,
+                     own_agent_only: Collection[tuple[str, str]] = ()
+                     ) -> dict[tuple[str, str], Any]:
         """Put another component's routes (the ACD's agent controls) behind the same sessions,
         permission matrix, audit and API_REQUEST hook: `permissions` maps a method to the
-        permission it needs."""
+        permission it needs. On the `own_agent_only` routes a session without `queue.manage`
+        may name (JSON field `agent`) only its own user's `extension`; anything else is a 403,
+        audited like any refusal."""
         guarded: dict[tuple[str, str], Any] = {}
         for (method, path), handler in routes.items():
             def with_session(request: HttpRequest, session: Session | None,
-                             _handler: Callable[[HttpRequest], Any] = handler) -> HttpResponse:
+                             _handler: Callable[[HttpRequest], Any] = handler,
+                             _scoped: bool = (method, path) in own_agent_only) -> HttpResponse:
+                if _scoped and session is not None:
+                    self._check_own_agent(request, session)
                 result: HttpResponse = _handler(request)
                 return result
             with_session.__name__ = getattr(handler, "__name__", "route")
             guarded[(method, path)] = self._guarded(method, path, permissions[method],
                                                     with_session)
         return guarded
+
+    def _check_own_agent(self, request: HttpRequest, session: Session) -> None:
+        if self.policy.allows(session.role, P.QUEUE_MANAGE):
+            return  # supervisors manage every agent
+        try:
+            body = request.json()
+        except (ValueError, UnicodeDecodeError):
+            return  # the handler answers 400
+        agent = body.get("agent") if isinstance(body, dict) else None
+        if not isinstance(agent, str):
+            return  # the handler answers 400
+        user = self.users.get(session.user)
+        own = user.extension if user is not None else None
+        if own is None or agent != own:
+            raise _Denied(f"user {session.user} may change only its own agent "
+                          f"({own or 'none configured'})", permission=P.QUEUE_MANAGE)
 
     def _guarded(self, method: str, path: str, permission: str,
                  handler: Callable[[HttpRequest, Session | None], HttpResponse]

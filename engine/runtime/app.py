@@ -310,6 +310,7 @@ class Engine:
         # Agent controls and queue statistics need a session like the rest of the API.
         acd_routes = self.admin_api.guard_routes(
             self.acd.admin_routes(), {"GET": "calls.monitor", "POST": "calls.handle"},
+            own_agent_only=[key for key in self.acd.admin_routes() if key[0] == "POST"],
         ) if self.acd is not None else {}
         self.http = HttpServer({**self._routes(), **acd_routes, **self.admin_api.routes()})
         context = None

@@ -71,6 +71,9 @@ class UserEntry:
     """argon2id PHC string ("$argon2id$v=19$m=...,t=...,p=...$salt$hash")."""
     totp_secret: str | None = None
     """Base32 TOTP secret; required for supervisor, admin and auditor."""
+    extension: str | None = None
+    """The ACD agent (extension) this account is. Without `queue.manage` (supervisors have
+    it) an account may log in, pause, ready and log out only this agent."""
 
     def __repr__(self) -> str:  # never print the hash or the secret
         return f"UserEntry(name={self.name!r}, role={self.role.value!r})"
@@ -88,7 +91,7 @@ def parse_users(data: object, path: str = "security.users") -> tuple[UserEntry, 
         at = f"{path}[{i}]"
         if not isinstance(item, Mapping):
             raise ValueError(f"{at}: expected a mapping with name, role, password_hash")
-        _no_unknown(item, {"name", "role", "password_hash", "totp_secret"}, at)
+        _no_unknown(item, {"name", "role", "password_hash", "totp_secret", "extension"}, at)
         name = item.get("name")
         if not isinstance(name, str) or not name or len(name) > 64 or not name.isprintable():
             raise ValueError(f"{at}.name: expected a printable name of 1 to 64 characters")
@@ -108,8 +111,15 @@ def parse_users(data: object, path: str = "security.users") -> tuple[UserEntry, 
                 raise ValueError(f"{at}.totp_secret: expected a base32 secret of 128 bits or more")
         elif role in MFA_ROLES:
             raise ValueError(f"{at}.totp_secret: role {role.value} requires a TOTP secret")
+        extension = item.get("extension")
+        if extension is not None:
+            if isinstance(extension, int) and not isinstance(extension, bool):
+                extension = str(extension)  # `extension: 2001` in YAML is an int
+            if not isinstance(extension, str) or not extension or len(extension) > 32 or (
+                    not extension.isprintable()):
+                raise ValueError(f"{at}.extension: expected an extension such as \"2001\"")
         users.append(UserEntry(name=name, role=role, password_hash=password_hash,
-                               totp_secret=secret))
+                               totp_secret=secret, extension=extension))
     return tuple(users)
 
 

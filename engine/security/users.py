@@ -42,6 +42,8 @@ class User:
     role: Role
     password_hash: str
     totp_secret: str | None = None
+    extension: str | None = None
+    """The agent (extension) this account is: an agent may change only its own presence."""
     locked_until: float | None = None
     """None: not locked. float('inf'): locked until an admin unlocks."""
     failures: deque[float] = field(default_factory=deque)
@@ -68,19 +70,20 @@ class UserStore:
         self._users: dict[str, User] = {}
         self._dummy_hash = self.hasher.hash("not-a-real-password")
 
-    def add(self, name: str, role: str, password: str, *, totp_secret: str | None = None) -> User:
+    def add(self, name: str, role: str, password: str, *, totp_secret: str | None = None,
+            extension: str | None = None) -> User:
         if name in self._users:
             raise ValueError(f"user {name} exists")
         role_ = Role(role)
         if role_ in MFA_ROLES and not totp_secret:
             raise ValueError(f"role {role_} requires a TOTP secret")
         user = User(name=name, role=role_, password_hash=self.hasher.hash(password),
-                    totp_secret=totp_secret)
+                    totp_secret=totp_secret, extension=extension)
         self._users[name] = user
         return user
 
     def add_hashed(self, name: str, role: str, password_hash: str, *,
-                   totp_secret: str | None = None) -> User:
+                   totp_secret: str | None = None, extension: str | None = None) -> User:
         """An account whose argon2id hash was made elsewhere (the YAML `security.users` list).
 
         Hashes with weaker parameters than this store's are upgraded at the next good login."""
@@ -91,7 +94,8 @@ class UserStore:
             raise ValueError(f"role {role_} requires a TOTP secret")
         if not password_hash.startswith("$argon2id$"):
             raise ValueError(f"user {name}: only argon2id hashes are accepted")
-        user = User(name=name, role=role_, password_hash=password_hash, totp_secret=totp_secret)
+        user = User(name=name, role=role_, password_hash=password_hash, totp_secret=totp_secret,
+                    extension=extension)
         self._users[name] = user
         return user
 

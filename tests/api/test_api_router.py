@@ -82,11 +82,21 @@ def test_users_from_config_and_from_dicts() -> None:
     ({"name": "x", "role": "agent", "password_hash": PASSWORD_HASH, "pasword": "x"},
      r"users\[0\]: unknown"),
     ({"role": "agent", "password_hash": PASSWORD_HASH}, r"users\[0\]\.name"),
+    ({"name": "x", "role": "agent", "password_hash": PASSWORD_HASH, "extension": ["2001"]},
+     r"users\[0\]\.extension: expected an extension"),
 ])
 def test_bad_user_entries_name_the_path(entry: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=r"^security\." + message) as caught:
         SecurityConfig.from_dict({"users": [entry]})
     assert PASSWORD_HASH not in str(caught.value)
+
+
+def test_an_account_may_name_its_agent_extension() -> None:
+    entries = [dict(USERS[0], extension=2001), dict(USERS[1], name="qa2")]
+    config = SecurityConfig.from_dict({"users": entries})
+    assert [u.extension for u in config.users] == ["2001", None]  # YAML's 2001 is an int
+    store = load_users(UserStore(HASHER), config.users)
+    assert store.get("agent").extension == "2001"  # type: ignore[union-attr]
 
 
 def test_duplicate_user_refused() -> None:

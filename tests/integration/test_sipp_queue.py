@@ -38,7 +38,8 @@ WRAP_UP = 4
 def acd_overrides() -> dict:
     return {
         "sip": {"digest_algorithms": ["MD5"], "ring_timeout": 30},
-        "security": {"floodguard": {"trusted": ["127.0.0.1/32"]}, "users": [SUPERVISOR]},
+        "security": {"floodguard": {"trusted": ["127.0.0.1/32"]},
+                     "users": [SUPERVISOR, AGENT_2001, AGENT_WITHOUT_EXTENSION]},
         "extensions": {ext: {"password": pw} for ext, pw in PASSWORDS.items()},
         "dialplan": [{"match": r"1\d{3}|2\d{3}", "extension": r"\g<0>"},
                      {"match": "700", "queue": "support"},
@@ -86,29 +87,37 @@ SUPERVISOR_TOTP = pyotp.random_base32(32)
 SUPERVISOR = {"name": "sup", "role": "supervisor",
               "password_hash": PasswordHasher().hash(SUPERVISOR_PASSWORD),
               "totp_secret": SUPERVISOR_TOTP}
-_tokens: dict[int, str] = {}
+# Agents' own accounts: one that is agent 2001, one that is no agent at all.
+AGENT_PASSWORD = "agent-test-password"
+AGENT_TOTP = pyotp.random_base32(32)
+AGENT_2001 = {"name": "alice", "role": "agent", "extension": "2001",
+              "password_hash": PasswordHasher().hash(AGENT_PASSWORD), "totp_secret": AGENT_TOTP}
+AGENT_WITHOUT_EXTENSION = dict(AGENT_2001, name="bob")
+del AGENT_WITHOUT_EXTENSION["extension"]
+_tokens: dict[tuple[int, str], str] = {}
 
 
-def _token(engine: RunningEngine) -> str:
-    token = _tokens.get(engine.admin_port)
+def _token(engine: RunningEngine, user: str = "sup") -> str:
+    token = _tokens.get((engine.admin_port, user))
     if token is None:
-        credentials = {"user": "sup", "password": SUPERVISOR_PASSWORD,
-                       "otp": pyotp.TOTP(SUPERVISOR_TOTP).now()}
+        password, secret = ((SUPERVISOR_PASSWORD, SUPERVISOR_TOTP) if user == "sup"
+                            else (AGENT_PASSWORD, AGENT_TOTP))
+        credentials = {"user": user, "password": password, "otp": pyotp.TOTP(secret).now()}
         request = urllib.request.Request(
             f"http://127.0.0.1:{engine.admin_port}/login", method="POST",
             data=json.dumps(credentials).encode(), headers={"content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=10) as response:
-            token = _tokens[engine.admin_port] = json.loads(response.read())["token"]
+            token = _tokens[(engine.admin_port, user)] = json.loads(response.read())["token"]
     return token
 
 
-def api(engine: RunningEngine, method: str, path: str, body: object = None
-        ) -> tuple[int, dict]:
+def api(engine: RunningEngine, method: str, path: str, body: object = None, *,
+        user: str = "sup") -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"http://127.0.0.1:{engine.admin_port}{path}", data=data,
                                      method=method,
                                      headers={"content-type": "application/json",
-                                              "authorization": f"Bearer {_token(engine)}"})
+                                              "authorization": f"Bearer {_token(engine, user)}"})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -255,3 +264,23 @@ def test_caller_hang_up_while_queued_is_abandoned(sipp: SippRunner,
     metrics = engine.metrics()
     assert metrics["vaultpbx_queue_support_abandoned_total"] == 1, sorted(metrics)
     assert metrics["vaultpbx_acd_abandoned_total"] == 1
+
+
+def test_an_agent_account_controls_only_its_own_agent(engine: RunningEngine) -> None:
+    """alice is agent 2001: she may log herself in, pause and ready herself, but not touch
+    2002; bob is no agent and may touch none; the supervisor may touch any. Each refusal is
+    a 403, counted with the API's other refusals."""
+    denied = engine.metrics().get("vaultpbx_admin_denied_total", 0)
+    assert api(engine, "POST", "/agents/login", {"agent": "2001"}, user="alice")[0] == 200
+    assert api(engine, "POST", "/agents/pause", {"agent": "2001", "reason": "lunch"},
+               user="alice")[0] == 200
+    assert api(engine, "POST", "/agents/ready", {"agent": "2001"}, user="alice")[0] == 200
+    status, body = api(engine, "POST", "/agents/login", {"agent": "2002"}, user="alice")
+    assert (status, body["error"]) == (403, "forbidden")  # the reason goes to the audit log
+    assert api(engine, "POST", "/agents/logout", {"agent": "2001"}, user="bob")[0] == 403
+    assert api(engine, "POST", "/agents/login", {"nope": 1}, user="bob")[0] == 400
+    assert engine.metrics()["vaultpbx_admin_denied_total"] == denied + 2
+    status, body = api(engine, "GET", "/agents")
+    states = {name: agent["state"] for name, agent in body["agents"].items()}
+    assert states["2001"] == "available" and states["2002"] == "offline"
+    assert api(engine, "POST", "/agents/logout", {"agent": "2001"})[0] == 200  # supervisor
