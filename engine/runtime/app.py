@@ -308,10 +308,12 @@ class Engine:
             self.admin_api.sensitive = self.recorder.set_sensitive
         # The authenticated API's routes (its masked /calls included) win over the open ones.
         # Agent controls and queue statistics need a session like the rest of the API.
-        acd_routes = self.admin_api.guard_routes(
-            self.acd.admin_routes(), {"GET": "calls.monitor", "POST": "calls.handle"},
-            own_agent_only=[key for key in self.acd.admin_routes() if key[0] == "POST"],
-        ) if self.acd is not None else {}
+        acd_routes: dict[tuple[str, str], object] = {}
+        if self.acd is not None:
+            routes = self.acd.admin_routes()
+            acd_routes = self.admin_api.guard_routes(
+                routes, {"GET": "calls.monitor", "POST": "calls.handle"},
+                own_agent_only=[key for key in routes if key[0] == "POST"])
         self.http = HttpServer({**self._routes(), **acd_routes, **self.admin_api.routes()})
         context = None
         if admin.tls:

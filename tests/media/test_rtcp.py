@@ -63,7 +63,7 @@ def test_the_agents_reports_reach_the_caller_under_the_ssrc_and_numbering_it_hea
     sent = to_caller.translation()
     assert sent is not None
     assert sent.source_ssrc == 0x222 and sent.sent_ssrc == 0x111
-    # The agent's RTP packet 50 left as 1003 (continuing the music), timestamp 400 as 8000+3*160+...
+    # The agent's packets continue the music's numbering (1003, 1004, ...) and timeline.
     out = to_caller.rewrite(rtp(51, 560, 0x222), now=0.1)
     _, out_ts = struct.unpack_from("!HI", out, 2)
     compound = sender_report(0x222, 560) + sdes(0x222, b"agent@pbx") + bye(0x222)
