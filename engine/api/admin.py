@@ -334,7 +334,7 @@ class AdminApi:
             payload: dict[str, object] = {"error": result.public_message}
             if result.second_factor_required:
                 payload["second_factor_required"] = True
-            return HttpResponse.of_json(payload, 401)
+            return HttpResponse.of_json(payload, 503 if result.unavailable else 401)
         self.counters["admin_logins_total"] += 1
         session = self.sessions.get(result.token, now)
         assert session is not None

@@ -122,6 +122,7 @@ class HookRegistry:
         "budget_ns",
         "max_strikes",
         "errors",
+        "essential_errors",
         "log_processor",
         "controls",
     )
@@ -142,6 +143,7 @@ class HookRegistry:
         self.budget_ns = int(budget_seconds * 1e9)
         self.max_strikes = max_strikes
         self.errors = 0
+        self.essential_errors = 0  # failures of essential observers (the audit log)
         # What the engine lets plug-ins drive, by name (an IVR or payment plug-in switches the
         # PCI pause with controls["recording.sensitive"](call_id, on, actor) -> bool). Filled by
         # the runtime; a name is absent when that part of the engine is not running.
@@ -279,8 +281,14 @@ class HookRegistry:
             failed = False
             try:
                 observer(point, event)
-            except Exception:
+            except Exception as exc:
                 failed = True
+                if stats.essential:
+                    # The audit trail: a lost record must be loud, and callers that must not
+                    # go on without one (a login) see the count move.
+                    self.essential_errors += 1
+                    _log.error("essential hook %s failed at %s: %s: %s", stats.name,
+                               point.value, type(exc).__name__, exc)
             self._account(stats, clock() - start, failed)
 
     @property

@@ -34,7 +34,8 @@ from ..hooks.registry import HookPoint, HookRegistry
 from ..io.tlscontext import create_self_signed, server_context
 from ..io.transports import TransportManager
 from ..recording.keystore import Keystore
-from ..security.audit import AuditLog, FileSink
+from ..security.audit import AuditLog
+from ..security.cli import open_audit_log
 from ..security.config import SecurityConfig
 from ..security.floodguard import FloodGuard
 from ..security.observer import AuditObserver
@@ -141,15 +142,8 @@ class Engine:
         return path
 
     def _open_audit(self) -> None:
-        audit = self.security.audit
-        sinks = [FileSink(self.data_path(audit.sink))] if audit.sink else []
-        self.audit = AuditLog(
-            self.data_path(audit.dir), sinks=sinks,
-            key_path=self.data_path(audit.key_path) if audit.key_path else None,
-            checkpoint_every=audit.checkpoint_every,
-            checkpoint_interval=audit.checkpoint_interval,
-            min_retention=audit.min_retention_days * 86400,
-        )
+        # The sinks, the pinned key and the checkpoint cadence, as the CLI opens it.
+        self.audit = open_audit_log(self.data_dir, self.security.audit)
         AuditObserver(self.audit, time.time).attach(self.hooks)
 
     def _admit(self, host: str, data: bytes | None) -> bool:
@@ -408,6 +402,8 @@ class Engine:
             self._next_full_gc = now + GC_FULL_INTERVAL
         if self.layer is not None:
             self.flush()
+        if self.audit is not None:  # last: a lock timeout here must not skip the rest
+            self.audit.checkpoint_if_due(time.time())  # records reach the outside sinks in time
 
     # -- admin API --------------------------------------------------------------------------------
     def _routes(self) -> dict[tuple[str, str], object]:
@@ -454,6 +450,8 @@ class Engine:
                             name.replace("_", " ")))
         samples.append(("vaultpbx_hook_errors", "counter", self.hooks.errors,
                         "Plug-in errors isolated"))
+        if self.audit is not None:
+            samples.extend(self.audit.metric_samples())
         if self.acd is not None:
             samples.extend(self.acd.metric_samples(self.loop.time()))
         controller = self.media_controller

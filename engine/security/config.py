@@ -3,9 +3,9 @@
   security:
     hooks:      {enabled: [maskers], budget_ms: 5, max_strikes: 5}
     masking:    {roles: {admin: {resident_id: [6, 4], card: [6, 4]}, supervisor: {phone: clear}}}
-    audit:      {dir: var/audit, sink: var/audit-checkpoints.jsonl, syslog: null,
-                 checkpoint_every: 1000, checkpoint_interval: 300, min_retention_days: 180,
-                 key_path: null}
+    audit:      {dir: var/audit, sink: audit-outside/checkpoints.jsonl, syslog: null, http: null,
+                 public_key: null, checkpoint_every: 100, checkpoint_interval: 60,
+                 min_retention_days: 180, key_path: null, max_field_chars: 512}
     access:     {roles: {supervisor: [calls.handle, ...]}}     # rows replace the default row
     sessions:   {lifetime_seconds: 28800, idle_seconds: 900}
     anomaly:    {downloads: {max: 500, window_seconds: 600, lock: true},
@@ -43,15 +43,62 @@ class HooksConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditConfig:
     dir: str = "var/audit"
-    """Log directory (records, local checkpoints, key)."""
-    sink: str | None = "var/audit-checkpoints.jsonl"
-    """Outside copy of the checkpoints: put it on another disk or a WORM mount."""
+    """Log directory (records, local checkpoints, keys). `var/...` means under data_dir."""
+    sink: str | None = "audit-outside/checkpoints.jsonl"
+    """Outside copy of the signed checkpoints, a file `verify` reads. It must not be under
+    data_dir: whoever can write the data can rewrite everything there. The default is a
+    directory beside var/ (relative to the working directory, like data_dir); in production
+    use another disk, a mount only the engine may append to, or a file with the append-only
+    attribute (chattr +a), owned by another user."""
     syslog: str | None = None
-    """Also send checkpoints to syslog: "/dev/log" or "host:port" (UDP)."""
-    checkpoint_every: int = 1000
-    checkpoint_interval: float = 300.0
+    """Also send each checkpoint to syslog: a Unix datagram socket path ("/dev/log") or
+    "host:port" (UDP). `verify` cannot read syslog back: export the collector's lines and pass
+    them with `audit verify --checkpoints FILE`."""
+    http: str | None = None
+    """Also POST each checkpoint to this http(s) URL; the receiver keeps them and returns them
+    (one per line) on GET of the same URL, which `verify` reads."""
+    http_timeout: float = 5.0
+    """Seconds for one POST (sent off the event loop, retried with backoff) or GET by verify."""
+    public_key: str | None = None
+    """The Ed25519 checkpoint public key (64 hex digits, `audit-ed25519.pub`) to trust: `verify`
+    checks every checkpoint against it and the engine refuses to start with another signing
+    key. Pin it: a key under data_dir can be replaced along with the log."""
+    checkpoint_every: int = 100
+    """Sign a checkpoint once this many records are not covered by one."""
+    checkpoint_interval: float = 60.0
+    """...or once the oldest uncovered record is this many seconds old (checked every second
+    while the engine runs): the window in which records are protected by the chain only."""
+    verify_grace: float = 10.0
+    """`verify` reports an outside copy behind the log when a record older than
+    checkpoint_interval + this many seconds is not covered by it."""
     min_retention_days: float = 180.0
+    """Records younger than this are never pruned."""
     key_path: str | None = None
+    """The Ed25519 signing key (default `<dir>/audit-ed25519.key`)."""
+    names_key_path: str | None = None
+    """HMAC key for user names no account matches (default `<dir>/audit-names.key`)."""
+    max_field_chars: int = 512
+    """Longest string kept in a record; longer ones are cut with a marker and their length."""
+
+    def validate(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ValueError("checkpoint_every: must be at least 1")
+        if not 0 < self.checkpoint_interval <= 86400:
+            raise ValueError("checkpoint_interval: must be more than 0 and at most 86400 s")
+        if self.verify_grace < 0 or self.http_timeout <= 0:
+            raise ValueError("verify_grace must be >= 0 and http_timeout > 0")
+        if not 64 <= self.max_field_chars <= 65536:
+            raise ValueError("max_field_chars: must be from 64 to 65536")
+        if self.public_key is not None and (
+                len(self.public_key) != 64
+                or any(c not in "0123456789abcdefABCDEF" for c in self.public_key)):
+            raise ValueError("public_key: expected 64 hex digits (the audit-ed25519.pub file)")
+        if self.http is not None and not self.http.startswith(("http://", "https://")):
+            raise ValueError("http: expected an http:// or https:// URL")
+        if self.syslog is not None:
+            from .audit import parse_syslog_address
+
+            parse_syslog_address(self.syslog)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,7 +206,7 @@ class SecurityConfig:
             return cls(
                 hooks=_simple(HooksConfig, data.get("hooks"), "security.hooks"),
                 masking=policies_from_dict(masking.get("roles") or {}),
-                audit=_simple(AuditConfig, data.get("audit"), "security.audit"),
+                audit=_audit(data.get("audit")),
                 access=AccessPolicy.from_dict(access.get("roles") or {}),
                 sessions=_simple(SessionsConfig, data.get("sessions"), "security.sessions"),
                 anomaly=AnomalyConfig.from_dict(data.get("anomaly")),
@@ -177,6 +224,18 @@ def _no_unknown(data: Mapping[str, Any], known: set[str], path: str) -> None:
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}")
+
+
+def _audit(data: Any) -> AuditConfig:
+    """Typed like the rest of the YAML (typedyaml): wrong types and unknown keys name their
+    path; `AuditConfig.validate` checks the values."""
+    from ..runtime.typedyaml import ConfigError, LineMap, build
+
+    try:
+        audit: AuditConfig = build(AuditConfig, data, LineMap(), "security.audit")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return audit
 
 
 def _simple(kind: Any, data: Mapping[str, Any] | None, path: str) -> Any:

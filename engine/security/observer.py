@@ -8,6 +8,10 @@ Invariants:
 - Recording events name their object by `recording_id` and a bare verb ("export", "shred"):
   the id becomes the target and the verb `recording.<verb>`, as the admin API writes them.
 - The clock is injected: runtime passes `time.time`, tests pass a fake.
+- An `Unverified` actor or target (a name nobody vouched for) is passed on as it is: the log
+  stores its keyed hash, never the text.
+- A record that cannot be written raises (the registry counts the essential observer's error
+  and logs it; callers that must fail closed check `HookRegistry.essential_errors`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from ..hooks.registry import AUDITED_POINTS, HookPoint, HookRegistry
-from .audit import AuditLog
+from .audit import AuditLog, Unverified
 
 _KNOWN = ("actor", "action", "target", "details")
 _RECORDING_POINTS = (HookPoint.RECORDING_ACCESSED, HookPoint.RECORDING_SHREDDED)
@@ -54,10 +58,11 @@ class AuditObserver:
         for key, value in fields.items():
             if key not in _KNOWN:
                 details[key] = value
+        actor, target = fields.get("actor", "system"), fields.get("target", "")
         self.log.append(
-            actor=str(fields.get("actor", "system")),
+            actor=actor if isinstance(actor, Unverified) else str(actor),
             action=action or point.value,
-            target=str(fields.get("target", "")),
+            target=target if isinstance(target, Unverified) else str(target),
             details=details,
             now=self.clock(),
         )

@@ -8,6 +8,9 @@ Invariants:
 - Every failure answers the same public message in about the same time, whether the account
   exists or not (no enumeration): unknown names are checked against a dummy hash.
 - Repeated password failures lock the account for a while; a lock revokes its sessions.
+- Every attempt is audited. The name of a failed attempt that matches no account is passed as
+  `Unverified` (people type passwords into the user field): the log keeps a keyed hash. A login
+  whose audit record could not be written does not happen (fail closed: `unavailable`).
 - `now` is passed in. The store is in memory; persistence is the caller's (HTTP API) concern.
 """
 
@@ -21,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from ..hooks.registry import HookPoint, HookRegistry
 from .anomaly import AnomalyDetector
+from .audit import Unverified
 from .mfa import TotpVerifier
 from .rbac import MFA_ROLES, Role
 from .sessions import SessionStore
@@ -56,11 +60,15 @@ class LoginResult:
     reason: str = ""
     """For the audit log only; clients get `public_message`."""
     second_factor_required: bool = False
+    unavailable: bool = False
+    """The attempt could not be audited, so it was refused whatever the credentials."""
 
     @property
     def public_message(self) -> str:
         if self.ok:
             return "ok"
+        if self.unavailable:
+            return "login unavailable: the audit log cannot be written"
         return "second factor required" if self.second_factor_required else PUBLIC_FAILURE
 
 
@@ -149,10 +157,17 @@ class Authenticator:
               now: float) -> LoginResult:
         result = self._login(name, password, otp, source_ip, now)
         if self.hooks is not None:
+            failures = self.hooks.essential_errors
+            known = self.users.get(name) is not None
             self.hooks.notify(HookPoint.LOGIN, {
-                "actor": name, "action": "login" if result.ok else "login.failed",
+                "actor": name if known else Unverified(name),
+                "action": "login" if result.ok else "login.failed",
                 "target": "admin-api",
                 "details": {"source_ip": source_ip, "reason": result.reason or "ok"}})
+            if self.hooks.essential_errors != failures and result.ok:
+                assert result.token is not None
+                self.sessions.revoke(result.token)
+                return LoginResult(ok=False, reason="audit log unavailable", unavailable=True)
         return result
 
     def _login(self, name: str, password: str, otp: str | None, source_ip: str,

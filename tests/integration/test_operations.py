@@ -74,7 +74,7 @@ def test_sighup_reload_good_and_bad(tmp_path: Path) -> None:
         client.close()
         assert engine.stop() == 0
     verify = run_cli("audit", "verify", "--dir", str(engine.data_dir / "audit"),
-                     "--sink", str(engine.data_dir / "audit-checkpoints.jsonl"))
+                     "--sink", str(tmp_path / "audit-outside" / "checkpoints.jsonl"))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     records = (engine.data_dir / "audit").glob("*")
     text = "".join(p.read_text(errors="replace") for p in records if p.is_file())

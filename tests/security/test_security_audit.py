@@ -248,7 +248,6 @@ def test_cli_default_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.chdir(tmp_path)
     assert cli_main(["audit", "verify"]) == 2  # no var/audit yet
     build(tmp_path / "var")
-    (tmp_path / "var" / "outside").rename(tmp_path / "var" / "o")
-    os.rename(tmp_path / "var" / "o" / "checkpoints.jsonl",
-              tmp_path / "var" / "audit-checkpoints.jsonl")
+    # Without a configuration: var/audit against the default outside copy beside var/.
+    (tmp_path / "var" / "outside").rename(tmp_path / "audit-outside")
     assert cli_main(["audit", "verify"]) == 0

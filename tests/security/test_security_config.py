@@ -32,7 +32,7 @@ def test_full_section() -> None:
     ("data", "path"),
     [
         ({"audti": {}}, "security: unknown"),
-        ({"audit": {"dirr": "x"}}, "security.audit: unknown"),
+        ({"audit": {"dirr": "x"}}, "security.audit.dirr: unknown"),
         ({"masking": {"roles": {"qa": {"card": "clear"}}}}, "security.masking.roles.qa"),
         ({"access": {"roles": {"agent": ["recording.export"]}}}, "security.access.roles.agent"),
         ({"floodguard": {"rat": 1}}, "security.floodguard"),
