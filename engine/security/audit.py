@@ -299,6 +299,7 @@ class SyslogSink:
             self._handler = _RaisingSysLogHandler(
                 address=self.address, facility=logging.handlers.SysLogHandler.LOG_AUTHPRIV)
             self._handler.ident = "vaultpbx: "
+            self._handler.append_nul = False  # RFC 5424 framing: the line ends the datagram
         record = logging.LogRecord("vaultpbx.audit", logging.INFO, __file__, 0,
                                    SYSLOG_MARKER + "%s", (line,), None)
         try:
@@ -1076,9 +1077,9 @@ def read_exported_copy(path: str | os.PathLike[str]) -> OutsideCopy:
     for line in copy.lines:
         at = line.find(marker)
         if at >= 0:
-            kept.append(line[at + len(marker):].strip())
+            kept.append(line[at + len(marker):].strip(b" \t\r\n\x00"))
         elif line.lstrip().startswith(b"{"):
-            kept.append(line.strip())
+            kept.append(line.strip(b" \t\r\n\x00"))
     return OutsideCopy(source=f"exported {path}", lines=tuple(kept))
 
 
@@ -1220,6 +1221,9 @@ def verify(
 
     checkpoints: dict[int, dict[str, Any]] = {}
     latest: dict[str, int] = {c.source: 0 for c in readable}  # per outside copy
+    # Sizes an outside checkpoint signed: with an outside copy, only these say "still good"
+    # (a local checkpoint may be the intruder's, signed with the key they found).
+    vouched: set[int] = set()
     for origin, entries in origins:
         for n, entry in enumerate(entries):
             if not isinstance(entry, dict) or entry.get("type") not in ("checkpoint", "anchor"):
@@ -1237,6 +1241,7 @@ def verify(
             size = int(entry["tree_size"])
             if origin in latest:
                 latest[origin] = max(latest[origin], size)
+                vouched.add(size)
             seen = checkpoints.get(size)
             if seen is not None and seen["root_hash"] != entry["root_hash"]:
                 problems.append(Problem(
@@ -1322,7 +1327,8 @@ def verify(
                            f"root of the checkpoint at tree size {size} no longer matches"))
                 chain_broken = True
                 break
-            last_good_size = size
+            if size in vouched or not readable:
+                last_good_size = size
         if chain_broken:
             break
 
@@ -1331,7 +1337,10 @@ def verify(
         present = tree.size
         problems.append(Problem(
             reason="truncated after checkpoint", index=present - first_seq, seq=present,
-            detail=f"a signed checkpoint covers {size} records but only {present} remain"))
+            detail=f"a signed checkpoint covers {size} records but only {present} remain"
+                   + (f" (the last checkpoint that still matches covers {last_good_size}: "
+                      f"records from seq {last_good_size} on were cut or rewritten)"
+                      if last_good_size > first_seq else "")))
     if not chain_broken and now is not None and max_lag is not None:
         total = tree.size
         for source, covered in latest.items():

@@ -117,7 +117,8 @@ class UserStore:
         user = self._users.get(name)
         stored = user.password_hash if user is not None else self._dummy_hash
         try:
-            self.hasher.verify(stored, password)
+            # As bytes: a lone surrogate (a JSON "\ud800") is a wrong password, not a crash.
+            self.hasher.verify(stored, password.encode("utf-8", "surrogatepass"))
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
         if user is None:
