@@ -5,7 +5,7 @@ The main CLI resolves the data directory from the config and calls `args.handler
 Handlers return the process exit status; they print results, never keys or unmasked numbers.
 
 Every command leaves audit records in the engine's audit log (`<data_dir>/audit` and the outside
-copy `<data_dir>/audit-checkpoints.jsonl`, or what `security.audit` in the configuration says when
+copy `audit-outside/checkpoints.jsonl`, or what `security.audit` in the configuration says when
 the main CLI put it on `args.engine_config`), also while the engine runs: a listing is one
 `recording.list`, each export or verification a `recording.export` / `recording.verify`, a
 rotation `key.rotate` (and `key.rewrap`, `key.retire`), a shred `recording.shred`; the actor is

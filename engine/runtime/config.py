@@ -276,6 +276,9 @@ def check_sections(loaded: LoadedConfig) -> None:
         from ..routing.config import RouterConfig
 
         checks.append(("routing", RouterConfig.from_dict))
+    from ..security.cli import audit_paths
+
+    checks.append(("security", lambda raw: audit_paths(loaded.config.data_dir, raw)))
     for name, build_section in checks:
         try:
             build_section(getattr(loaded.config, name))

@@ -252,6 +252,13 @@ class FileSink:
         self.fsync = fsync
         self.name = f"file {self.path}"
         self.failures = 0
+        # Created at once, so that "missing" always means removed (verify says so), not "no
+        # checkpoint yet". A sink that cannot be created is logged now and counted per write.
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+        except OSError as exc:
+            _log.error("audit checkpoint sink %s cannot be created: %s", self.name, exc)
 
     def write(self, line: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -351,3 +351,24 @@ def test_login_user_field_reaches_the_log_safely(tmp_path: Path) -> None:
     assert password not in (engine.data_dir / "audit" / "audit.jsonl").read_text()
     assert (engine.data_dir / "audit" / "audit.jsonl").stat().st_size < 16 * 1024
     assert verify_cli(engine).returncode == 0
+
+
+def test_http_sink_delivers_what_waited_once_the_receiver_is_back(tmp_path: Path) -> None:
+    from vaultpbx.security.audit import HttpSink
+
+    port = free_port(False)
+    sink = HttpSink(f"http://127.0.0.1:{port}/checkpoints", timeout=1)
+    try:
+        sink.write('{"type":"checkpoint","tree_size":1}')
+        sink.write('{"type":"checkpoint","tree_size":2}')
+        assert wait_for(lambda: sink.failures >= 1)
+        assert sink.pending() == 2
+        receiver = Receiver(port)
+        try:
+            assert sink.flush(timeout=60)  # retried with backoff (at most 30 s apart)
+            assert tree_sizes(receiver.lines) == [1, 2]  # in order, once each
+        finally:
+            receiver.close()
+    finally:
+        sink.close(timeout=0)
+    assert sink.delivered == 2

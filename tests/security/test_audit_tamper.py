@@ -308,3 +308,29 @@ def test_a_record_that_cannot_be_written_is_loud(
                for m in messages)
     assert any("essential hook audit failed at key_rotation" in m for m in messages)
     log.close()
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("audit", "message"), [
+    ({"sink": "var/audit-checkpoints.jsonl"},
+     "line 4: security.audit.sink: {data}/audit-checkpoints.jsonl is inside {data}"),
+    ({"sink": "{data}/audit/cp.jsonl"}, "is inside {data}"),
+    ({"public_key": "abc"}, "public_key: expected 64 hex digits"),
+    ({"syslog": "nowhere"}, "syslog address 'nowhere'"),
+    ({"http": "ftp://x"}, "http: expected an http:// or https:// URL"),
+    ({"checkpoint_every": 0}, "checkpoint_every: must be at least 1"),
+    ({"checkpoint_interval": "soon"}, "security.audit.checkpoint_interval: must be a number"),
+])
+def test_bad_audit_settings_are_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              audit: dict[str, object], message: str) -> None:
+    from vaultpbx.runtime.cli import main as vaultpbx
+
+    data = tmp_path / "data"
+    values = {k: v.format(data=data) if isinstance(v, str) else v for k, v in audit.items()}
+    config = tmp_path / "vaultpbx.yaml"
+    config.write_text(f"data_dir: {data}\nsecurity:\n  audit:\n"
+                      + "".join(f"    {k}: {json.dumps(v)}\n" for k, v in values.items()))
+    assert vaultpbx(["-c", str(config), "check-config"]) == 2
+    assert message.format(data=data) in capsys.readouterr().err
