@@ -155,12 +155,17 @@ def bound_value(value: Any, limit: int, depth: int = 0) -> Any:
     """A JSON value of bounded size: strings cut to `limit`, at most MAX_ITEMS entries per
     mapping or list (a marker entry says how many were left out), MAX_DEPTH levels; anything
     else (bytes, sets, objects) becomes bounded text; non-finite floats become text."""
-    if value is None or isinstance(value, bool | int):
+    kind = type(value)  # exact types first: ABC isinstance checks cost more than the rest
+    if kind is str:
+        return bound_text(value, limit)
+    if value is None or kind is int or kind is bool:
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
         return bound_text(value, limit)
+    if isinstance(value, bool | int):
+        return value
     if depth >= MAX_DEPTH and isinstance(value, Mapping | list | tuple):
         return bound_text(canonical_text(value), limit)
     if isinstance(value, Mapping):
@@ -707,6 +712,9 @@ class AuditLog:
     def _resolve(self, value: Any, depth: int = 0) -> Any:
         """Replace `Unverified` text by its keyed hash (before masking sees it, before any
         truncation: the hash is of the whole text), and make mapping keys strings."""
+        kind = type(value)
+        if kind is str or kind is int or value is None:
+            return value
         if isinstance(value, Unverified):
             return self.pseudonym(value.text)
         if depth > MAX_DEPTH:
@@ -751,10 +759,6 @@ class AuditLog:
         actor_text = self._shape(actor, role, masker)
         target_text = self._shape(target, role, masker)
         shaped = bound_value(mask_value(self._resolve(dict(details or {})), role, masker), limit)
-        size = len(canonical_text(shaped))
-        if size > MAX_DETAILS_BYTES:
-            shaped = {"…truncated": f"details of {size} bytes",
-                      "preview": bound_text(canonical_text(shaped), limit)}
         with self._locked():
             self._sync()
             body: dict[str, Any] = {
@@ -768,6 +772,13 @@ class AuditLog:
             }
             body["hash"] = record_hash(body)
             line = canonical(body)
+            if len(line) > MAX_DETAILS_BYTES + 4 * limit + 1024:  # bounded parts, many of them
+                size = len(canonical_text(shaped))
+                body["details"] = {"…truncated": f"details of {size} bytes",
+                                   "preview": bound_text(canonical_text(shaped), limit)}
+                del body["hash"]
+                body["hash"] = record_hash(body)
+                line = canonical(body)
             _write_all(self._fd, line + b"\n")
             if self.fsync:
                 os.fsync(self._fd)

@@ -274,6 +274,17 @@ def test_fields_are_bounded_with_a_marker_and_the_length(tmp_path: Path) -> None
     assert verify(tmp_path / "a").ok
 
 
+def test_many_bounded_details_still_make_a_bounded_record(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "a", fsync=False)
+    wide = {f"k{i}": {f"j{j}": "v" * 600 for j in range(60)} for i in range(60)}
+    record = log.append(actor="a", action="x", details=wide, now=T0)
+    log.close()
+    assert set(record.details) == {"…truncated", "preview"}
+    assert record.details["…truncated"].startswith("details of ")
+    assert (tmp_path / "a" / RECORDS_FILE).stat().st_size < 4096
+    assert verify(tmp_path / "a").ok
+
+
 def test_lone_surrogates_and_odd_values_are_escaped_not_dropped(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "a", fsync=False)
     log.append(actor="bad\udcffname", action="login.failed", target="\ud800",
