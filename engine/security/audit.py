@@ -357,6 +357,7 @@ class HttpSink:
             if len(self._pending) >= self.max_pending:
                 self._pending.popleft()
                 self.dropped += 1
+                self.failures += 1
                 _log.error("audit checkpoint receiver %s: %d lines pending, oldest dropped",
                            self.url, self.max_pending)
             self._pending.append(line)
@@ -873,7 +874,7 @@ class AuditLog:
              self.counters["write_failures_total"],
              "Audit records or checkpoints that could not be written"),
             ("vaultpbx_audit_sink_failures_total", "counter", sink_failures,
-             "Checkpoint lines an outside sink did not take (each is logged)"),
+             "Checkpoint sends an outside sink refused, or lines dropped (each is logged)"),
             ("vaultpbx_audit_uncovered_records", "gauge",
              self._tree.size - self._last_checkpoint_size,
              "Records no signed checkpoint covers yet"),
