@@ -503,6 +503,8 @@ class Engine:
             return
         if loaded.config.sip.listen != self.config.sip.listen:
             log.warning("config.listen_changed_needs_restart")
+        if loaded.config.recording.get("kek") != self.config.recording.get("kek"):
+            log.warning("config.recording_kek_changed_needs_restart")  # keys are not swapped live
         self.loaded = loaded
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)
