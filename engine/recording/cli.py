@@ -37,7 +37,7 @@ from ..security.observer import AuditObserver
 from .config import RecordingConfig
 from .errors import AccessDeniedError, KekInUseError, RecordingError
 from .export import Authorize, allow_all, check_access, export_wav, verify_all, verify_recording
-from .kek import KekProvider, LocalFileKek, open_kek
+from .kek import KekProvider, LocalFileKek, NoKek, open_kek
 from .keystore import Keystore
 from .recorder import FILE_SUFFIX, recover_if_idle
 
@@ -136,8 +136,9 @@ def add_recording_commands(
         return LocalFileKek(data_dir / "kek.key")
 
     @contextmanager
-    def store_for(args: argparse.Namespace, data_dir: Path) -> Iterator[Keystore]:
-        kek = kek_for(args, data_dir)
+    def store_for(args: argparse.Namespace, data_dir: Path, *, keyless: bool = False
+                  ) -> Iterator[Keystore]:
+        kek: KekProvider = NoKek() if keyless else kek_for(args, data_dir)
         try:
             with open_store(data_dir, kek=kek, hooks=hooks) as store:
                 yield store
@@ -148,7 +149,7 @@ def add_recording_commands(
         return out or sys.stdout
 
     def list_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(args, data_dir) as store:
+        with store_for(args, data_dir, keyless=True) as store:  # the index needs no key
             recover_if_idle(store, recordings_dir(data_dir))
             rows = store.rows(states=None if args.all else ("recording", "closed", "incomplete"))
             # One listing, one audit record (as the admin API does), not one per row.

@@ -338,6 +338,34 @@ class Pkcs11Kek:
         self._session.close()
 
 
+class NoKek:
+    """A provider that holds nothing and opens nothing: for commands that only read the index
+    (`recordings list`), so that they neither need the KEK nor could ever make one."""
+
+    where = "no key-encryption key (not opened for this command)"
+
+    def key_ids(self) -> list[str]:
+        return []
+
+    def wrap(self, key_id: str, data_key: bytes) -> bytes:
+        raise UnknownKekError(key_id)
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        raise UnknownKekError(key_id)
+
+    def new_key(self) -> str:
+        raise RecordingKeyError("this command opened no key-encryption key")
+
+    def destroy_key(self, key_id: str) -> None:
+        raise UnknownKekError(key_id)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_pin(*, pin_file: str | None, pin_env: str | None) -> str:
     """The token PIN from a 0600 file (trailing newline dropped) or an environment variable."""
     if pin_file:

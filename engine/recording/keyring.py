@@ -240,6 +240,9 @@ class KekRegistry:
     def retire(self, kek_id: str) -> None:
         """Destroy `kek_id`, unless it is current, wraps a live data key, or a running engine
         still wraps under it (KekInUseError)."""
+        self.provider.refresh()
+        if kek_id not in self.provider.key_ids():
+            raise UnknownKekError(kek_id)  # nothing to destroy; the register is left alone
         with self._transaction() as db:
             if kek_id == self.current(db):
                 raise KekInUseError(kek_id, "it is the current key-encryption key")
@@ -266,6 +269,11 @@ class KekRegistry:
         engine_id = f"{host}:{pid}:{os.urandom(4).hex()}"
         now = self._clock()
         with self._transaction() as db:
+            live = {e.engine_id for e in self.live_engines(db)}
+            # Rows of engines that died without unregistering (SIGKILL, power cut) go now.
+            db.executemany("DELETE FROM engines WHERE engine_id = ?",
+                           [(e,) for (e,) in db.execute("SELECT engine_id FROM engines")
+                            if e not in live])
             db.execute("INSERT INTO engines (engine_id, host, pid, started_at, heartbeat_at, "
                        "kek_id) VALUES (?, ?, ?, ?, ?, ?)",
                        (engine_id, host, pid, now, now, kek_id))

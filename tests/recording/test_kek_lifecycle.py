@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from vaultpbx.recording.cli import open_store
-from vaultpbx.recording.config import KekConfig, RecordingConfig, kek_warnings
+from vaultpbx.recording.config import RecordingConfig, kek_warnings
 from vaultpbx.recording.errors import KekInUseError, KekMissingError, RecordingKeyError
 from vaultpbx.recording.export import export_wav, verify_all
 from vaultpbx.recording.kek import KekFileError, LocalFileKek, open_kek, read_pin
@@ -143,6 +143,9 @@ def test_retire_is_refused_while_a_running_engine_wraps_under_the_kek(tmp_path: 
         for kek_id in held_back:
             store.retire_kek(kek_id)
         assert store.keys.live_engines() == []
+        # The next engine to register clears the dead one's row.
+        mine = store.keys.register_engine(newer)
+        assert [e for (e,) in store.db.execute("SELECT engine_id FROM engines")] == [mine]
 
 
 # -- a KEK is never created where wrapped keys exist ----------------------------------------------
@@ -173,6 +176,24 @@ def test_a_moved_kek_file_is_refused_and_never_replaced(tmp_path: Path) -> None:
     with _store(tmp_path) as store:
         store.check_kek()
         assert _exports(store, rid, tmp_path / "a.wav")
+
+
+def test_listing_opens_no_kek(tmp_path: Path, capsys) -> None:
+    """`recordings list` reads the index only: a KEK file that is unreadable, or on a token
+    whose PIN is not at hand, does not stop it, and it can never make a KEK."""
+    config = _config(tmp_path, {"file": str(tmp_path / "keys" / "kek.key")})
+    data_dir = tmp_path / "data"
+    with open_store(data_dir, kek=LocalFileKek(tmp_path / "keys" / "kek.key")) as store:
+        rid, _, _, _ = write_recording(store, data_dir / "recordings")
+    (tmp_path / "keys" / "kek.key").chmod(0o644)  # refused by anything that opens it
+    assert main(["recordings", "list", "--json", "-c", str(config)]) == 0
+    assert rid in capsys.readouterr().out
+    assert main(["recordings", "export", rid, "-o", str(tmp_path / "a.wav"), "-c",
+                 str(config)]) == 1
+    assert "chmod 600" in capsys.readouterr().err
+    (tmp_path / "keys" / "kek.key").rename(tmp_path / "aside.key")
+    assert main(["recordings", "list", "-c", str(config)]) == 0
+    assert not (tmp_path / "keys" / "kek.key").exists()
 
 
 def test_a_kek_file_restored_from_an_older_backup_names_the_key_it_lacks(tmp_path: Path) -> None:
@@ -303,30 +324,66 @@ def test_pin_comes_from_a_private_file_or_the_environment(tmp_path: Path, monkey
     assert read_pin(pin_file=None, pin_env="VAULTPBX_TEST_PIN") == "5555"
 
 
-def test_the_yaml_selects_a_pkcs11_token(tmp_path: Path, monkeypatch) -> None:
+_SEAL_ONE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from vaultpbx.recording.cli import open_store
+    from vaultpbx.recording.config import RecordingConfig
+    from vaultpbx.recording.kek import open_kek
+    from vaultpbx.runtime.config import load_config
+    from tests.recording.recording_helpers import write_recording
+    config = load_config(sys.argv[1]).config
+    data_dir = Path(config.data_dir)
+    kek = open_kek(RecordingConfig.from_dict(config.recording).kek, data_dir)
+    with open_store(data_dir, kek=kek) as store:
+        print(write_recording(store, data_dir / 'recordings')[0], store.current_kek_id())
+    kek.close()
+""")
+
+
+def test_the_yaml_selects_a_pkcs11_token(tmp_path: Path) -> None:
+    """Separate processes, as in production (SoftHSM2 reads its configuration once per
+    process): one seals a recording through the provider the YAML names, the real CLI exports,
+    rotates, re-wraps and retires on the token, and a wrong PIN is refused."""
     module = "/usr/lib/softhsm/libsofthsm2.so"
     assert os.path.exists(module) and shutil.which("softhsm2-util")
     (tmp_path / "tokens").mkdir()
     conf = tmp_path / "softhsm2.conf"
     conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\n"
                     "objectstore.backend = file\nlog.level = ERROR\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
-    monkeypatch.setenv("VAULTPBX_TEST_PIN", "1357")
+    env = dict(os.environ, SOFTHSM2_CONF=str(conf), VAULTPBX_TEST_PIN="1357")
     subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "yaml-token",
-                    "--pin", "1357", "--so-pin", "24682468"], check=True, capture_output=True)
-    config = KekConfig(provider="pkcs11", pkcs11=RecordingConfig.from_dict({"kek": {
-        "provider": "pkcs11", "pkcs11": {"module": module, "token": "yaml-token",
-                                         "label": "yaml-kek", "pin_env": "VAULTPBX_TEST_PIN"},
-    }}).kek.pkcs11)
-    kek = open_kek(config, tmp_path / "data")
-    try:
-        with open_store(tmp_path / "data", kek=kek) as store:
-            rid, _, _, _ = write_recording(store, tmp_path / "data" / "recordings")
-            assert store.current_kek_id() == "yaml-kek-0001"
-            assert _exports(store, rid, tmp_path / "a.wav")
-    finally:
-        kek.close()
+                    "--pin", "1357", "--so-pin", "24682468"], check=True, capture_output=True,
+                   env=env)
+    config = _config(tmp_path, {"provider": "pkcs11", "pkcs11": {
+        "module": module, "token": "yaml-token", "label": "yaml-kek",
+        "pin_env": "VAULTPBX_TEST_PIN"}})
+
+    def run(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(argv), capture_output=True, text=True, timeout=60,
+                              cwd=ROOT, env={**env, **extra})
+
+    cli = (sys.executable, "-m", "vaultpbx.runtime.cli")
+    sealed = run(sys.executable, "-c", _SEAL_ONE, str(config))
+    assert sealed.returncode == 0, sealed.stderr
+    rid, first = sealed.stdout.split()
+    assert first == "yaml-kek-0001"
+    done = run(*cli, "check-config", "-c", str(config))
+    assert done.returncode == 0 and "warning" not in done.stderr
+    done = run(*cli, "recordings", "export", rid, "-o", str(tmp_path / "a.wav"), "-c",
+               str(config))
+    assert done.returncode == 0, done.stderr
+    done = run(*cli, "keys", "rotate", "--rewrap", "--retire", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "new key-encryption key: yaml-kek-0002" in done.stdout
+    assert "re-wrapped 1 data key(s)" in done.stdout and "retired yaml-kek-0001" in done.stdout
+    status = yaml.safe_load(run(*cli, "keys", "status", "--json", "-c", str(config)).stdout)
+    assert "PKCS#11 token 'yaml-token'" in status["where"]
+    assert [(k["id"], k["state"], k["data_keys"]) for k in status["keks"]] == [
+        ("yaml-kek-0001", "retired", 0), ("yaml-kek-0002", "current", 1)]
+    done = run(*cli, "recordings", "verify", "-c", str(config))
+    assert done.returncode == 0 and "1 checked, 0 failed" in done.stdout, done.stdout
     assert not list(tmp_path.rglob("kek.key"))
-    monkeypatch.setenv("VAULTPBX_TEST_PIN", "0000")
-    with pytest.raises(RecordingKeyError, match="login failed"):
-        open_kek(config, tmp_path / "data")
+    done = run(*cli, "recordings", "export", rid, "-o", str(tmp_path / "b.wav"), "-c",
+               str(config), VAULTPBX_TEST_PIN="0000")
+    assert done.returncode == 1 and "login failed" in done.stderr
