@@ -164,14 +164,14 @@ def softhsm(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("where", ["var", "pkcs11"])
 def test_rotate_rewrap_retire_while_the_engine_runs(tmp_path: Path, where: str,
-                                                    request: pytest.FixtureRequest) -> None:
+                                                    request: pytest.FixtureRequest,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     recording: dict = {"enabled": True}
     if where == "pkcs11":
         assert os.path.exists(HSM_MODULE) and shutil.which("softhsm2-util"), \
             "SoftHSM2 is part of the test environment (scripts/setup.sh)"
         hsm = request.getfixturevalue("softhsm")
-        os.environ["SOFTHSM2_CONF"] = hsm["conf"]  # the engine and the CLI inherit it
-        request.addfinalizer(lambda: os.environ.pop("SOFTHSM2_CONF", None))
+        monkeypatch.setenv("SOFTHSM2_CONF", hsm["conf"])  # the engine and the CLI inherit it
         recording["kek"] = {"provider": "pkcs11", "pkcs11": {
             "module": HSM_MODULE, "token": "vaultpbx-it", "label": "it-kek",
             "pin_file": hsm["pin_file"]}}
@@ -200,6 +200,10 @@ def test_rotate_rewrap_retire_while_the_engine_runs(tmp_path: Path, where: str,
         assert "re-wrapped 2 data key(s)" in done.stdout
         assert f"retired {first_kek}" in done.stdout and f"retired {second_kek}" in done.stdout
         assert _kek_of(engine, first) == third_kek
+        # The retire waited for the engine to say it follows the new KEK.
+        status = json.loads(_cli(engine, "keys", "status", "--json").stdout)
+        assert [(e["pid"], e["kek"]) for e in status["engines"]] == [
+            (engine.process.pid, third_kek)]
 
         # Old recordings, re-wrapped under a KEK the engine never loaded: the admin API
         # exports them (no restart).
