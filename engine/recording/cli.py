@@ -124,21 +124,26 @@ def add_recording_commands(
     if audit is not None:
         slot.attach(hooks)
 
-    def guard(handler: Handler) -> Handler:
-        return _audited(_guard(handler, out), audit, slot)
+    running: list[argparse.Namespace] = []  # the command being run: its -c config picks the KEK
 
-    def kek_for(args: argparse.Namespace, data_dir: Path) -> KekProvider:
+    def guard(handler: Handler) -> Handler:
+        def remember(args: argparse.Namespace, data_dir: Path) -> int:
+            running[:] = [args]
+            return handler(args, data_dir)
+
+        return _audited(_guard(remember, out), audit, slot)
+
+    def kek_for(data_dir: Path) -> KekProvider:
         if kek_factory is not None:
             return kek_factory(data_dir)
-        config = getattr(args, "engine_config", None)
+        config = getattr(running[0], "engine_config", None) if running else None
         if config is not None:  # what the engine uses: `recording.kek` of the same YAML
             return open_kek(RecordingConfig.from_dict(config.recording).kek, data_dir)
         return LocalFileKek(data_dir / "kek.key")
 
     @contextmanager
-    def store_for(args: argparse.Namespace, data_dir: Path, *, keyless: bool = False
-                  ) -> Iterator[Keystore]:
-        kek: KekProvider = NoKek() if keyless else kek_for(args, data_dir)
+    def store_for(data_dir: Path, *, keyless: bool = False) -> Iterator[Keystore]:
+        kek: KekProvider = NoKek() if keyless else kek_for(data_dir)
         try:
             with open_store(data_dir, kek=kek, hooks=hooks) as store:
                 yield store
@@ -149,7 +154,7 @@ def add_recording_commands(
         return out or sys.stdout
 
     def list_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(args, data_dir, keyless=True) as store:  # the index needs no key
+        with store_for(data_dir, keyless=True) as store:  # the index needs no key
             recover_if_idle(store, recordings_dir(data_dir))
             rows = store.rows(states=None if args.all else ("recording", "closed", "incomplete"))
             # One listing, one audit record (as the admin API does), not one per row.
@@ -192,7 +197,7 @@ def add_recording_commands(
         return 0
 
     def export_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(args, data_dir) as store:
+        with store_for(data_dir) as store:
             store.keys.ensure(create=False)  # a missing KEK: say what to restore
             result = export_wav(store, args.recording_id, Path(args.output), actor=args.actor,
                                 hooks=hooks, authorize=authorize)
@@ -201,7 +206,7 @@ def add_recording_commands(
         return 0
 
     def verify_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(args, data_dir) as store:
+        with store_for(data_dir) as store:
             store.keys.ensure(create=False)
             recover_if_idle(store, recordings_dir(data_dir))
             if args.recording_id:
@@ -278,7 +283,7 @@ def add_recording_commands(
         if args.retire and not args.rewrap:
             (out or sys.stderr).write("error: --retire needs --rewrap (or use `keys retire`)\n")
             return 2
-        with store_for(args, data_dir) as store:
+        with store_for(data_dir) as store:
             rotation = rotation_audit(args, store)
             previous, new_id = store.rotate_kek()
             rotation("key.rotate", new_id, previous=previous)
@@ -298,12 +303,12 @@ def add_recording_commands(
         return status
 
     def retire_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(args, data_dir) as store:
+        with store_for(data_dir) as store:
             store.keys.ensure(create=False)
             return retire_old(args, store, args.kek_id)
 
     def status_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(args, data_dir) as store:
+        with store_for(data_dir) as store:
             store.keys.provider.refresh()
             held = set(store.keys.provider.key_ids())
             in_use = store.keys.in_use()
