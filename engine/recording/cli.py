@@ -1,8 +1,13 @@
-"""`vaultpbx recordings list|export|verify` and `vaultpbx keys rotate [--rewrap]`.
+"""`vaultpbx recordings list|export|verify` and `vaultpbx keys rotate|retire|status`.
 
 The main CLI resolves the data directory from the config and calls `args.handler(args, data_dir)`
-(each parser sets `handler`). Layout under the data directory: recordings/, keystore.db, kek.key.
-Handlers return the process exit status; they print results, never keys or unmasked numbers.
+(each parser sets `handler`). Layout under the data directory: recordings/, keystore.db; the KEK
+is where `recording.kek` says (`var/kek.key` by default). Handlers return the process exit
+status; they print results, never keys or unmasked numbers.
+
+No command creates a key-encryption key except `keys rotate` (and the first use of an empty
+keystore): `recordings list` opens no KEK at all, export and verify only read, so a KEK file that
+was moved away is reported ("restore ..."), never silently replaced (docs/keys.md).
 
 Every command leaves audit records in the engine's audit log (`<data_dir>/audit` and the outside
 copy `audit-outside/checkpoints.jsonl`, or what `security.audit` in the configuration says when
@@ -20,7 +25,8 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,14 +34,17 @@ from typing import Any, TextIO
 from ..hooks.registry import AUDITED_POINTS, HookPoint, HookRegistry
 from ..security.audit import AuditLog
 from ..security.observer import AuditObserver
-from .errors import AccessDeniedError, RecordingError
+from .config import RecordingConfig
+from .errors import AccessDeniedError, KekInUseError, RecordingError
 from .export import Authorize, allow_all, check_access, export_wav, verify_all, verify_recording
-from .kek import KekProvider, LocalFileKek
+from .kek import KekProvider, LocalFileKek, NoKek, open_kek
 from .keystore import Keystore
 from .recorder import FILE_SUFFIX, recover_if_idle
 
 Handler = Callable[[argparse.Namespace, Path], int]
 AuditOpener = Callable[[argparse.Namespace, Path], AuditLog]
+
+RETIRE_WAIT = 15.0  # seconds `--retire` waits for running engines to follow a rotation
 
 
 def recordings_dir(data_dir: Path) -> Path:
@@ -115,18 +124,37 @@ def add_recording_commands(
     if audit is not None:
         slot.attach(hooks)
 
-    def guard(handler: Handler) -> Handler:
-        return _audited(_guard(handler, out), audit, slot)
+    running: list[argparse.Namespace] = []  # the command being run: its -c config picks the KEK
 
-    def store_for(data_dir: Path) -> Keystore:
-        kek = kek_factory(data_dir) if kek_factory else None
-        return open_store(data_dir, kek=kek, hooks=hooks)
+    def guard(handler: Handler) -> Handler:
+        def remember(args: argparse.Namespace, data_dir: Path) -> int:
+            running[:] = [args]
+            return handler(args, data_dir)
+
+        return _audited(_guard(remember, out), audit, slot)
+
+    def kek_for(data_dir: Path) -> KekProvider:
+        if kek_factory is not None:
+            return kek_factory(data_dir)
+        config = getattr(running[0], "engine_config", None) if running else None
+        if config is not None:  # what the engine uses: `recording.kek` of the same YAML
+            return open_kek(RecordingConfig.from_dict(config.recording).kek, data_dir)
+        return LocalFileKek(data_dir / "kek.key")
+
+    @contextmanager
+    def store_for(data_dir: Path, *, keyless: bool = False) -> Iterator[Keystore]:
+        kek: KekProvider = NoKek() if keyless else kek_for(data_dir)
+        try:
+            with open_store(data_dir, kek=kek, hooks=hooks) as store:
+                yield store
+        finally:
+            kek.close()
 
     def stdout() -> TextIO:
         return out or sys.stdout
 
     def list_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(data_dir) as store:
+        with store_for(data_dir, keyless=True) as store:  # the index needs no key
             recover_if_idle(store, recordings_dir(data_dir))
             rows = store.rows(states=None if args.all else ("recording", "closed", "incomplete"))
             # One listing, one audit record (as the admin API does), not one per row.
@@ -170,6 +198,7 @@ def add_recording_commands(
 
     def export_handler(args: argparse.Namespace, data_dir: Path) -> int:
         with store_for(data_dir) as store:
+            store.keys.ensure(create=False)  # a missing KEK: say what to restore
             result = export_wav(store, args.recording_id, Path(args.output), actor=args.actor,
                                 hooks=hooks, authorize=authorize)
         note = "" if result.complete else " (unfinished recording: up to its last sealed chunk)"
@@ -178,6 +207,7 @@ def add_recording_commands(
 
     def verify_handler(args: argparse.Namespace, data_dir: Path) -> int:
         with store_for(data_dir) as store:
+            store.keys.ensure(create=False)
             recover_if_idle(store, recordings_dir(data_dir))
             if args.recording_id:
                 checks = [verify_recording(store, args.recording_id, actor=args.actor,
@@ -210,35 +240,98 @@ def add_recording_commands(
         stdout().write(f"{len(checks)} checked, {failed} failed, {len(denied)} denied\n")
         return 1 if failed or denied else 0
 
+    def rotation_audit(args: argparse.Namespace, store: Keystore
+                       ) -> Callable[..., None]:
+        provider = type(store.kek).__name__
+
+        def rotation(action: str, target: str, **details: object) -> None:
+            hooks.notify(HookPoint.KEY_ROTATION, {
+                "actor": args.actor, "action": action, "target": target,
+                "details": {"provider": provider, "via": "cli", **details}})
+
+        return rotation
+
+    def retire_old(args: argparse.Namespace, store: Keystore, only: str | None = None) -> int:
+        """Retire every old KEK nothing needs (or `only`); wait a little for running engines to
+        follow a rotation that just happened. 1 if one was refused."""
+        rotation = rotation_audit(args, store)
+        current = store.current_kek_id()
+        candidates = [only] if only else store.keys.retirable()
+        deadline = time.monotonic() + args.wait
+        status = 0
+        for key_id in candidates:
+            while True:
+                try:
+                    store.retire_kek(key_id)
+                except KekInUseError as exc:
+                    if exc.engines and time.monotonic() < deadline:
+                        time.sleep(0.2)  # engines follow at their next housekeeping tick
+                        continue
+                    if only is None and not exc.engines and "data key" in exc.reason:
+                        stdout().write(f"kept {key_id}: {exc.reason}\n")
+                        break  # still needed by data keys (reported above): kept
+                    rotation("key.retire_refused", key_id, current=current, reason=exc.reason)
+                    (out or sys.stderr).write(f"error: {exc}\n")
+                    status = 1
+                    break
+                rotation("key.retire", key_id, current=current)
+                stdout().write(f"retired {key_id}\n")
+                break
+        return status
+
     def rotate_handler(args: argparse.Namespace, data_dir: Path) -> int:
+        if args.retire and not args.rewrap:
+            (out or sys.stderr).write("error: --retire needs --rewrap (or use `keys retire`)\n")
+            return 2
         with store_for(data_dir) as store:
-            kek = store.kek
-            rotate = getattr(kek, "rotate", None)
-            if rotate is None:
-                stdout().write("this KEK provider cannot rotate from here\n")
-                return 2
-            previous = kek.key_id
-            provider = type(kek).__name__
-
-            def rotation(action: str, target: str, **details: object) -> None:
-                hooks.notify(HookPoint.KEY_ROTATION, {
-                    "actor": args.actor, "action": action, "target": target,
-                    "details": {"provider": provider, "via": "cli", **details}})
-
-            new_id = rotate()
+            rotation = rotation_audit(args, store)
+            previous, new_id = store.rotate_kek()
             rotation("key.rotate", new_id, previous=previous)
             stdout().write(f"new key-encryption key: {new_id}\n")
+            status = 0
             if args.rewrap:
-                count = store.rewrap()
-                rotation("key.rewrap", new_id, data_keys=count)
-                stdout().write(f"re-wrapped {count} data key(s); audio files untouched\n")
+                report = store.rewrap()
+                rotation("key.rewrap", new_id, data_keys=report.rewrapped,
+                         failed=len(report.failed))
+                stdout().write(f"re-wrapped {report.rewrapped} data key(s); "
+                               "audio files untouched\n")
+                for rid, kek_id, why in report.failed:
+                    (out or sys.stderr).write(f"error: {rid}: not re-wrapped ({kek_id}): {why}\n")
+                    status = 1
                 if args.retire:
-                    in_use = store.kek_ids_in_use()
-                    for key_id in list(getattr(kek, "key_ids", list)()):
-                        if key_id != kek.key_id and key_id not in in_use:
-                            kek.retire(key_id)  # type: ignore[attr-defined]
-                            rotation("key.retire", key_id, current=new_id)
-                            stdout().write(f"retired {key_id}\n")
+                    status = retire_old(args, store) or status
+        return status
+
+    def retire_handler(args: argparse.Namespace, data_dir: Path) -> int:
+        with store_for(data_dir) as store:
+            store.keys.ensure(create=False)
+            return retire_old(args, store, args.kek_id)
+
+    def status_handler(args: argparse.Namespace, data_dir: Path) -> int:
+        with store_for(data_dir) as store:
+            store.keys.provider.refresh()
+            held = set(store.keys.provider.key_ids())
+            in_use = store.keys.in_use()
+            where = store.kek.where
+            keks: list[dict[str, object]] = [
+                {"id": kek_id, "state": state, "data_keys": in_use.get(kek_id, 0),
+                 "held": kek_id in held}
+                for kek_id, state in store.keys.states().items()]
+            engines: list[dict[str, object]] = [
+                {"pid": e.pid, "host": e.host, "kek": e.kek_id}
+                for e in store.keys.live_engines()]
+        if args.json:
+            json.dump({"where": where, "keks": keks, "engines": engines}, stdout(), indent=2)
+            stdout().write("\n")
+            return 0
+        stdout().write(f"{where}\n")
+        for kek in keks:
+            missing = "" if kek["held"] or kek["state"] == "retired" else "  MISSING"
+            stdout().write(f"{kek['id']}  {kek['state']:<8} {kek['data_keys']} data key(s)"
+                           f"{missing}\n")
+        for engine in engines:
+            stdout().write(f"engine pid {engine['pid']} on {engine['host']} wraps under "
+                           f"{engine['kek']}\n")
         return 0
 
     recordings = subparsers.add_parser("recordings", help="list, export and verify recordings")
@@ -264,12 +357,21 @@ def add_recording_commands(
 
     keys = subparsers.add_parser("keys", help="key-encryption key management")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
-    p = ksub.add_parser("rotate", help="new KEK for new recordings")
+    p = ksub.add_parser("rotate", help="new KEK for new recordings (running engines follow)")
     p.add_argument("--rewrap", action="store_true", help="re-wrap existing data keys now")
     p.add_argument("--retire", action="store_true",
-                   help="with --rewrap: destroy old KEKs no data key needs any more")
-    p.add_argument("--actor", default=_default_actor(), help="who is asking (audited)")
+                   help="with --rewrap: destroy old KEKs no data key or running engine needs")
     p.set_defaults(handler=guard(rotate_handler))
+    p = ksub.add_parser("retire", help="destroy old KEKs no data key or running engine needs")
+    p.add_argument("kek_id", nargs="?", help="default: every old KEK nothing needs")
+    p.set_defaults(handler=guard(retire_handler))
+    for sub in (ksub.choices["rotate"], ksub.choices["retire"]):
+        sub.add_argument("--wait", type=float, default=RETIRE_WAIT,
+                         help="seconds to wait for running engines to follow a rotation")
+        sub.add_argument("--actor", default=_default_actor(), help="who is asking (audited)")
+    p = ksub.add_parser("status", help="KEKs, how many data keys each wraps, running engines")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=guard(status_handler))
 
 
 def _audited(handler: Handler, audit: AuditOpener | None, slot: _AuditSlot) -> Handler:

@@ -107,6 +107,21 @@ class UnknownKekError(RecordingKeyError):
         self.key_id = key_id
 
 
+class KekMissingError(RecordingKeyError):
+    """A KEK the keystore needs is not where the configuration says. Nothing is created in its
+    place: the operator restores it (the message says which key and from where)."""
+
+
+class KekInUseError(RecordingKeyError):
+    """Retiring a KEK that a data key or a running engine still needs."""
+
+    def __init__(self, key_id: str, reason: str, *, engines: bool = False) -> None:
+        super().__init__(f"key-encryption key {key_id} not retired: {reason}")
+        self.key_id = key_id
+        self.reason = reason
+        self.engines = engines  # held back by running engines only: they follow within seconds
+
+
 class AccessDeniedError(RecordingError):
     def __init__(self, actor: str, action: str, recording_id: str) -> None:
         super().__init__(f"{actor!r} may not {action} recording {recording_id}")

@@ -2,7 +2,9 @@
 
 Invariants:
 - A data key is 32 fresh random bytes, generated here, returned once to the writer, and stored
-  only wrapped by a KEK (`KekProvider`). The row remembers which KEK (`kek_id`) wrapped it.
+  only wrapped by a KEK (`KekProvider`). The row remembers which KEK (`kek_id`) wrapped it. Which
+  KEK is current is this database's to say (`keyring.KekRegistry`), read in the transaction that
+  stores the row, so every process follows a rotation at its next recording.
 - Shredding nulls the wrapped key, then checkpoints the WAL with `secure_delete` on, so the old
   bytes are overwritten in the database file and gone from the WAL. Without the data key no copy
   of the audio file can be read. Every shred leaves a row in `shred_log` (no personal data) and a
@@ -33,6 +35,7 @@ from ..hooks.registry import HookPoint, HookRegistry
 from .container import DATA_KEY_SIZE
 from .errors import KeyShreddedError, UnknownRecordingError
 from .kek import KekProvider
+from .keyring import KekRegistry, RewrapReport
 
 DEFAULT_RETENTION_DAYS = 180
 DAY = 86400.0
@@ -197,6 +200,12 @@ class Keystore:
         self._db.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: shredded keys too
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self.keys = KekRegistry(self._db, kek, transaction=self._transaction, clock=clock)
+
+    def check_kek(self) -> None:
+        """Refuse (KekMissingError, saying what to restore) unless the KEK provider holds the
+        current KEK and every KEK a data key needs; on a first start, make the first KEK."""
+        self.keys.ensure()
 
     def close(self) -> None:
         self._db.close()
@@ -240,11 +249,12 @@ class Keystore:
         recording_id = self._random(16)
         key_id = self._random(16)
         data_key = self._random(DATA_KEY_SIZE)
-        kek_id = self.kek.key_id
-        wrapped = self.kek.wrap(data_key)
+        if not self.keys.ready:
+            self.keys.ensure()
         path = Path(directory) / f"{recording_id.hex()}.vrec"
         expires = created + self.retention.days(retention_class) * DAY
         with self._transaction() as db:
+            kek_id, wrapped = self.keys.wrap_current(db, data_key)
             db.execute(
                 "INSERT INTO recordings (recording_id, path, key_id, kek_id, wrapped_key, "
                 "created_at, retention_class, expires_at, caller_number) "
@@ -320,7 +330,7 @@ class Keystore:
         kek_id, wrapped, state = values
         if wrapped is None or state == "shredded":
             raise KeyShreddedError(recording_id)
-        return self.kek.unwrap(kek_id, wrapped)
+        return self.keys.unwrap(kek_id, wrapped)
 
     def masked_caller(self, row: RecordingRow, role: str = "system") -> str:
         if not row.caller_number:
@@ -329,38 +339,27 @@ class Keystore:
 
     # -- keys -------------------------------------------------------------------------------------
 
-    def rewrap(self, *, batch: int = 500) -> int:
-        """Re-wrap every live data key not yet under the current KEK. Audio files are untouched.
+    def current_kek_id(self) -> str | None:
+        return self.keys.current()
 
-        Works in batches so writers are not blocked for long; each batch unwraps under the old
-        KEK and wraps under the current one. Returns the number of keys re-wrapped.
-        """
-        current = self.kek.key_id
-        done = 0
-        while True:
-            with self._transaction() as db:
-                pending = db.execute(
-                    "SELECT recording_id, kek_id, wrapped_key FROM recordings "
-                    "WHERE wrapped_key IS NOT NULL AND kek_id != ? LIMIT ?",
-                    (current, batch),
-                ).fetchall()
-                for rid, kek_id, wrapped in pending:
-                    data_key = self.kek.unwrap(kek_id, wrapped)
-                    db.execute(
-                        "UPDATE recordings SET kek_id = ?, wrapped_key = ? WHERE recording_id = ?",
-                        (current, self.kek.wrap(data_key), rid),
-                    )
-            done += len(pending)
-            if len(pending) < batch:
-                break
+    def rotate_kek(self) -> tuple[str | None, str]:
+        """A new current KEK for every process that wraps through this keystore: (previous,
+        new). Data keys stay under the old one until `rewrap`."""
+        return self.keys.rotate()
+
+    def rewrap(self, *, batch: int = 500) -> RewrapReport:
+        """Re-wrap every live data key not yet under the current KEK. Audio files are untouched.
+        Each batch unwraps under the old KEK and wraps under the current one."""
+        report = self.keys.rewrap(batch=batch)
         self._scrub()
-        return done
+        return report
+
+    def retire_kek(self, kek_id: str) -> None:
+        """Destroy an old KEK; KekInUseError while a data key or a running engine needs it."""
+        self.keys.retire(kek_id)
 
     def kek_ids_in_use(self) -> set[str]:
-        cur = self._db.execute(
-            "SELECT DISTINCT kek_id FROM recordings WHERE wrapped_key IS NOT NULL"
-        )
-        return {str(v[0]) for v in cur.fetchall()}
+        return set(self.keys.in_use())
 
     # -- shredding --------------------------------------------------------------------------------
 

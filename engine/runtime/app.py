@@ -167,6 +167,10 @@ class Engine:
     async def start(self) -> None:
         config = self.config
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.recording.get("enabled"):
+            # Before anything listens: a missing KEK refuses the start, saying what to restore,
+            # and is never replaced by a new one (docs/keys.md).
+            self._open_keystore().check_kek()
         self._open_audit()
         local: dict[str, tuple[str, int]] = {}
         for listener in config.sip.listen:
@@ -251,17 +255,19 @@ class Engine:
 
     def _open_keystore(self) -> Keystore:
         if self.keystore is None:
-            from ..recording.config import RecordingConfig
-            from ..recording.kek import LocalFileKek
+            from ..recording.config import RecordingConfig, kek_warnings
+            from ..recording.kek import open_kek
             from ..recording.keystore import RetentionPolicy
 
             settings = RecordingConfig.from_dict(self.config.recording)
+            for warning in kek_warnings(settings, self.data_dir):
+                log.warning("recording.kek_beside_data", detail=warning)
             retention = RetentionPolicy(
                 days_by_class={name: queue.retention_days for name, queue
                                in self.config.queues.items() if queue.retention_days},
                 default_days=settings.retention_days)
             self.keystore = Keystore(self.data_dir / "keystore.db",
-                                     LocalFileKek(self.data_dir / "kek.key"),
+                                     open_kek(settings.kek, self.data_dir),
                                      retention=retention, hooks=self.hooks,
                                      sync_commits=False)  # housekeeping checkpoints it
         return self.keystore
@@ -391,6 +397,7 @@ class Engine:
             self.calls_per_second = (started - first_n) / (now - first_t)
         if self.recorder is not None:
             self.recorder.flush()  # this second's closed recordings
+            self.recorder.follow_keys()  # a rotation by the CLI applies from the next call
         if self.keystore is not None:
             self.keystore.checkpoint()  # this second's recording rows are now on disk
         self.b2bua.location.sweep(now)
@@ -494,6 +501,8 @@ class Engine:
             return
         if loaded.config.sip.listen != self.config.sip.listen:
             log.warning("config.listen_changed_needs_restart")
+        if loaded.config.recording.get("kek") != self.config.recording.get("kek"):
+            log.warning("config.recording_kek_changed_needs_restart")  # keys are not swapped live
         self.loaded = loaded
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)

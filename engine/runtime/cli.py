@@ -7,6 +7,7 @@ import asyncio
 import sys
 
 from .. import __version__
+from ..recording.errors import RecordingError
 from .config import ConfigError, load_config
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -29,6 +30,9 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"vaultpbx: cannot start: {exc}", file=sys.stderr)
         return 1
+    except RecordingError as exc:  # a missing KEK: the message says what to restore
+        print(f"vaultpbx: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -38,6 +42,12 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"vaultpbx: configuration error: {exc}", file=sys.stderr)
         return 2
     config = loaded.config
+    from ..recording.config import RecordingConfig, kek_warnings
+
+    for warning in kek_warnings(RecordingConfig.from_dict(config.recording), config.data_dir):
+        line = loaded.lines.line_of(warning.split(":", 1)[0])
+        print(f"warning: {args.config}:{f'line {line}: ' if line else ''}{warning}",
+              file=sys.stderr)
     print(f"{args.config}: OK ({len(config.extensions)} extensions, {len(config.trunks)} trunks,"
           f" {len(config.dialplan)} dialplan rules, {len(config.queues)} queues)")
     return 0

@@ -14,6 +14,11 @@ Invariants:
   not pass through us) and codecs the container cannot store as is.
 - Neither the data key nor the caller's number is ever logged. The key goes to the worker over
   the private control socketpair, as SRTP keys do.
+- Keys follow the keystore: every data key is wrapped under the KEK the keystore says is current
+  at that moment (a `keys rotate` by the CLI applies to the next call, no restart). The engine
+  registers itself in the keystore and, once a second, re-reads the KEK register, refreshes its
+  provider when it changed and says which KEK it now wraps under; `keys rotate --retire` will
+  not destroy a KEK a running engine still names.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from ..b2bua.call import CallStateChanged
 from ..hooks.registry import HookPoint, HookRegistry
 from ..media.controller import MediaController
 from ..recording.config import RecordingConfig
+from ..recording.errors import RecordingError
+from ..recording.keyring import HEARTBEAT_EVERY
 from ..recording.keystore import Keystore, RecordingEvent
 from ..recording.recorder import recover_unfinished, release_writer_lock, take_writer_lock
 
@@ -65,6 +72,11 @@ class CallRecorder:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock: int | None = None
+        self.engine_id: str | None = None  # our row in the keystore's engine register
+        self.kek_following: str | None = None  # the KEK we told the register we wrap under
+        self._kek_states: dict[str, str] = {}
+        self._beat_at = 0.0
+        self._kek_problem = ""  # logged once per distinct problem
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -77,6 +89,12 @@ class CallRecorder:
         if report.incomplete or report.closed:
             log.warning("recording.recovered", incomplete=len(report.incomplete),
                         closed=len(report.closed))
+        self.store.check_kek()
+        self._kek_states = self.store.keys.states()
+        self.kek_following = self.store.current_kek_id()
+        assert self.kek_following is not None  # check_kek registered one
+        self.engine_id = self.store.keys.register_engine(self.kek_following)
+        self._beat_at = time.monotonic()
         self.hooks.add_observer(HookPoint.CALL_STATE, self._call_state, name="recorder",
                                 essential=True)
         self.hooks.controls["recording.sensitive"] = self.set_sensitive
@@ -89,8 +107,46 @@ class CallRecorder:
             closed, self._closed = self._closed, []
             self.store.mark_closed_many(closed)
 
+    def follow_keys(self) -> None:
+        """Once a second (housekeeping): follow a rotation or retirement made by another
+        process, and tell the keystore we are alive and which KEK we wrap under."""
+        keys = self.store.keys
+        states = keys.states()
+        now = time.monotonic()
+        beat_due = now - self._beat_at >= HEARTBEAT_EVERY
+        if states != self._kek_states or beat_due:
+            self._kek_states = states
+            try:
+                keys.provider.refresh()  # drop retired keys, learn new ones, notice a loss
+            except RecordingError as exc:
+                self._problem("recording.kek_refresh_failed", error=str(exc))
+            if getattr(keys.provider, "missing", False):
+                self._problem("recording.kek_file_missing", where=keys.provider.where)
+        current = next((k for k, state in states.items() if state == "current"), None)
+        if current is not None and current != self.kek_following:
+            if current not in keys.provider.key_ids():
+                self._problem("recording.kek_unavailable", kek_id=current,
+                              where=keys.provider.where)
+                return
+            log.info("recording.kek_followed", kek_id=current, previous=self.kek_following)
+            self.kek_following = current
+        elif not beat_due:
+            return
+        if self.engine_id is not None and self.kek_following is not None:
+            keys.engine_heartbeat(self.engine_id, self.kek_following)
+            self._beat_at = now
+
+    def _problem(self, event: str, **fields: str) -> None:
+        key = f"{event}:{sorted(fields.items())}"
+        if key != self._kek_problem:
+            self._kek_problem = key
+            log.error(event, **fields)
+
     def close(self) -> None:
         self.flush()
+        if self.engine_id is not None:
+            self.store.keys.unregister_engine(self.engine_id)
+            self.engine_id = None
         self.hooks.controls.pop("recording.sensitive", None)
         if self._lock is not None:
             release_writer_lock(self._lock)
@@ -117,9 +173,14 @@ class CallRecorder:
             return
         encoding, rate, payload_types = codec
         queue = call.acd_queue or (call.route_name if call.route_kind == "queue" else "")
-        new = self.store.create_recording(
-            self.directory, retention_class=queue or "default",
-            caller_number=call.caller or None, created_at=time.time())
+        try:
+            new = self.store.create_recording(
+                self.directory, retention_class=queue or "default",
+                caller_number=call.caller or None, created_at=time.time())
+        except RecordingError as exc:  # the current KEK is not available to us: loud, counted
+            self.counters["recordings_failed"] += 1
+            log.error("recording.key_failed", call_id=call_id, error=str(exc))
+            return
         rid = new.recording_id.hex()
         self.active[call_id] = rid
         sip_call_id = call.a.dialog.call_id if call.a is not None else ""

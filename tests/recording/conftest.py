@@ -29,6 +29,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
         tmp_path / "keystore.db", kek, hooks=hooks,
         retention=RetentionPolicy(days_by_class={"sales": 30}),
     )
+    store.check_kek()  # as the engine does at start: the first KEK exists before any call
     yield Env(root=tmp_path, directory=tmp_path / "recordings", store=store, events=seen)
     store.close()
 

@@ -71,6 +71,6 @@ def test_keys_rotate_rewrap_retire(tmp_path: Path) -> None:
     assert status == 0 and "re-wrapped 1 data key(s)" in text
     assert text.count("retired local-") == 2
     with open_store(tmp_path) as store:
-        assert store.kek.key_ids() == [store.kek.key_id]  # type: ignore[attr-defined]
-        assert store.get(a).kek_id == store.kek.key_id
+        assert store.kek.key_ids() == [store.current_kek_id()]
+        assert store.get(a).kek_id == store.current_kek_id()
     assert run(tmp_path, "recordings", "verify")[0] == 0

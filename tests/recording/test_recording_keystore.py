@@ -40,6 +40,7 @@ def accessed(env) -> list:
 def test_kek_file_is_created_private_and_refused_when_readable_by_others(tmp_path: Path) -> None:
     kek = LocalFileKek(tmp_path / "kek.key")
     assert isinstance(kek, KekProvider)
+    Keystore(tmp_path / "keystore.db", kek).check_kek()  # a first start makes the first KEK
     assert stat.S_IMODE((tmp_path / "kek.key").stat().st_mode) == 0o600
     os.chmod(tmp_path / "kek.key", 0o644)
     with pytest.raises(KekFileError, match="chmod 600"):
@@ -60,17 +61,17 @@ def test_keystore_holds_only_wrapped_keys(env) -> None:
 
 
 def test_rotation_and_rewrap_leave_audio_files_untouched(env, tmp_path: Path) -> None:
-    kek: LocalFileKek = env.store.kek  # type: ignore[assignment]
-    old_kek = kek.key_id
     old_rid, old_path, _, _ = write_recording(env.store, env.directory, seed=1)
+    old_kek = env.store.current_kek_id()
     before = sha(old_path)
-    new_kek = kek.rotate()
+    previous, new_kek = env.store.rotate_kek()
+    assert previous == old_kek
     new_rid, _, _, _ = write_recording(env.store, env.directory, seed=2)
     assert env.store.get(old_rid).kek_id == old_kek
     assert env.store.get(new_rid).kek_id == new_kek
-    assert env.store.rewrap() == 1
+    assert env.store.rewrap().rewrapped == 1
     assert env.store.kek_ids_in_use() == {new_kek}
-    kek.retire(old_kek)
+    env.store.retire_kek(old_kek)
     assert old_kek not in LocalFileKek(env.root / "kek.key").key_ids()
     assert sha(old_path) == before
     assert export_wav(env.store, old_rid, tmp_path / "o.wav", actor="admin").complete

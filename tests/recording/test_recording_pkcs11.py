@@ -50,22 +50,22 @@ def test_seal_export_rotate_rewrap_retire_on_a_token(token: str, tmp_path: Path)
     assert isinstance(kek, KekProvider)
     store = Keystore(tmp_path / "keystore.db", kek)
     try:
-        first = kek.key_id
-        assert first == "t1-kek-0001"
         old_rid, old_path, _, _ = write_recording(store, tmp_path / "rec", seed=1)
+        first = store.current_kek_id()
+        assert first == "t1-kek-0001"
         assert store.get(old_rid).kek_id == first
         assert export_wav(store, old_rid, tmp_path / "a.wav", actor="admin").complete
 
-        second = kek.rotate()
-        assert second == "t1-kek-0002" == kek.key_id
+        _, second = store.rotate_kek()
+        assert second == "t1-kek-0002" == store.current_kek_id()
         new_rid, _, _, _ = write_recording(store, tmp_path / "rec", seed=2)
         assert store.get(new_rid).kek_id == second
         before = old_path.read_bytes()
 
-        assert store.rewrap() == 1
+        assert store.rewrap().rewrapped == 1
         assert store.kek_ids_in_use() == {second}
         assert old_path.read_bytes() == before  # audio untouched
-        kek.retire(first)
+        store.retire_kek(first)
         with pytest.raises(UnknownKekError):
             kek.unwrap(first, b"\x00" * 40)
         assert export_wav(store, old_rid, tmp_path / "b.wav", actor="admin").complete
@@ -77,11 +77,11 @@ def test_seal_export_rotate_rewrap_retire_on_a_token(token: str, tmp_path: Path)
         kek.close()
 
     # a new session finds the current KEK on the token again
-    again = Pkcs11Kek(module_path=MODULE, token_label=token, user_pin=PIN, label_prefix="t1-kek",
-                      create=False)
+    again = Pkcs11Kek(module_path=MODULE, token_label=token, user_pin=PIN, label_prefix="t1-kek")
     try:
         reopened = Keystore(tmp_path / "keystore.db", again)
-        assert again.key_ids() == [second]
+        reopened.check_kek()
+        assert again.key_ids() == [second] and reopened.current_kek_id() == second
         assert reopened.data_key(old_rid) == reopened.data_key(old_rid)
         reopened.close()
     finally:
@@ -93,7 +93,7 @@ def test_kek_never_leaves_the_token(token: str) -> None:
 
     kek = Pkcs11Kek(module_path=MODULE, token_label=token, user_pin=PIN, label_prefix="t2-kek")
     try:
-        key = kek._key(kek.key_id)
+        key = kek._key(kek.new_key())
         assert key[pkcs11.Attribute.SENSITIVE] and not key[pkcs11.Attribute.EXTRACTABLE]
         with pytest.raises(pkcs11.PKCS11Error):
             key[pkcs11.Attribute.VALUE]
