@@ -301,7 +301,7 @@ class AcdBridge:
         else:
             events = router.agent_ready(agent_id=agent, now=now)
         # The router accepted it (it raises before changing anything), so the mirror may follow.
-        self._mirror(agent, action, reason)
+        self._mirror(agent, action, reason, now)
         self._run(events, now)
         self._flush()
 
@@ -314,7 +314,7 @@ class AcdBridge:
         events = self.router.apply_config(config, now)
         for agent in list(self.presence):
             if agent not in config.agents:
-                self._set_presence(agent, Presence.OFFLINE, None)  # the router signed them out
+                self._set_presence(agent, Presence.OFFLINE, None, now)  # the router signed out
         self._run(events, now)
         self._flush()
 
@@ -380,7 +380,7 @@ class AcdBridge:
         if isinstance(event, CancelOffer):
             if event.reason is OfferEndReason.RING_TIMEOUT:
                 self._rang_out(event.call_id, event.agent_id, now)
-                self._mirror(event.agent_id, PresenceInput.NO_ANSWER, None)
+                self._mirror(event.agent_id, PresenceInput.NO_ANSWER, None, now)
                 b2bua.withdraw_offer(event.call_id, now)
             # CALLER_ABANDONED: the B2BUA is ending the call and cancels the ringing itself.
             b2bua.hooks.notify(HookPoint.ROUTING_DECISION, event)
@@ -417,7 +417,7 @@ class AcdBridge:
             self.counters["errors"] += 1  # the router already timed the offer out
             return
         self._rang_out(call_id, agent, now)
-        self._mirror(agent, PresenceInput.NO_ANSWER, None)
+        self._mirror(agent, PresenceInput.NO_ANSWER, None, now)
         self._pending.extend(events)
 
     def _rang_out(self, call_id: str, agent: str, now: float) -> None:
@@ -447,7 +447,8 @@ class AcdBridge:
             self.flush()
 
     # -- presence mirror and store -------------------------------------------------------------
-    def _mirror(self, agent: str, action: PresenceInput, reason: str | None) -> None:
+    def _mirror(self, agent: str, action: PresenceInput, reason: str | None,
+                now: float) -> None:
         presence, old_reason = self.presence.get(agent, (Presence.OFFLINE, None))
         transition = PRESENCE_TRANSITIONS.get((presence, action))
         if transition is None:  # pragma: no cover - the router accepted the same input
@@ -455,17 +456,37 @@ class AcdBridge:
         new = transition[0]
         new_reason = reason if action is PresenceInput.PAUSE else (
             old_reason if new is Presence.BREAK else None)
-        self._set_presence(agent, new, new_reason)
+        self._set_presence(agent, new, new_reason, now)
 
-    def _set_presence(self, agent: str, presence: Presence, reason: str | None) -> None:
-        if self.presence.get(agent, (Presence.OFFLINE, None)) == (presence, reason):
+    def _set_presence(self, agent: str, presence: Presence, reason: str | None,
+                      now: float | None = None) -> None:
+        old = self.presence.get(agent, (Presence.OFFLINE, None))
+        if old == (presence, reason):
             return
+        if now is not None:  # None: restoring after a restart, nothing new happened
+            self._log_presence(agent, old[0], presence, reason, now)
         if presence is Presence.OFFLINE:
             self.presence.pop(agent, None)
         else:
             self.presence[agent] = (presence, reason)
         if self.store is not None:
             self.store.save(agent, presence, reason)
+
+    def _log_presence(self, agent: str, old: Presence, new: Presence, reason: str | None,
+                      now: float) -> None:
+        """Agent sessions and pauses in the queue log (queue "NONE": they span all queues),
+        as Asterisk's AGENTLOGIN/AGENTLOGOFF and PAUSE/UNPAUSE; a missed offer is a PAUSE
+        with reason not-responding, as Asterisk's auto-pause."""
+        if old is Presence.OFFLINE:
+            self._log(now, "NONE", "NONE", agent, "AGENTLOGIN")
+        if new is Presence.OFFLINE:
+            self._log(now, "NONE", "NONE", agent, "AGENTLOGOFF")
+        elif new is Presence.BREAK:
+            self._log(now, "NONE", "NONE", agent, "PAUSE", reason or "")
+        elif new is Presence.NOT_RESPONDING:
+            self._log(now, "NONE", "NONE", agent, "PAUSE", RESTORED_NOT_RESPONDING_REASON)
+        elif old is not Presence.OFFLINE:
+            self._log(now, "NONE", "NONE", agent, "UNPAUSE")
 
     def _restore(self, now: float) -> None:
         if self.store is None:

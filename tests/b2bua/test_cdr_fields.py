@@ -32,9 +32,14 @@ def record(acd: Acd) -> CallRecord:
 
 
 def events(acd: Acd) -> list[tuple[str, str, str, tuple[str, ...]]]:
-    """(event, queue, agent, data1..data3) of every queue event so far."""
+    """(event, queue, agent, data1..data3) of every call's queue event so far."""
     return [(e.event, e.queue, e.agent, (e.data1, e.data2, e.data3))
-            for e in acd.bridge.queue_events]
+            for e in acd.bridge.queue_events if e.call_id != "NONE"]
+
+
+def agent_events(acd: Acd) -> list[tuple[float, str, str, str]]:
+    return [(e.at, e.agent, e.event, e.data1) for e in acd.bridge.queue_events
+            if e.call_id == "NONE"]
 
 
 def at(acd: Acd, name: str) -> QueueEvent:
@@ -222,6 +227,30 @@ def test_overflow_into_another_queue_leaves_one_and_enters_the_other() -> None:
     assert at(acd, "CONNECT").queue == "support"
 
 
+def test_agent_sessions_and_pauses_are_in_the_queue_log() -> None:
+    acd = Acd()
+    start = acd.h.now
+    acd.agent("2001")  # login
+    acd.h.advance(5)
+    acd.bridge.pause("2001", "lunch", acd.h.now)
+    acd.h.advance(30)
+    acd.bridge.pause("2001", "training", acd.h.now)  # a new reason is a new PAUSE
+    acd.bridge.ready("2001", acd.h.now)
+    acd.bridge.ready("2001", acd.h.now)  # nothing changes: nothing logged
+    caller = acd.phones["1001"]
+    caller.invite("700", "rep10")
+    [ring] = offers(acd.phones["2001"])
+    acd.h.advance(10.5)  # rings out: the router stops offering (not-responding)
+    acd.phones["2001"].answer(ring, 487)
+    acd.bridge.logout("2001", acd.h.now)
+    assert agent_events(acd) == [
+        (start, "2001", "AGENTLOGIN", ""), (start + 5, "2001", "PAUSE", "lunch"),
+        (start + 35, "2001", "PAUSE", "training"), (start + 35, "2001", "UNPAUSE", ""),
+        (start + 45, "2001", "PAUSE", "not-responding"),
+        (start + 45.5, "2001", "AGENTLOGOFF", "")]
+    assert {e.queue for e in acd.bridge.queue_events if e.call_id == "NONE"} == {"NONE"}
+
+
 def test_a_direct_call_has_no_queue_fields() -> None:
     acd = Acd()
     callee = acd.phones["1002"]
@@ -232,4 +261,4 @@ def test_a_direct_call_has_no_queue_fields() -> None:
     callee.answer(ring, 486)
     rec = record(acd)
     assert (rec.queue, rec.queue_entered, rec.agent, rec.disposition) == ("", None, "", "busy")
-    assert acd.bridge.queue_events == []
+    assert events(acd) == []

@@ -172,12 +172,17 @@ def test_an_answered_queue_call_is_reported_recorded_and_exported(
     assert listing.returncode == 0, listing.stderr
     assert row["recording_id"] in {r["id"] for r in json.loads(listing.stdout)}
     # The queue log.
-    events = query(engine, "SELECT * FROM queue_events ORDER BY time, id", 3)
+    events = query(engine, "SELECT * FROM queue_events WHERE call_id != 'NONE'"
+                   " ORDER BY time, id", 3)
     assert [(e["event"], e["queue"], e["agent"]) for e in events] == [
         ("ENTERQUEUE", "support", "NONE"), ("CONNECT", "support", "2001"),
         ("COMPLETECALLER", "support", "2001")]
     assert events[0]["time"] == pytest.approx(row["queue_entered"], abs=0.002)
     assert events[2]["data2"] == str(round(row["talk_seconds"]))
+    [session] = query(engine, "SELECT * FROM queue_events WHERE call_id = 'NONE'", 1)
+    assert (session["event"], session["agent"], session["queue"]) == (
+        "AGENTLOGIN", "2001", "NONE")
+    assert session["time"] <= window_start
 
     # Exports: the CLI for QA (masked), the API for the supervisor (clear) and agent alice.
     span = ("--from", iso(window_start - 1), "--to", iso(window_end + 1))
@@ -221,12 +226,19 @@ def test_ring_no_answer_and_abandon_are_logged_and_exported(
             row["talk_seconds"], row["recording_id"]) == ("abandoned", "support", "", None,
                                                           None, None)
     assert 5.0 <= row["wait_seconds"] <= window_end - window_start
-    events = query(engine, "SELECT * FROM queue_events ORDER BY time, id", 3)
+    events = query(engine, "SELECT * FROM queue_events WHERE call_id != 'NONE'"
+                   " ORDER BY time, id", 3)
     assert [(e["event"], e["agent"]) for e in events] == [
         ("ENTERQUEUE", "NONE"), ("RINGNOANSWER", "2001"), ("ABANDON", "NONE")]
     assert int(events[1]["data1"]) == pytest.approx(RING_TIMEOUT * 1000, abs=300)  # ms rung
     assert events[2]["data3"] == str(round(row["wait_seconds"]))
     assert all(window_start - 0.05 <= e["time"] <= window_end + 0.05 for e in events)
+    # The missed offer also paused the agent, as Asterisk's auto-pause.
+    sessions = query(engine, "SELECT * FROM queue_events WHERE call_id = 'NONE'"
+                     " ORDER BY time, id", 2)
+    assert [(e["event"], e["data1"]) for e in sessions] == [
+        ("AGENTLOGIN", ""), ("PAUSE", "not-responding")]
+    assert sessions[1]["time"] == pytest.approx(events[1]["time"], abs=0.002)
 
     out = tmp_path / "queue_log.csv"
     done = cli(engine, "cdr", "export", "--from", iso(window_start - 1), "--to",
