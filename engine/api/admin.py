@@ -419,11 +419,14 @@ class AdminApi:
             start, end = cdr_export.parse_range(query["from"], query["to"])
         except ValueError as exc:
             return _error(400, f"from and to must be ISO 8601 times: {exc}")
-        result = cdr_export.export_csv(
-            self.cdr, kind=kind, start=start, end=end,  # type: ignore[arg-type]
-            queue=query["queue"] or None, role=session.role, actor=session.user,
-            via="admin-api", masker=cdr_export.RowMasker(self.masker, self.hooks),
-            audit=cdr_export.hook_audit(self.hooks))
+        try:
+            result = cdr_export.export_csv(
+                self.cdr, kind=kind, start=start, end=end,  # type: ignore[arg-type]
+                queue=query["queue"] or None, role=session.role, actor=session.user,
+                via="admin-api", masker=cdr_export.RowMasker(self.masker, self.hooks),
+                audit=cdr_export.hook_audit(self.hooks), max_rows=cdr_export.API_MAX_ROWS)
+        except cdr_export.TooManyRows as exc:
+            return _error(400, str(exc))
         name = "cdr" if kind == "calls" else "queue-events"
         return HttpResponse(body=result.body, content_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="{name}.csv"'})

@@ -2,11 +2,12 @@
 admin API (`GET /cdr.csv`, `GET /queue-events.csv`). Columns and their meanings: docs/cdr.md.
 
 Invariants:
-- Personal data leaves only as the asking role may see it: every text cell goes through the
-  role's mask policy (the configured TextMasker), the party cells (caller, callee, transfers)
-  also have every run of 7+ digits masked as a phone number (as the API's /calls does), then
-  any plug-in maskers of the hook registry. The store is read as it is; nothing is masked at
-  write time.
+- Personal data leaves only as the asking role may see it: every cell that can hold text from
+  outside goes through the role's mask policy (the configured TextMasker), the party cells
+  (caller, callee, transfers) also have every run of 7+ digits masked as a phone number (as
+  the API's /calls does), then any plug-in maskers of the hook registry. Only cells the engine
+  writes itself from times, numbers, its own ids and fixed vocabularies (`GENERATED`) skip the
+  maskers. The store is read as it is; nothing is masked at write time.
 - Every export leaves one audit record (who, which table, the range, the queue, the role, how
   many rows) *before* any row leaves: if the audit record cannot be written, nothing is
   exported.
@@ -50,18 +51,36 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "data4", "data5",
 )
 PARTY_COLUMNS = frozenset({"caller", "callee", "transfers"})
+# Cells made by the engine from times, numbers, its own random ids and fixed vocabularies: no
+# personal data can be in them, so they skip the maskers (which were 2/3 of an export's time).
+GENERATED = frozenset({
+    "call_id", "start_utc", "answer_utc", "end_utc", "timezone", "start_local",
+    "queue_entered_utc", "wait_seconds", "talk_seconds", "hold_seconds", "wrap_up_seconds",
+    "recording_id", "disposition", "consent", "route_kind", "status", "ended_by", "time",
+    "time_utc", "event",
+})
 
 _DIGIT_RUN = re.compile(r"\+?\d{7,}")
 _PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 _FORMULA_START = ("=", "@", "\t", "\r", "+", "-")
 
 
-class CdrReportSource(Protocol):
-    def calls_between(self, start: float, end: float, queue: str | None = None
-                      ) -> list[dict[str, object]]: ...
+API_MAX_ROWS = 10_000
+"""Most rows one API export may hold. The admin API still runs on the signalling process's
+event loop, and reading, masking and rendering run at ~10k rows/s (bench/results/cdr.md): the
+cap bounds that pause to about a second. The CLI, a process of its own, has no cap."""
 
-    def queue_events_between(self, start: float, end: float, queue: str | None = None
-                             ) -> list[dict[str, object]]: ...
+
+class TooManyRows(ValueError):
+    """The range holds more rows than the export may carry; nothing was exported."""
+
+
+class CdrReportSource(Protocol):
+    def calls_between(self, start: float, end: float, queue: str | None = None,
+                      limit: int = -1) -> list[dict[str, object]]: ...
+
+    def queue_events_between(self, start: float, end: float, queue: str | None = None,
+                             limit: int = -1) -> list[dict[str, object]]: ...
 
 
 # An audit writer: (actor, action, target, details) -> None; raises if it could not write.
@@ -125,6 +144,13 @@ def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _seconds(value: object) -> str:
+    """A duration with millisecond precision, as stored times are shown."""
+    if not isinstance(value, int | float):
+        return ""
+    return f"{value:.3f}"
+
+
 def call_cells(row: Mapping[str, object]) -> dict[str, str]:
     """A stored call row as the CSV shows it (times in UTC, and local in the row's zone)."""
     return {
@@ -133,9 +159,10 @@ def call_cells(row: Mapping[str, object]) -> dict[str, str]:
         "timezone": _cell(row["timezone"]),
         "start_local": iso_local(row["started"], row["timezone"]),
         "queue": _cell(row["queue"]), "queue_entered_utc": iso_utc(row["queue_entered"]),
-        "wait_seconds": _cell(row["wait_seconds"]), "agent": _cell(row["agent"]),
-        "talk_seconds": _cell(row["talk_seconds"]), "hold_seconds": _cell(row["hold_seconds"]),
-        "wrap_up_seconds": _cell(row["wrap_up_seconds"]),
+        "wait_seconds": _seconds(row["wait_seconds"]), "agent": _cell(row["agent"]),
+        "talk_seconds": _seconds(row["talk_seconds"]),
+        "hold_seconds": _seconds(row["hold_seconds"]),
+        "wrap_up_seconds": _seconds(row["wrap_up_seconds"]),
         "transfers": _cell(row["transfers"]), "recording_id": _cell(row["recording_id"]),
         "disposition": _cell(row["disposition"]), "consent": _cell(row["consent"]),
         "caller": _cell(row["caller"]), "callee": _cell(row["callee"]),
@@ -169,7 +196,7 @@ class RowMasker:
         plugins = self.hooks is not None and self.hooks.has_masker_other_than(DEFAULT_MASKER)
         out: dict[str, str] = {}
         for key, value in cells.items():
-            if value:
+            if value and key not in GENERATED:
                 value = self.masker.mask_text(value, role)
                 if key in PARTY_COLUMNS:
                     value = _DIGIT_RUN.sub(lambda m: mask_phone_number(m.group(0), policy),
@@ -199,17 +226,22 @@ def render_csv(columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> byt
 def export_csv(
     source: CdrReportSource, *, kind: str, start: float, end: float, queue: str | None,
     role: str, actor: str, via: str, masker: RowMasker, audit: AuditWriter,
+    max_rows: int | None = None,
 ) -> Export:
     """The CSV of `kind` ("calls" or "queue_events") in [start, end), masked for `role`,
-    audited as `actor` before it is returned."""
+    audited as `actor` before it is returned. More than `max_rows` rows: `TooManyRows`."""
+    limit = -1 if max_rows is None else max_rows + 1
     if kind == "calls":
-        columns, cells = CALL_COLUMNS, [call_cells(r) for r in source.calls_between(
-            start, end, queue)]
+        columns, read = CALL_COLUMNS, source.calls_between(start, end, queue, limit)
+        cells = [call_cells(r) for r in read]
     elif kind == "queue_events":
-        columns, cells = EVENT_COLUMNS, [event_cells(r) for r in source.queue_events_between(
-            start, end, queue)]
+        columns, read = EVENT_COLUMNS, source.queue_events_between(start, end, queue, limit)
+        cells = [event_cells(r) for r in read]
     else:
         raise ValueError(f"unknown export {kind!r} (expected one of {', '.join(KINDS)})")
+    if max_rows is not None and len(cells) > max_rows:
+        raise TooManyRows(f"more than {max_rows} rows: narrow the range or the queue, or use "
+                          "`vaultpbx cdr export`")
     body = render_csv(columns, [masker.mask(row, role) for row in cells])
     audit(actor, "cdr.export", kind, {
         "from": iso_utc(start), "to": iso_utc(end), "queue": queue, "rows": len(cells),

@@ -72,12 +72,12 @@ class FakeCdr:
         return [dict(r) for r in self.records[:limit]]
 
     # The CSV exports' reads (tests/api/test_api_cdr_export.py uses the real CdrStore).
-    def calls_between(self, start: float, end: float, queue: str | None = None
-                      ) -> list[dict[str, object]]:
+    def calls_between(self, start: float, end: float, queue: str | None = None,
+                      limit: int = -1) -> list[dict[str, object]]:
         return []
 
-    def queue_events_between(self, start: float, end: float, queue: str | None = None
-                             ) -> list[dict[str, object]]:
+    def queue_events_between(self, start: float, end: float, queue: str | None = None,
+                             limit: int = -1) -> list[dict[str, object]]:
         return []
 
 

@@ -51,7 +51,7 @@ def test_the_caller_is_masked_for_agents_and_qa_and_clear_for_supervisors(h: Har
         [row] = table(h.request("GET", path, token=h.token(role)))
         assert row["caller"] == caller, role
         assert (row["start_utc"], row["agent"], row["wait_seconds"], row["talk_seconds"],
-                row["disposition"]) == ("2026-12-03T00:00:10.000Z", "2001", "3.0", "30.0",
+                row["disposition"]) == ("2026-12-03T00:00:10.000Z", "2001", "3.000", "30.000",
                                         "answered")
 
 
@@ -82,3 +82,18 @@ def test_bad_or_missing_ranges_are_400_and_auditors_are_refused(h: Harness) -> N
     response = h.request("GET", "/cdr.csv?from=2026-12-03&to=2026-12-04",
                          token=h.token("auditor"))
     assert response.status == 403
+
+
+def test_an_export_over_the_row_cap_is_refused_whole_and_not_audited(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vaultpbx.runtime import cdr_export
+
+    token = h.token("supervisor")
+    path = "/queue-events.csv?from=2026-12-03&to=2026-12-04"
+    monkeypatch.setattr(cdr_export, "API_MAX_ROWS", 1)  # the range holds 2 events
+    response = h.request("GET", path, token=token)
+    assert response.status == 400
+    assert "vaultpbx cdr export" in json.loads(response.body)["error"]
+    assert h.heard(HookPoint.DATA_EXPORT) == []
+    monkeypatch.setattr(cdr_export, "API_MAX_ROWS", 2)
+    assert len(table(h.request("GET", path, token=token))) == 2

@@ -262,3 +262,47 @@ def test_a_direct_call_has_no_queue_fields() -> None:
     rec = record(acd)
     assert (rec.queue, rec.queue_entered, rec.agent, rec.disposition) == ("", None, "", "busy")
     assert events(acd) == []
+
+
+HUNT = """
+sip:
+  domain: vaultpbx.test
+  keepalive_probe_interval: 0
+extensions:
+  "1001": {password: "pw1"}
+  "2001": {password: "pa1"}
+  "2002": {password: "pa2"}
+dialplan:
+  - {match: '709', queue: sales}
+queues:
+  sales: {members: ["2001", "2002"], ring_timeout: 5}
+"""
+
+
+def test_a_hunt_group_call_has_queue_wait_and_the_member_who_answered() -> None:
+    from tests.b2bua.harness import Harness
+
+    h = Harness(HUNT)
+    first, second = Phone(h, 7001, "2001", "pa1"), Phone(h, 7002, "2002", "pa2")
+    caller = Phone(h, 6001, "1001", "pw1")
+    assert first.register().status == 200 and second.register().status == 200
+    entered = h.now
+    caller.invite("709", "hunt1")
+    [ring] = requests(first.messages(), "INVITE")
+    first.answer(ring, 180)
+    h.advance(5.5)  # 2001 rings out, 2002 rings
+    first.answer(ring, 487)
+    ring2 = requests(second.messages(), "INVITE")[0]  # (and its retransmission)
+    h.advance(1)
+    second.answer(ring2, 200, body=b"v=0\r\n")
+    ok = [r for r in caller.responses() if r.status == 200 and r.cseq.method == "INVITE"][-1]
+    caller.ack_2xx(ok, "hunt1")
+    h.advance(4)
+    hang_up(caller, "hunt1", ok)
+    [rec] = h.b2bua.finished_records
+    assert (rec.queue, rec.agent, rec.disposition, rec.ended_by) == (
+        "sales", "2002", "answered", "caller")
+    assert rec.queue_entered == pytest.approx(entered)
+    assert rec.answered - rec.queue_entered == pytest.approx(6.5)
+    assert rec.ended - rec.answered == pytest.approx(4)
+    assert rec.wrap_up_seconds is None  # hunt groups have no after-call work

@@ -199,7 +199,7 @@ def test_an_answered_queue_call_is_reported_recorded_and_exported(
     [agent_view] = get_csv(engine, path, "alice")
     # The supervisor's policy shows phone numbers in clear: exactly what the store holds.
     assert (clear["caller"], agent_view["caller"]) == (stored, MASKED)
-    assert clear["wait_seconds"] == str(row["wait_seconds"])
+    assert clear["wait_seconds"] == f"{row['wait_seconds']:.3f}"
     wait_for(lambda: len(audit_exports(engine)) == 3, 5, "three export audit records")
     exports = audit_exports(engine)
     assert [(e["actor"], e["target"], e["details"]["rows"], e["details"]["role"],

@@ -187,8 +187,8 @@ def test_export_masks_the_caller_for_agents_and_qa_and_not_for_supervisors(
     assert row["start_local"] == "2026-09-21T22:13:20.000+08:00"  # the record's display zone
     assert (row["queue"], row["agent"], row["wait_seconds"], row["talk_seconds"],
             row["hold_seconds"], row["wrap_up_seconds"], row["disposition"], row["consent"],
-            row["transfers"]) == ("support", "2001", "3.0", "30.0", "5.0", "20.0", "answered",
-                                  "not_asked", "[]")
+            row["transfers"]) == ("support", "2001", "3.000", "30.000", "5.000", "20.000",
+                                  "answered", "not_asked", "[]")
     assert [a[3]["role"] for a in audit] == ["agent", "qa", "admin", "supervisor"]
     assert audit[0][:3] == ("tester", "cdr.export", "calls")
     assert audit[0][3]["rows"] == 1 and audit[0][3]["from"] == "1970-01-01T00:00:00.000Z"
@@ -261,3 +261,12 @@ def test_cli_export_writes_a_private_file_and_an_audit_record(tmp_path: Path,
     assert exports[0]["details"]["from"] == "2026-12-03T00:00:00.000Z"
     assert main(["cdr", "export", "-c", str(config), "--from", "soon", "--to", "later",
                  "-o", str(out)]) == 2
+
+
+def test_an_unknown_time_zone_is_a_config_error_naming_its_line() -> None:
+    from vaultpbx.runtime.config import ConfigError, parse_config
+
+    assert parse_config("cdr:\n  timezone: Asia/Shanghai\n").config.cdr.timezone == (
+        "Asia/Shanghai")
+    with pytest.raises(ConfigError, match=r"line 3: cdr: timezone: unknown time zone 'Mars/Base'"):
+        parse_config("data_dir: var\ncdr:\n  timezone: Mars/Base\n")
