@@ -1012,7 +1012,7 @@ class B2BUA:
         extra: list[tuple[str, str]] = []
         if relay.method in ("INVITE", "UPDATE") and 200 <= status < 300:
             if not error and relay.origin_leg.call is not None:
-                _note_hold(relay.origin_leg.call, request.body, now)
+                _note_hold(relay.origin_leg.call, relay.origin_leg.side, request.body, now)
             target.dialog.refresh_target(response)
             extra.append(("contact", relay.origin_leg.dialog.local_contact))
             if relay.method == "INVITE":
@@ -1260,10 +1260,12 @@ def _reporting_fields(call: Call) -> dict[str, object]:
     }
 
 
-def _note_hold(call: Call, offer: bytes, now: float) -> None:
-    """An accepted re-INVITE/UPDATE offer: on hold while every audio stream it offers is
-    sendonly or inactive, or has the RFC 2543 hold address 0.0.0.0 (RFC 6337 §5.3). An offer
-    without SDP (a delayed offer) or that does not parse changes nothing."""
+def _note_hold(call: Call, side: Side, offer: bytes, now: float) -> None:
+    """An accepted re-INVITE/UPDATE offer from `side`: that side holds the call while every
+    audio stream it offers is sendonly or inactive, or has the RFC 2543 hold address 0.0.0.0
+    (RFC 6337 §5.3). The call is on hold while either side holds it, so the held party's own
+    session refresh (sendrecv) does not end the other's hold. An offer without SDP (a delayed
+    offer) or that does not parse changes nothing."""
     if not offer:
         return
     try:
@@ -1277,9 +1279,10 @@ def _note_hold(call: Call, offer: bytes, now: float) -> None:
         sdp.direction_for(i) in (Direction.SENDONLY, Direction.INACTIVE)
         or ((c := sdp.connection_for(i)) is not None and c.is_hold_address)
         for i in audio)
-    if held and call.hold_started is None:
+    call.held_by = call.held_by | {side} if held else call.held_by - {side}
+    if call.held_by and call.hold_started is None:
         call.hold_started = now
-    elif not held and call.hold_started is not None:
+    elif not call.held_by and call.hold_started is not None:
         call.hold_seconds += now - call.hold_started
         call.hold_started = None
 

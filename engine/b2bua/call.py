@@ -72,7 +72,7 @@ class Call:
         "timer", "wheel_seconds", "acd_queue", "agent", "anchored", "b_sdp", "early_sdp",
         "srtp_policies",
         # reporting (issue 17, docs/cdr.md)
-        "queue", "queue_entered_at", "hold_started", "hold_seconds", "ended_by",
+        "queue", "queue_entered_at", "held_by", "hold_started", "hold_seconds", "ended_by",
         "wrap_up_seconds",
     )
 
@@ -117,6 +117,7 @@ class Call:
         # accepted), who hung up, and the after-call work the queue router scheduled.
         self.queue = ""
         self.queue_entered_at: float | None = None
+        self.held_by: frozenset[Side] = frozenset()  # sides whose last accepted offer holds
         self.hold_started: float | None = None
         self.hold_seconds = 0.0
         self.ended_by = ""

@@ -112,6 +112,32 @@ def test_answered_queue_call_has_wait_agent_talk_hold_and_wrap_up() -> None:
     assert at(acd, "COMPLETECALLER").at == pytest.approx(ended)
 
 
+def test_the_held_callers_own_refresh_does_not_end_the_agents_hold() -> None:
+    acd = Acd()
+    agent = acd.agent("2001")
+    caller = acd.phones["1001"]
+    caller.invite("700", "rep11")
+    [ring] = offers(agent)
+    answer(acd, agent, ring, caller, "rep11")
+    ok = acd.ok  # type: ignore[attr-defined]
+    acd.h.advance(2)
+    agent_reinvite(agent, ring, HOLD)
+    complete_reinvite(acd, agent, caller, "rep11")
+    acd.h.advance(3)
+    # The caller's phone refreshes the session offering sendrecv, as phones do.
+    caller.in_dialog("INVITE", ok.values("contact")[0].strip("<>"), ok.to.uri,
+                     ok.to.tag or "", "rep11", body=sdp(9, "127.0.0.1", "sendrecv"))
+    [relayed] = requests(agent.messages(), "INVITE")
+    agent.answer(relayed, 200, body=sdp(5, "127.0.0.1", "sendonly"))
+    assert [r.status for r in caller.responses() if r.cseq.method == "INVITE"][-1] == 200
+    acd.h.advance(4)
+    agent_reinvite(agent, ring, RESUME)  # only the agent's resume ends it: 7 s on hold
+    complete_reinvite(acd, agent, caller, "rep11")
+    acd.h.advance(1)
+    hang_up(caller, "rep11", ok)
+    assert record(acd).hold_seconds == pytest.approx(7)
+
+
 def test_the_agent_hanging_up_is_completeagent() -> None:
     acd = Acd()
     agent = acd.agent("2002")
