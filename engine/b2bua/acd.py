@@ -484,7 +484,7 @@ class AcdBridge:
         elif new is Presence.BREAK:
             self._log(now, "NONE", "NONE", agent, "PAUSE", reason or "")
         elif new is Presence.NOT_RESPONDING:
-            self._log(now, "NONE", "NONE", agent, "PAUSE", RESTORED_NOT_RESPONDING_REASON)
+            self._log(now, "NONE", "NONE", agent, "PAUSE", Presence.NOT_RESPONDING.value)
         elif old is not Presence.OFFLINE:
             self._log(now, "NONE", "NONE", agent, "UNPAUSE")
 

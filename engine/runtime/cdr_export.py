@@ -335,8 +335,13 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> int:
     finally:
         store.close()
         log.close(now=time.time())
-    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(result.body)
+    try:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # also when the file existed with a wider mode
+            out.write(result.body)
+    except OSError as exc:
+        print(f"vaultpbx: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return 1
     print(f"{args.output}: {result.rows} rows")
     return 0

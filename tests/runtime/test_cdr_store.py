@@ -240,6 +240,8 @@ def test_cli_export_writes_a_private_file_and_an_audit_record(tmp_path: Path,
                                 event="ENTERQUEUE", data3="1")], wall_offset=1_796_256_000.0)
     store.close()
     out = tmp_path / "day.csv"
+    out.write_text("an older, world-readable export")
+    out.chmod(0o644)
     assert main(["cdr", "export", "-c", str(config), "--from", "2026-12-03",
                  "--to", "2026-12-04", "-o", str(out), "--role", "qa",
                  "--actor", "cli:auditor-test"]) == 0
