@@ -172,6 +172,7 @@ class AdminApi:
             "admin_requests_total": 0, "admin_logins_total": 0, "admin_login_failures_total": 0,
             "admin_login_rate_limited_total": 0, "admin_unauthenticated_total": 0,
             "admin_denied_total": 0, "admin_exports_total": 0, "admin_errors_total": 0,
+            "admin_cdr_exports_total": 0, "admin_cdr_exports_refused_total": 0,
         }
 
     @classmethod
@@ -418,6 +419,7 @@ class AdminApi:
         try:
             start, end = cdr_export.parse_range(query["from"], query["to"])
         except ValueError as exc:
+            self.counters["admin_cdr_exports_refused_total"] += 1
             return _error(400, f"from and to must be ISO 8601 times: {exc}")
         try:
             result = cdr_export.export_csv(
@@ -426,7 +428,9 @@ class AdminApi:
                 via="admin-api", masker=cdr_export.RowMasker(self.masker, self.hooks),
                 audit=cdr_export.hook_audit(self.hooks), max_rows=cdr_export.API_MAX_ROWS)
         except cdr_export.TooManyRows as exc:
+            self.counters["admin_cdr_exports_refused_total"] += 1
             return _error(400, str(exc))
+        self.counters["admin_cdr_exports_total"] += 1
         name = "cdr" if kind == "calls" else "queue-events"
         return HttpResponse(body=result.body, content_type="text/csv; charset=utf-8", headers={
             "Content-Disposition": f'attachment; filename="{name}.csv"'})

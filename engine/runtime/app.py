@@ -506,6 +506,7 @@ class Engine:
         self.loaded = loaded
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)
+        self.cdr.timezone = loaded.config.cdr.timezone  # records written from now on
         self._reload_security(SecurityConfig.from_dict(loaded.config.security))
         if self.acd is not None:
             self.acd.apply_config(loaded.config.routing, self.loop.time())

@@ -70,6 +70,7 @@ def test_each_export_leaves_an_audit_record_with_who_range_and_rows(h: Harness) 
         ("supervisor", "queue_events", 1, "support", "2026-12-03T00:00:12.000Z", "admin-api"),
         ("supervisor", "calls", 0, None, "2026-12-04T00:00:00.000Z", "admin-api")]
     assert len(h.heard(HookPoint.DATA_EXPORT)) == 2
+    assert h.api.counters["admin_cdr_exports_total"] == 2
 
 
 def test_bad_or_missing_ranges_are_400_and_auditors_are_refused(h: Harness) -> None:
@@ -79,9 +80,11 @@ def test_bad_or_missing_ranges_are_400_and_auditors_are_refused(h: Harness) -> N
         response = h.request("GET", path, token=token)
         assert response.status == 400, path
     assert h.heard(HookPoint.DATA_EXPORT) == []
+    assert h.api.counters["admin_cdr_exports_refused_total"] == 3
     response = h.request("GET", "/cdr.csv?from=2026-12-03&to=2026-12-04",
                          token=h.token("auditor"))
     assert response.status == 403
+    assert h.api.counters["admin_cdr_exports_total"] == 0
 
 
 def test_an_export_over_the_row_cap_is_refused_whole_and_not_audited(

@@ -272,3 +272,22 @@ def test_an_unknown_time_zone_is_a_config_error_naming_its_line() -> None:
         "Asia/Shanghai")
     with pytest.raises(ConfigError, match=r"line 3: cdr: timezone: unknown time zone 'Mars/Base'"):
         parse_config("data_dir: var\ncdr:\n  timezone: Mars/Base\n")
+
+
+def test_cli_export_without_its_audit_log_exports_nothing(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    data = tmp_path / "var"
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "vaultpbx.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(data), "security": {
+        "audit": {"dir": str(blocker / "audit"), "sink": None}}}))
+    store = CdrStore(data / "cdr.db")
+    store.write([call("c", 0.0)], wall_offset=1_796_256_000.0)
+    store.close()
+    out = tmp_path / "never.csv"
+    assert main(["cdr", "export", "-c", str(config), "--from", "2026-12-03", "--to",
+                 "2026-12-04", "-o", str(out)]) == 1
+    assert "cannot open the audit log, nothing exported" in capsys.readouterr().err
+    assert not out.exists()
