@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.engine import RunningEngine
+from tests.integration.engine import RunningEngine, start_engine
 from tests.integration.sipp import SIPP, SippProcess, SippRunner
 from tests.integration.test_recording_calls import _free_rtp_ports
 from tests.integration.test_sipp_calls import start_pbx
@@ -266,3 +267,43 @@ def test_the_api_refuses_a_bad_range(engine: RunningEngine) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 400
+
+
+def test_written_records_survive_a_sigkill_and_the_restarted_engine_exports_them(
+        sipp: SippRunner, engine: RunningEngine, tmp_path: Path) -> None:
+    phone = agent_phone(sipp, engine, "2001", "queue_uas_answer.xml", offers=1)
+    login(engine, "2001")
+    window_start = time.time()
+    call_into(sipp, engine, "700").wait().assert_ok(calls=1)
+    phone.wait(10).assert_ok(calls=1)
+    settle(engine)
+    [before] = query(engine, "SELECT * FROM calls", 1)
+    events_before = query(engine, "SELECT * FROM queue_events ORDER BY id", 4)  # + AGENTLOGIN
+    pid = engine.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    workers = [int(child) for child in children.read_text().split()]
+    engine.process.send_signal(signal.SIGKILL)
+    engine.process.wait(5)
+    wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10,
+             "the media worker to die with its engine")
+    restarted = start_engine(tmp_path, config=engine.config)
+    try:
+        # Same rows, same schema version; nothing written twice or lost.
+        [after] = query(restarted, "SELECT * FROM calls", 1)
+        assert after == before
+        assert query(restarted, "SELECT * FROM queue_events ORDER BY id", 4) == events_before
+        db = sqlite3.connect(f"file:{restarted.data_dir / 'cdr.db'}?mode=ro", uri=True)
+        try:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            db.close()
+        out = tmp_path / "after-crash.csv"
+        done = cli(restarted, "cdr", "export", "--from", iso(window_start - 1), "--to",
+                   iso(time.time() + 1), "-o", str(out), "--role", "agent")
+        assert done.returncode == 0, done.stderr
+        [row] = list(csv.DictReader(io.StringIO(out.read_text())))
+        assert (row["call_id"], row["caller"], row["disposition"]) == (
+            before["call_id"], MASKED, "answered")
+    finally:
+        restarted.stop(timeout=10)
