@@ -125,6 +125,8 @@ def iso_utc(seconds: object) -> str:
 
 
 def _zone(name: object) -> tzinfo:
+    if name == "UTC":
+        return UTC
     try:
         return ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError):

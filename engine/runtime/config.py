@@ -212,6 +212,8 @@ class CdrConfig:
     def validate(self) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+        if self.timezone == "UTC":
+            return  # needs no time zone database (scripts/setup.sh installs Debian tzdata)
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
