@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_started ON calls(started);
 """
+SCHEMA = SCHEMA_V1  # its name before versions
 
 # Version 2: reporting columns, appended after the original ones (docs/cdr.md).
 CALLS_V2_COLUMNS: tuple[tuple[str, str], ...] = (
