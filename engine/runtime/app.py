@@ -461,6 +461,10 @@ class Engine:
                             name.replace("_", " ")))
         samples.append(("vaultpbx_hook_errors", "counter", self.hooks.errors,
                         "Plug-in errors isolated"))
+        samples.append(("vaultpbx_cdr_records_written", "counter", self.cdr.written,
+                        "Call records written to cdr.db"))
+        samples.append(("vaultpbx_cdr_queue_events_written", "counter", self.cdr.events_written,
+                        "Queue events written to cdr.db"))
         if self.acd is not None:
             samples.extend(self.acd.metric_samples(self.loop.time()))
         controller = self.media_controller

@@ -180,6 +180,9 @@ def test_an_answered_queue_call_is_reported_recorded_and_exported(
         ("COMPLETECALLER", "support", "2001")]
     assert events[0]["time"] == pytest.approx(row["queue_entered"], abs=0.002)
     assert events[2]["data2"] == str(round(row["talk_seconds"]))
+    metrics = engine.metrics()
+    assert metrics["vaultpbx_cdr_records_written_total"] == 1
+    assert metrics["vaultpbx_cdr_queue_events_written_total"] == 4  # with the AGENTLOGIN
     [session] = query(engine, "SELECT * FROM queue_events WHERE call_id = 'NONE'", 1)
     assert (session["event"], session["agent"], session["queue"]) == (
         "AGENTLOGIN", "2001", "NONE")
