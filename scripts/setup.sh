@@ -8,6 +8,8 @@ need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v softhsm2-util >/dev/null 2>&1 || need_apt+=(softhsm2)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The IANA time zones `cdr.timezone` names (zoneinfo reads the system's database).
+[ -f /usr/share/zoneinfo/Asia/Shanghai ] || need_apt+=(tzdata)
 # fail2ban-regex checks that the auth-failure log line matches fail2ban's stock SIP filter.
 command -v fail2ban-regex >/dev/null 2>&1 || need_apt+=(fail2ban)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -4,6 +4,8 @@ role's mask policy, four-eyes recording export, and the audit log for auditors.
   POST /login                             {user, password, otp} → token     anyone
   POST /logout, GET /me                                                      any session
   GET  /calls?limit=N                     call records, masked for the role  metadata.read
+  GET  /cdr.csv?from=T&to=T[&queue=Q]     call records as CSV, masked, audited metadata.read
+  GET  /queue-events.csv?from=T&to=T[&queue=Q]  queue log as CSV (docs/cdr.md)  metadata.read
   POST /calls/{id}/sensitive              {on: bool}: PCI pause of a recorded calls.handle
                                           call (id: engine call id or SIP Call-ID)
   GET  /recordings                        list, caller masked for the role   recording.list
@@ -74,6 +76,8 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "/me", ANY_SESSION, "me"),
     ("GET", "/calls", P.METADATA_READ, "list_calls"),
     ("POST", "/calls/{id}/sensitive", P.CALLS_HANDLE, "switch_sensitive"),
+    ("GET", "/cdr.csv", P.METADATA_READ, "export_cdr_csv"),
+    ("GET", "/queue-events.csv", P.METADATA_READ, "export_queue_events_csv"),
     ("GET", "/recordings", P.RECORDING_LIST, "list_recordings"),
     ("POST", "/recordings/{id}/export-requests", P.RECORDING_EXPORT, "request_export"),
     ("GET", "/export-requests", P.RECORDING_EXPORT, "export_requests"),
@@ -168,6 +172,7 @@ class AdminApi:
             "admin_requests_total": 0, "admin_logins_total": 0, "admin_login_failures_total": 0,
             "admin_login_rate_limited_total": 0, "admin_unauthenticated_total": 0,
             "admin_denied_total": 0, "admin_exports_total": 0, "admin_errors_total": 0,
+            "admin_cdr_exports_total": 0, "admin_cdr_exports_refused_total": 0,
         }
 
     @classmethod
@@ -394,6 +399,41 @@ class AdminApi:
             return _error(400, "limit must be an integer from 1 to 1000")
         records = [self.mask_record(record, session.role) for record in self.cdr.recent(limit)]
         return HttpResponse.of_json({"calls": records})
+
+    def export_cdr_csv(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        return self._export_csv(request, session, "calls")
+
+    def export_queue_events_csv(self, request: HttpRequest, session: Session | None
+                                ) -> HttpResponse:
+        return self._export_csv(request, session, "queue_events")
+
+    def _export_csv(self, request: HttpRequest, session: Session | None,
+                    kind: str) -> HttpResponse:
+        """The logic (masking, audit) is in runtime/cdr_export.py; this only maps HTTP."""
+        from ..runtime import cdr_export
+
+        assert session is not None
+        if not hasattr(self.cdr, "calls_between"):
+            return _error(404, "no call record store on this node")
+        query = {name: (request.query.get(name) or [""])[0] for name in ("from", "to", "queue")}
+        try:
+            start, end = cdr_export.parse_range(query["from"], query["to"])
+        except ValueError as exc:
+            self.counters["admin_cdr_exports_refused_total"] += 1
+            return _error(400, f"from and to must be ISO 8601 times: {exc}")
+        try:
+            result = cdr_export.export_csv(
+                self.cdr, kind=kind, start=start, end=end,  # type: ignore[arg-type]
+                queue=query["queue"] or None, role=session.role, actor=session.user,
+                via="admin-api", masker=cdr_export.RowMasker(self.masker, self.hooks),
+                audit=cdr_export.hook_audit(self.hooks), max_rows=cdr_export.API_MAX_ROWS)
+        except cdr_export.TooManyRows as exc:
+            self.counters["admin_cdr_exports_refused_total"] += 1
+            return _error(400, str(exc))
+        self.counters["admin_cdr_exports_total"] += 1
+        name = "cdr" if kind == "calls" else "queue-events"
+        return HttpResponse(body=result.body, content_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}.csv"'})
 
     def switch_sensitive(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         """PCI pause on or off: while on, no audio of the call reaches its recording."""

@@ -20,6 +20,9 @@ Invariants:
 - Agent presence (signed in, on a break and why) is mirrored here with the router's own
   transition table and written to SQLite at every change, so a restarted engine restores it.
   Calls are not restored: they died with the process.
+- Queue events (Asterisk queue_log style, docs/cdr.md) are appended to `queue_events` as they
+  happen, stamped with the core's monotonic `now`; the engine drains the list into cdr.db with
+  the call records, once a second, in one transaction (never a write per event).
 - Nothing here raises into the B2BUA: a router refusal on the signalling path is counted
   (`counters["errors"]`) and the call carries on. Agent control refusals raise `RoutingError`
   to the caller (the admin API answers 409).
@@ -128,6 +131,34 @@ class QueuedCall:
 
     queue: str
     enqueued_at: float
+    position: int = 0
+    """Callers in the queue (waiting or ringing an agent) when it entered, itself included."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueEvent:
+    """One line of the queue log, named and laid out as Asterisk's queue_log (docs/cdr.md):
+    `at` is the engine's monotonic clock (the CDR writer stores UTC); agent "NONE" and queue
+    "NONE" as Asterisk writes them when there is none."""
+
+    at: float
+    call_id: str
+    queue: str
+    agent: str
+    event: str
+    data1: str = ""
+    data2: str = ""
+    data3: str = ""
+    data4: str = ""
+    data5: str = ""
+
+
+def _secs(seconds: float) -> str:
+    return str(max(0, round(seconds)))
+
+
+def _ms(seconds: float) -> str:
+    return str(max(0, round(seconds * 1000)))
 
 
 def router_config(routing: Mapping[str, Any] | RouterConfig | None) -> RouterConfig:
@@ -163,6 +194,8 @@ class AcdBridge:
         self.clock = clock
         self.flush = flush
         self.calls: dict[str, QueuedCall] = {}
+        self.queue_events: list[QueueEvent] = []  # drained by the engine into cdr.db
+        self._ringing: dict[str, tuple[str, float]] = {}  # call -> (agent, ringing since)
         self.counters = {"offers_failed": 0, "errors": 0, "overflowed_out": 0}
         self.presence: dict[str, tuple[Presence, str | None]] = {}
         self.store = AgentPresenceStore(state_path) if state_path is not None else None
@@ -178,16 +211,28 @@ class AcdBridge:
 
     def enqueue(self, call: Call, queue: str, now: float) -> None:
         try:
+            q = self.router.queue_stats(queue, now)
             events = self.router.enqueue_call(call_id=call.id, queue=queue, now=now,
                                               attributes={"caller": call.caller})
         except RoutingError:
             self.counters["errors"] += 1
             self.b2bua.end_queued_call(call.id, 503, "queue_refused", now)
             return
-        self.calls[call.id] = QueuedCall(queue=queue, enqueued_at=now)
+        position = q.waiting + q.ringing + 1
+        self.calls[call.id] = QueuedCall(queue=queue, enqueued_at=now, position=position)
+        # data2 of Asterisk's ENTERQUEUE is the caller id: left empty, so that the caller's
+        # number lives only in the calls row (where erasure and masking act on it).
+        self._log(now, call.id, queue, "NONE", "ENTERQUEUE", "", "", str(position))
         self._run(events, now)
 
     def agent_answered(self, call: Call, agent: str, now: float) -> None:
+        held = self.calls.get(call.id)
+        ringing = self._ringing.pop(call.id, None)
+        if held is not None:
+            rang = now - ringing[1] if ringing is not None else 0.0
+            b_leg = call.b.dialog.call_id if call.b is not None else ""
+            self._log(now, call.id, held.queue, agent, "CONNECT", _secs(now - held.enqueued_at),
+                      b_leg, _secs(rang))
         self._router_call(lambda: self.router.agent_answered(
             call_id=call.id, agent_id=agent, now=now), now)
 
@@ -196,8 +241,28 @@ class AcdBridge:
         self._drain(now)
 
     def call_ended(self, call: Call, answered: bool, now: float) -> None:
-        if self.calls.pop(call.id, None) is None:
+        held = self.calls.pop(call.id, None)
+        if held is None:
             return  # overflowed out of the router, or never in it
+        ringing = self._ringing.pop(call.id, None)
+        agent = call.agent or "NONE"
+        if answered and call.answered_at is not None:
+            # Asterisk has two endings; an end by the engine (timers, errors, shutdown) is not
+            # the caller's doing, so it is COMPLETEAGENT with the cause in data4.
+            event = "COMPLETECALLER" if call.ended_by == "caller" else "COMPLETEAGENT"
+            self._log(now, call.id, held.queue, agent, event,
+                      _secs(call.answered_at - held.enqueued_at), _secs(now - call.answered_at),
+                      str(held.position), call.cause if call.ended_by == "system" else "")
+            config = self.router.config.queues.get(held.queue)
+            # The seat table has one way out of wrap-up, the timer the router sets now for
+            # the queue's wrap_up; so this call's after-call work is that long (docs/cdr.md).
+            call.wrap_up_seconds = config.wrap_up if config is not None else None
+        else:
+            if ringing is not None:
+                self._log(now, call.id, held.queue, ringing[0], "RINGCANCELED",
+                          _ms(now - ringing[1]))
+            self._log(now, call.id, held.queue, "NONE", "ABANDON", "", str(held.position),
+                      _secs(now - held.enqueued_at))
         if answered:
             try:
                 self._run(self.router.call_ended(call_id=call.id, now=now), now)
@@ -236,7 +301,7 @@ class AcdBridge:
         else:
             events = router.agent_ready(agent_id=agent, now=now)
         # The router accepted it (it raises before changing anything), so the mirror may follow.
-        self._mirror(agent, action, reason)
+        self._mirror(agent, action, reason, now)
         self._run(events, now)
         self._flush()
 
@@ -249,7 +314,7 @@ class AcdBridge:
         events = self.router.apply_config(config, now)
         for agent in list(self.presence):
             if agent not in config.agents:
-                self._set_presence(agent, Presence.OFFLINE, None)  # the router signed them out
+                self._set_presence(agent, Presence.OFFLINE, None, now)  # the router signed out
         self._run(events, now)
         self._flush()
 
@@ -301,7 +366,9 @@ class AcdBridge:
     def _carry_out(self, event: RouterEvent, now: float) -> None:
         b2bua = self.b2bua
         if isinstance(event, OfferCall):
-            if not b2bua.offer_to_agent(event.call_id, event.agent_id, event.ring_timeout, now):
+            if b2bua.offer_to_agent(event.call_id, event.agent_id, event.ring_timeout, now):
+                self._ringing[event.call_id] = (event.agent_id, now)
+            else:
                 self.counters["offers_failed"] += 1
                 if event.call_id in b2bua.calls:
                     self._no_answer(event.call_id, event.agent_id, now)
@@ -312,18 +379,25 @@ class AcdBridge:
             return
         if isinstance(event, CancelOffer):
             if event.reason is OfferEndReason.RING_TIMEOUT:
-                self._mirror(event.agent_id, PresenceInput.NO_ANSWER, None)
+                self._rang_out(event.call_id, event.agent_id, now)
+                self._mirror(event.agent_id, PresenceInput.NO_ANSWER, None, now)
                 b2bua.withdraw_offer(event.call_id, now)
             # CALLER_ABANDONED: the B2BUA is ending the call and cancels the ringing itself.
             b2bua.hooks.notify(HookPoint.ROUTING_DECISION, event)
             return
         if isinstance(event, CallOverflowed):
             b2bua.hooks.notify(HookPoint.ROUTING_DECISION, event)
+            held = self.calls.get(event.call_id)
+            if held is not None:
+                self._log(now, event.call_id, held.queue, "NONE", "EXITWITHTIMEOUT", "",
+                          str(held.position), _secs(event.waited))
             if event.to_queue is not None:
-                held = self.calls.get(event.call_id)
                 if held is not None:  # still routed, in the overflow queue
                     self.calls[event.call_id] = QueuedCall(queue=event.to_queue,
-                                                           enqueued_at=held.enqueued_at)
+                                                           enqueued_at=held.enqueued_at,
+                                                           position=held.position)
+                    self._log(now, event.call_id, event.to_queue, "NONE", "ENTERQUEUE", "", "",
+                              str(held.position))
                 return
             self.calls.pop(event.call_id, None)
             self.counters["overflowed_out"] += 1
@@ -342,8 +416,24 @@ class AcdBridge:
         except RoutingError:
             self.counters["errors"] += 1  # the router already timed the offer out
             return
-        self._mirror(agent, PresenceInput.NO_ANSWER, None)
+        self._rang_out(call_id, agent, now)
+        self._mirror(agent, PresenceInput.NO_ANSWER, None, now)
         self._pending.extend(events)
+
+    def _rang_out(self, call_id: str, agent: str, now: float) -> None:
+        """RINGNOANSWER: the offer rang out, was refused, or could not ring at all (0 ms)."""
+        ringing = self._ringing.pop(call_id, None)
+        held = self.calls.get(call_id)
+        since = ringing[1] if ringing is not None and ringing[0] == agent else now
+        self._log(now, call_id, held.queue if held is not None else "NONE", agent,
+                  "RINGNOANSWER", _ms(now - since))
+
+    def _log(self, at: float, call_id: str, queue: str, agent: str, event: str,
+             data1: str = "", data2: str = "", data3: str = "", data4: str = "",
+             data5: str = "") -> None:
+        self.queue_events.append(QueueEvent(
+            at=at, call_id=call_id, queue=queue, agent=agent, event=event, data1=data1,
+            data2=data2, data3=data3, data4=data4, data5=data5))
 
     def _safe(self, call: Callable[[], list[RouterEvent]]) -> list[RouterEvent]:
         try:
@@ -357,7 +447,8 @@ class AcdBridge:
             self.flush()
 
     # -- presence mirror and store -------------------------------------------------------------
-    def _mirror(self, agent: str, action: PresenceInput, reason: str | None) -> None:
+    def _mirror(self, agent: str, action: PresenceInput, reason: str | None,
+                now: float) -> None:
         presence, old_reason = self.presence.get(agent, (Presence.OFFLINE, None))
         transition = PRESENCE_TRANSITIONS.get((presence, action))
         if transition is None:  # pragma: no cover - the router accepted the same input
@@ -365,17 +456,37 @@ class AcdBridge:
         new = transition[0]
         new_reason = reason if action is PresenceInput.PAUSE else (
             old_reason if new is Presence.BREAK else None)
-        self._set_presence(agent, new, new_reason)
+        self._set_presence(agent, new, new_reason, now)
 
-    def _set_presence(self, agent: str, presence: Presence, reason: str | None) -> None:
-        if self.presence.get(agent, (Presence.OFFLINE, None)) == (presence, reason):
+    def _set_presence(self, agent: str, presence: Presence, reason: str | None,
+                      now: float | None = None) -> None:
+        old = self.presence.get(agent, (Presence.OFFLINE, None))
+        if old == (presence, reason):
             return
+        if now is not None:  # None: restoring after a restart, nothing new happened
+            self._log_presence(agent, old[0], presence, reason, now)
         if presence is Presence.OFFLINE:
             self.presence.pop(agent, None)
         else:
             self.presence[agent] = (presence, reason)
         if self.store is not None:
             self.store.save(agent, presence, reason)
+
+    def _log_presence(self, agent: str, old: Presence, new: Presence, reason: str | None,
+                      now: float) -> None:
+        """Agent sessions and pauses in the queue log (queue "NONE": they span all queues),
+        as Asterisk's AGENTLOGIN/AGENTLOGOFF and PAUSE/UNPAUSE; a missed offer is a PAUSE
+        with reason not-responding, as Asterisk's auto-pause."""
+        if old is Presence.OFFLINE:
+            self._log(now, "NONE", "NONE", agent, "AGENTLOGIN")
+        if new is Presence.OFFLINE:
+            self._log(now, "NONE", "NONE", agent, "AGENTLOGOFF")
+        elif new is Presence.BREAK:
+            self._log(now, "NONE", "NONE", agent, "PAUSE", reason or "")
+        elif new is Presence.NOT_RESPONDING:
+            self._log(now, "NONE", "NONE", agent, "PAUSE", Presence.NOT_RESPONDING.value)
+        elif old is not Presence.OFFLINE:
+            self._log(now, "NONE", "NONE", agent, "UNPAUSE")
 
     def _restore(self, now: float) -> None:
         if self.store is None:

@@ -20,6 +20,8 @@ from typing import Protocol
 
 from ..hooks.registry import HookPoint, HookRegistry
 from ..runtime.config import Config, music_on_hold_by_queue
+from ..sdp.errors import SdpError
+from ..sdp.model import Direction, parse_sdp
 from ..sip.dialog import Dialog
 from ..sip.digest import DigestAnswer, DigestServer, build_authorization
 from ..sip.endpoint import Flow, TransactionLayer
@@ -37,7 +39,7 @@ from ..sip.transaction import (
 )
 from ..sip.uri import parse_uri
 from ..sip.validate import ALLOWED_METHODS
-from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
+from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side, disposition_of
 from .dialplan import Dialplan, Route
 from .location import LocationService
 from .timers import CallTimer, CallTimerWheel
@@ -467,6 +469,8 @@ class B2BUA:
         a = call.a
         assert a is not None
         call.early_sdp = early_sdp
+        if call.queue_entered_at is None:  # reporting: wait time counts from here
+            call.queue, call.queue_entered_at = queue, now
         if (early_sdp is not None or call.acd_queue is not None) and (
                 a.invite_server is not None and a.invite_request is not None):
             # Our answer goes in an unreliable 183; no 100rel is needed because the 200 repeats
@@ -1007,6 +1011,8 @@ class B2BUA:
         target = relay.target_leg
         extra: list[tuple[str, str]] = []
         if relay.method in ("INVITE", "UPDATE") and 200 <= status < 300:
+            if not error and relay.origin_leg.call is not None:
+                _note_hold(relay.origin_leg.call, relay.origin_leg.side, request.body, now)
             target.dialog.refresh_target(response)
             extra.append(("contact", relay.origin_leg.dialog.local_contact))
             if relay.method == "INVITE":
@@ -1129,6 +1135,12 @@ class B2BUA:
                 self._bye_leg(leg, now)
         call.cause = call.cause or cause
         call.status = call.status or status
+        if call.answered_at is not None:  # reporting: who hung up, the hold still running
+            call.ended_by = "system" if hung_up_by is None else (
+                "caller" if hung_up_by.side is Side.A else "callee")
+            if call.hold_started is not None:
+                call.hold_seconds += now - call.hold_started
+                call.hold_started = None
         if call.acd_queue is not None and self.queue_router is not None:
             self.queue_router.call_ended(call, call.answered_at is not None, now)
         call.state = CallState.ENDED
@@ -1159,6 +1171,7 @@ class B2BUA:
             route_kind=call.route_kind, route_name=call.route_name, started=call.started,
             answered=call.answered_at, ended=call.ended_at or call.started, cause=call.cause,
             status=call.status, legs=json.dumps(legs, separators=(",", ":")),
+            **_reporting_fields(call),
         )
 
     def _notify_state(self, call: Call, now: float) -> None:
@@ -1229,6 +1242,49 @@ class B2BUA:
     def end_all(self, now: float, cause: str = "shutdown") -> None:
         for call in list(self.calls.values()):
             self._end_call(call, cause, 503, now)
+
+
+def _reporting_fields(call: Call) -> dict[str, object]:
+    """The CallRecord's reporting fields (issue 17, docs/cdr.md) of an ended call."""
+    agent = ""
+    if call.queue and call.answered_at is not None:
+        # A routed call's agent is the one the router offered it to; a hunt group's is the
+        # member whose phone answered.
+        agent = call.agent or (call.b.target_name if call.b is not None else "")
+    return {
+        "queue": call.queue, "queue_entered": call.queue_entered_at, "agent": agent,
+        "hold_seconds": call.hold_seconds, "wrap_up_seconds": call.wrap_up_seconds,
+        "ended_by": call.ended_by,
+        "disposition": disposition_of(answered=call.answered_at is not None,
+                                      queued=bool(call.queue), cause=call.cause),
+    }
+
+
+def _note_hold(call: Call, side: Side, offer: bytes, now: float) -> None:
+    """An accepted re-INVITE/UPDATE offer from `side`: that side holds the call while every
+    audio stream it offers is sendonly or inactive, or has the RFC 2543 hold address 0.0.0.0
+    (RFC 6337 §5.3). The call is on hold while either side holds it, so the held party's own
+    session refresh (sendrecv) does not end the other's hold. An offer without SDP (a delayed
+    offer) or that does not parse changes nothing."""
+    if not offer:
+        return
+    try:
+        sdp = parse_sdp(offer)
+    except SdpError:
+        return
+    audio = [i for i, m in enumerate(sdp.media) if m.media == "audio" and m.port != 0]
+    if not audio:
+        return
+    held = all(
+        sdp.direction_for(i) in (Direction.SENDONLY, Direction.INACTIVE)
+        or ((c := sdp.connection_for(i)) is not None and c.is_hold_address)
+        for i in audio)
+    call.held_by = call.held_by | {side} if held else call.held_by - {side}
+    if call.held_by and call.hold_started is None:
+        call.hold_started = now
+    elif not call.held_by and call.hold_started is not None:
+        call.hold_seconds += now - call.hold_started
+        call.hold_started = None
 
 
 def _leg_name(leg: Leg) -> str:

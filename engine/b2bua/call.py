@@ -5,6 +5,8 @@ Invariants:
   reference counting, never left for the cyclic garbage collector.
 - `CallRecord` and `CallStateChanged` are frozen values handed to the CDR writer and to the hook
   registry; numbers in them have passed through the masking hook point.
+- Times in a `CallRecord` are the engine's monotonic clock (the `now` the core runs on); only
+  the CDR writer turns them into UTC, so durations never jump with the wall clock (docs/cdr.md).
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class Call:
         "probe_at", "session_deadline", "hard_end_at", "session_interval", "draining",
         "timer", "wheel_seconds", "acd_queue", "agent", "anchored", "b_sdp", "early_sdp",
         "srtp_policies",
+        # reporting (issue 17, docs/cdr.md)
+        "queue", "queue_entered_at", "held_by", "hold_started", "hold_seconds", "ended_by",
+        "wrap_up_seconds",
     )
 
     def __init__(self, call_id: str, now: float) -> None:
@@ -107,6 +112,16 @@ class Call:
         self.early_sdp: bytes | None = None  # our answer in the caller's 183 (music on hold)
         # (caller, callee) srtp policy, kept for a delayed offer: the callee's 2xx offers then.
         self.srtp_policies: tuple[str | None, str | None] = (None, None)
+        # Reporting: the first queue the call entered and when (it keeps them through an
+        # overflow), time on hold (a re-INVITE/UPDATE offering sendonly or inactive media was
+        # accepted), who hung up, and the after-call work the queue router scheduled.
+        self.queue = ""
+        self.queue_entered_at: float | None = None
+        self.held_by: frozenset[Side] = frozenset()  # sides whose last accepted offer holds
+        self.hold_started: float | None = None
+        self.hold_seconds = 0.0
+        self.ended_by = ""
+        self.wrap_up_seconds: float | None = None  # set by the queue router at the call's end
 
     def legs(self) -> list[Leg]:
         out = [self.a] if self.a is not None else []
@@ -150,3 +165,48 @@ class CallRecord:
     cause: str
     status: int
     legs: str  # JSON list of {side, call_id, peer, transport, target}
+    # Reporting fields (issue 17; columns and meanings in docs/cdr.md). Times as above: the
+    # engine's monotonic clock.
+    queue: str = ""
+    """The first queue the call entered ("" when it never waited in one)."""
+    queue_entered: float | None = None
+    agent: str = ""
+    """The agent (extension) who answered a queue call."""
+    hold_seconds: float = 0.0
+    wrap_up_seconds: float | None = None
+    """After-call work of the answering agent; None when the call had none to do."""
+    ended_by: str = ""
+    """caller, callee or system (timers, errors, shutdown); "" when never connected."""
+    disposition: str = ""
+    transfers: str = "[]"
+    """JSON list of the parties the call was transferred to, in order (no transfer yet: [])."""
+    consent: str = "not_asked"
+
+
+# Disposition of a call, from what happened (docs/cdr.md): the first matching row wins.
+ABANDONED = "abandoned"
+DISPOSITIONS = {
+    "answered": "an agent or callee answered",
+    ABANDONED: "a queue call the caller hung up before an agent answered",
+    "exit_timeout": "a queue call that waited the queue's max_wait with nowhere to go",
+    "busy": "the callee was busy or declined",
+    "no_answer": "nobody answered in time",
+    "cancelled": "a direct call the caller hung up before an answer",
+    "failed": "anything else: unreachable, refused, media or network failure",
+}
+
+
+def disposition_of(*, answered: bool, queued: bool, cause: str) -> str:
+    if answered:
+        return "answered"
+    if queued and cause == "cancelled":
+        return ABANDONED
+    if cause == "max_wait":
+        return "exit_timeout"
+    if cause in ("busy", "declined"):
+        return "busy"
+    if cause == "no_answer":
+        return "no_answer"
+    if cause == "cancelled":
+        return "cancelled"
+    return "failed"

@@ -53,6 +53,8 @@ class HookPoint(enum.Enum):
     RETENTION_CHANGE = "retention_change"
     APPROVAL = "approval"
     SECURITY_ALERT = "security_alert"
+    # Bulk exports of personal data (CDR / queue-event CSV): who, what, which range, how many.
+    DATA_EXPORT = "data_export"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +82,7 @@ AUDITED_POINTS: tuple[HookPoint, ...] = (
     HookPoint.RETENTION_CHANGE,
     HookPoint.APPROVAL,
     HookPoint.SECURITY_ALERT,
+    HookPoint.DATA_EXPORT,
 )
 
 # A masker takes (field kind, value, role) and returns the value to store or show.

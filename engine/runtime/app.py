@@ -117,7 +117,7 @@ class Engine:
         self.media_controller: object | None = None
         self.media_port: object | None = None
         self.layer: TransactionLayer | None = None
-        self.cdr = CdrStore(self.data_dir / "cdr.db")
+        self.cdr = CdrStore(self.data_dir / "cdr.db", timezone=self.config.cdr.timezone)
         self.acd: AcdBridge | None = None  # set in start() when the config has `routing:`
         self.recorder: CallRecorder | None = None  # set in start() when recording is enabled
         self.keystore: Keystore | None = None
@@ -382,9 +382,16 @@ class Engine:
 
     def housekeeping_once(self) -> None:
         records = self.b2bua.finished_records
-        if records:
+        queue_events = self.acd.queue_events if self.acd is not None else []
+        if records or queue_events:
             self.b2bua.finished_records = []
-            self.cdr.write(records)
+            if self.acd is not None:
+                self.acd.queue_events = []
+            recorded = (self.recorder.take_recording_ids(r.call_id for r in records)
+                        if self.recorder is not None else {})
+            # UTC from the engine's clock with the wall clock's offset as it is now (cdr.py).
+            self.cdr.write(records, queue_events,
+                           wall_offset=time.time() - self.loop.time(), recording_ids=recorded)
             for record in records:
                 log.info("call.ended", call_id=record.call_id, caller=record.caller,
                          callee=record.callee, cause=record.cause, status=record.status,
@@ -459,6 +466,10 @@ class Engine:
                         "Plug-in errors isolated"))
         if self.audit is not None:
             samples.extend(self.audit.metric_samples())
+        samples.append(("vaultpbx_cdr_records_written", "counter", self.cdr.written,
+                        "Call records written to cdr.db"))
+        samples.append(("vaultpbx_cdr_queue_events_written", "counter", self.cdr.events_written,
+                        "Queue events written to cdr.db"))
         if self.acd is not None:
             samples.extend(self.acd.metric_samples(self.loop.time()))
         controller = self.media_controller
@@ -506,6 +517,7 @@ class Engine:
         self.loaded = loaded
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)
+        self.cdr.timezone = loaded.config.cdr.timezone  # records written from now on
         self._reload_security(SecurityConfig.from_dict(loaded.config.security))
         if self.acd is not None:
             self.acd.apply_config(loaded.config.routing, self.loop.time())

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         # Recording commands take the data directory the configuration names.
         _with_data_dir(sub.choices[name])
     add_audit_commands(sub)
+    from .cdr_export import add_cdr_commands
+
+    add_cdr_commands(sub)
+    _with_data_dir(sub.choices["cdr"])
     return parser
 
 

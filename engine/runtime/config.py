@@ -204,6 +204,23 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CdrConfig:
+    timezone: str = "UTC"
+    """IANA time zone (e.g. Asia/Shanghai) written with each call record for display; the
+    record's times themselves are always UTC (docs/cdr.md)."""
+
+    def validate(self) -> None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if self.timezone == "UTC":
+            return  # needs no time zone database (scripts/setup.sh installs Debian tzdata)
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: unknown time zone {self.timezone!r}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     data_dir: str = "var"
     """Where databases, keys, recordings and logs live (relative to the working directory)."""
@@ -233,6 +250,8 @@ class Config:
     """Skills-based routing (validated by vaultpbx.routing)."""
     security: dict[str, Any] = field(default_factory=dict)
     """Masking, audit, users and abuse defence (validated by vaultpbx.security)."""
+    cdr: CdrConfig = field(default_factory=CdrConfig)
+    """Call records and queue events (docs/cdr.md)."""
 
     def validate(self) -> None:
         for index, rule in enumerate(self.dialplan):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class CallRecorder:
         self.hooks = hooks
         self.loop = loop
         self.active: dict[str, str] = {}  # call id -> recording id (hex)
+        # Every recording made, by call, until the call's CDR takes it (the active entry goes
+        # when the recording closes, which may be before the CDR is written).
+        self.recorded: dict[str, str] = {}
         # Closes reported by the workers, written to the index together by `flush` (once a
         # second from housekeeping): a transaction per call cost the event loop ~3% of its CPU
         # at 400 calls/s. Until then the row says 'recording'; a crash meanwhile is mended by
@@ -100,6 +104,12 @@ class CallRecorder:
         self.hooks.controls["recording.sensitive"] = self.set_sensitive
         if self.controller is not None:
             self.controller.on_recording_event = self.recording_ended
+
+    def take_recording_ids(self, call_ids: Iterable[str]) -> dict[str, str]:
+        """The recording id of each of these ended calls that was recorded, forgotten here."""
+        recorded = self.recorded
+        return {call_id: rid for call_id in call_ids
+                if (rid := recorded.pop(call_id, None)) is not None}
 
     def flush(self) -> None:
         """Write the closes reported since the last flush to the index, in one transaction."""
@@ -183,6 +193,7 @@ class CallRecorder:
             return
         rid = new.recording_id.hex()
         self.active[call_id] = rid
+        self.recorded[call_id] = rid
         sip_call_id = call.a.dialog.call_id if call.a is not None else ""
         fields = {
             "path": str(new.path), "recording-id": rid, "key-id": new.key_id.hex(),

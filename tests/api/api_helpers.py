@@ -71,6 +71,15 @@ class FakeCdr:
     def recent(self, limit: int = 100) -> list[dict[str, object]]:
         return [dict(r) for r in self.records[:limit]]
 
+    # The CSV exports' reads (tests/api/test_api_cdr_export.py uses the real CdrStore).
+    def calls_between(self, start: float, end: float, queue: str | None = None,
+                      limit: int = -1) -> list[dict[str, object]]:
+        return []
+
+    def queue_events_between(self, start: float, end: float, queue: str | None = None,
+                             limit: int = -1) -> list[dict[str, object]]:
+        return []
+
 
 class FakeRecordings:
     def __init__(self, rows: list[dict[str, object]] | None = None) -> None:
