@@ -105,6 +105,13 @@ def _with_data_dir(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.handler is not _run:
+        # Commands other than `run` (which sets up its own) log through the same maskers: a
+        # standard-library warning from the audit or key code must not print clear numbers.
+        from ..hooks.registry import HookRegistry
+        from .logs import configure_logging
+
+        configure_logging("warning", HookRegistry())
     result: int = args.handler(args)
     return result
 
