@@ -234,8 +234,8 @@ _PII_RE = re.compile(
     r"|(?P<e164>(?<![\w+])\+[1-9]\d{6,14}(?!\d))"
     r"|(?P<run>(?<!\d)(?:\d{17}[Xx](?![A-Za-z])|\d{11,19}(?!\d)))"
     # Groups of digits joined by one separator each (no nested optional parts: linear time).
-    r"|(?P<phone>(?<![\w.:/*+-])(?=\+?\(?\d(?:[ ()-]{0,2}\d){6})(?:\+|\(\+?)?\d+\)?"
-    r"(?:(?:[ -]|\) ?| ?\()\d+\)?){0,7}(?![\w:/*-]|\.\d))"
+    r"|(?P<phone>(?<![\w.:*+-])(?=\+?\(?\d(?:[ ()-]{0,2}\d){6})(?:\+|\(\+?)?\d+\)?"
+    r"(?:(?:[ -]|\) ?| ?\()\d+\)?){0,7}(?![\w:*-]|\.\d))"
 )
 
 # Secrets inside free text: the value is replaced, the name stays so the line still reads.
