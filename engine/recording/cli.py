@@ -273,11 +273,15 @@ def add_recording_commands(
         return 0
 
     def erase_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        from ..runtime.cdr import CdrStore
+        from ..runtime.cdr import CdrSchemaError, CdrStore
 
         security = _security(args)
         with store_for(data_dir, args) as store:
-            cdr = CdrStore(data_dir / "cdr.db", store.subjects)
+            try:
+                cdr = CdrStore(data_dir / "cdr.db", store.subjects)
+            except CdrSchemaError as exc:
+                stdout().write(f"error: {exc}\n")
+                return 1
             try:
                 service = ErasureService(
                     store, [RetentionManager(store), cdr], hooks=hooks,

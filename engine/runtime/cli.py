@@ -17,7 +17,9 @@ def _run(args: argparse.Namespace) -> int:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
         uvloop = None
+    from ..recording.keystore import KeystoreSchemaError
     from .app import serve
+    from .cdr import CdrSchemaError
 
     try:
         if uvloop is not None:
@@ -26,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"vaultpbx: configuration error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, KeystoreSchemaError, CdrSchemaError) as exc:
         print(f"vaultpbx: cannot start: {exc}", file=sys.stderr)
         return 1
 

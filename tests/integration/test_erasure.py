@@ -271,3 +271,20 @@ def test_numbers_sealed_masked_by_role_erased_by_subject_and_expired(tmp_path: P
     for name, data in _store_bytes(engine).items():
         for clear in CLEAR:
             assert clear not in data, f"{clear!r} in clear in {name}"
+
+
+def test_engine_refuses_a_keystore_from_a_newer_version_clearly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    with sqlite3.connect(data_dir / "keystore.db") as db:
+        db.execute("PRAGMA user_version = 9")
+    try:
+        engine = start_engine(tmp_path)
+    except RuntimeError as exc:
+        message = str(exc)
+    else:
+        engine.stop()
+        raise AssertionError("the engine started on a keystore it cannot read")
+    assert "engine exited 1" in message
+    assert "vaultpbx: cannot start:" in message and "schema version 9 is newer" in message
+    assert "Traceback" not in message
