@@ -5,7 +5,9 @@ Invariants:
 - A number is masked only when it validates: an 18-digit resident ID only with a correct
   ISO 7064 MOD 11-2 check character (and a plausible region and birth date), a 15-digit legacy ID
   only with a plausible region and birth date, a card number only when its Luhn sum is right.
-  A random 18-digit number that fails the checksum is left alone.
+  A random 18-digit number that fails the checksum is left alone. A run of digits is a phone
+  number when libphonenumber says so under the masker's country (phones.py): international
+  formats, national ones with the trunk prefix, valid ones as the country writes them.
 - A masked value keeps its length and separators; only digits and letters are starred, so column
   alignment and SIP syntax survive (`<sip:138****5678@host>` is still a URI).
 - An unknown role gets the strictest policy (fail closed). Agents and QA can never see clear data.
