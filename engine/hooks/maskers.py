@@ -22,7 +22,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .phones import DEFAULT_COUNTRY, PhoneFinder
+from .phones import DEFAULT_COUNTRY, PhoneBudget, PhoneFinder
 
 REDACTED = "[redacted]"
 ROLES = ("agent", "qa", "supervisor", "admin", "auditor", "system")
@@ -289,7 +289,8 @@ def classify_digits(digits: str) -> str | None:
     return None
 
 
-def _shape(m: re.Match[str], policy: MaskPolicy, phones: PhoneFinder) -> str:
+def _shape(m: re.Match[str], policy: MaskPolicy, phones: PhoneFinder, budget: PhoneBudget
+           ) -> str:
     text = m.group(0)
     kind = m.lastgroup
     if kind == "email":
@@ -308,7 +309,7 @@ def _shape(m: re.Match[str], policy: MaskPolicy, phones: PhoneFinder) -> str:
             return mask_card_number(text, policy)
         if found == "phone":
             return mask_phone_number(text, policy)
-    if phones.is_phone(text):
+    if phones.is_phone(text, budget):
         return mask_phone_number(text, policy)
     return text
 
@@ -344,7 +345,8 @@ class TextMasker:
             return text
         policy = self.policies.get(role, STRICT)
         phones = self.phones
-        return _PII_RE.sub(lambda m: _shape(m, policy, phones), text)
+        budget = PhoneBudget()
+        return _PII_RE.sub(lambda m: _shape(m, policy, phones, budget), text)
 
     # The HookRegistry masker signature: (kind, value, role) -> value.
     def __call__(self, kind: str, value: str, role: str) -> str:

@@ -14,6 +14,10 @@ Invariants:
   epoch timestamp `1733243423` is therefore not a GB phone number, though it would parse as one.
 - The default country is configuration (`security.privacy.default_country`), passed in; nothing
   here reads global state. Answers are cached per finder (bounded), as log lines repeat numbers.
+- Cost is bounded per text: libphonenumber takes ~50-100 us per new candidate, so a caller of
+  `is_phone` passes a `PhoneBudget`; once it is spent, every further new candidate counts as a
+  phone number (fail closed: masked), and a hostile text full of digit groups costs no more
+  than the regular expression's linear pass.
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ def normalise_number(number: str, country: str = DEFAULT_COUNTRY) -> str:
     return ("+" + digits) if text.startswith("+") else digits
 
 
+DEFAULT_BUDGET = 32  # new (uncached) candidates decided per text; then fail closed
+
+
+class PhoneBudget:
+    __slots__ = ("left",)
+
+    def __init__(self, left: int = DEFAULT_BUDGET) -> None:
+        self.left = left
+
+
 class PhoneFinder:
     """Is this candidate (digits with spaces, dashes, parentheses, maybe '+') a phone number?"""
 
@@ -66,9 +80,13 @@ class PhoneFinder:
         self.national_prefix = (metadata.national_prefix if metadata is not None else None) or ""
         self._cache: dict[str, bool] = {}
 
-    def is_phone(self, candidate: str) -> bool:
+    def is_phone(self, candidate: str, budget: PhoneBudget | None = None) -> bool:
         found = self._cache.get(candidate)
         if found is None:
+            if budget is not None:
+                if budget.left <= 0:
+                    return True  # fail closed; not cached: another text may decide it
+                budget.left -= 1
             found = self._decide(candidate)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()

@@ -88,3 +88,22 @@ def test_masking_cost_grows_linearly_with_hostile_digit_groups() -> None:
     small = min(cost(2000) for _ in range(3))
     large = min(cost(4000) for _ in range(3))
     assert large < small * 4, (small, large)
+
+
+def test_a_text_full_of_new_digit_groups_costs_linear_time_and_fails_closed() -> None:
+    # Each new candidate costs libphonenumber ~50-100 us; an attacker-controlled text (a SIP
+    # message logged after an internal error) could hold thousands. Past a per-text budget they
+    # are masked without asking.
+    def text(n: int, base: int) -> str:
+        return " ".join(f"{base + i:010d}" for i in range(n))
+
+    def cost(n: int, base: int) -> float:
+        masker = TextMasker()  # a fresh cache: every candidate is new
+        start = time.perf_counter()
+        masked = masker.mask_text(text(n, base), "agent")
+        assert "*" in masked.rsplit(" ", 1)[-1]  # the last ones were masked, fail closed
+        return time.perf_counter() - start
+
+    small = min(cost(2000, 10**9 + 7 * k) for k in range(3))
+    large = min(cost(4000, 2 * 10**9 + 7 * k) for k in range(3))
+    assert large < small * 4, (small, large)
