@@ -25,6 +25,7 @@ from pathlib import Path
 from vaultpbx.b2bua.acd import QueueEvent
 from vaultpbx.b2bua.call import CallRecord
 from vaultpbx.hooks.maskers import TextMasker
+from vaultpbx.recording.cli import open_store
 from vaultpbx.runtime import cdr_export
 from vaultpbx.runtime.cdr import CdrStore
 
@@ -53,7 +54,7 @@ def batch(second: int, calls: int) -> tuple[list[CallRecord], list[QueueEvent]]:
 
 
 def write_cost(directory: Path, rate: int, seconds: int) -> float:
-    store = CdrStore(directory / f"cdr-{rate}.db")
+    store = CdrStore(directory / f"cdr-{rate}.db", open_store(directory).subjects)
     costs = []
     for second in range(seconds):
         records, events = batch(second, rate)
@@ -65,7 +66,7 @@ def write_cost(directory: Path, rate: int, seconds: int) -> float:
 
 
 def export_rate(directory: Path, calls: int) -> float:
-    store = CdrStore(directory / "export.db")
+    store = CdrStore(directory / "export.db", open_store(directory).subjects)
     for second in range(0, calls, 1000):
         records, _ = batch(second, 1000)
         store.write(records, wall_offset=1.79e9)

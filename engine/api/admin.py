@@ -14,6 +14,9 @@ role's mask policy, four-eyes recording export, and the audit log for auditors.
   POST /export-requests/{id}/approve      a second admin approves            approval.grant
   GET  /recordings/{id}/export?request=ID the WAV, once per approval         recording.export
   GET  /recordings/{id}/verify            integrity of one recording         recording.export
+  POST /erasures                          {number}: erase a caller's data    recording.delete
+  GET  /erasures                          pending erasure requests           recording.delete
+  POST /erasures/{id}/approve             a second admin runs it             approval.grant
   POST /users/{name}/unlock               lift a lock (not one's own)        users.manage
   GET  /audit?after=SEQ&limit=N           audit records                      audit.read
   GET  /audit/verify                      chain, Merkle roots, signatures    audit.verify
@@ -62,6 +65,7 @@ from ..security.mfa import TotpVerifier
 from ..security.rbac import Permission
 from ..security.sessions import Session, SessionStore
 from ..security.users import Authenticator, UserStore
+from .erasure import ErasureApi, ErasureRefused
 from .http import HttpRequest, HttpResponse
 from .recordings import RecordingAccess
 
@@ -84,6 +88,9 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/export-requests/{id}/approve", P.APPROVE, "approve_export"),
     ("GET", "/recordings/{id}/export", P.RECORDING_EXPORT, "export_recording"),
     ("GET", "/recordings/{id}/verify", P.RECORDING_EXPORT, "verify_recording"),
+    ("POST", "/erasures", P.RECORDING_DELETE, "request_erasure"),
+    ("GET", "/erasures", P.RECORDING_DELETE, "erasure_requests"),
+    ("POST", "/erasures/{id}/approve", P.APPROVE, "approve_erasure"),
     ("POST", "/users/{name}/unlock", P.USERS_MANAGE, "unlock_user"),
     ("GET", "/audit", P.AUDIT_READ, "read_audit"),
     ("GET", "/audit/verify", P.AUDIT_VERIFY, "audit_verify"),
@@ -160,10 +167,12 @@ class AdminApi:
         self.clock = clock
         self.audit_dir = Path(audit_dir) if audit_dir is not None else None
         self.audit_sink = Path(audit_sink) if audit_sink is not None else None
-        self.masker = TextMasker(security.masking)
+        self.masker = TextMasker(security.masking, country=security.privacy.default_country)
         # (call id, on, actor) -> False if no such recorded call; set by the runtime when it
         # records calls. The switch is audited there (HookPoint.RECORDING_SENSITIVE).
         self.sensitive: Callable[[str, bool, str], bool] | None = None
+        # Erasure by caller (vaultpbx.recording.erasure.ErasureService); set by the runtime.
+        self.erasure: Any = None
         self.auth = Authenticator(users, sessions, totp=totp, anomaly=anomaly, hooks=hooks)
         self.login_attempts = login_attempts
         self.login_window = login_window
@@ -574,6 +583,31 @@ class AdminApi:
             return _error(404, "no such recording")
         self._recording_accessed(session, "verify", recording_id, allowed=True)
         return HttpResponse.of_json(dict(recordings.verify(recording_id, actor=session.user)))
+
+    # -- erasure (logic in erasure.py) ----------------------------------------------------------
+
+    def _erasure_api(self) -> ErasureApi:
+        if self.erasure is None:
+            raise _Denied("erasure is not available on this node", status=404)
+        return ErasureApi(self.erasure, self.clock)
+
+    def request_erasure(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        status, doc = self._erasure_api().request(_json_object(request), session.user)
+        return HttpResponse.of_json(doc, status)
+
+    def erasure_requests(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        status, doc = self._erasure_api().pending()
+        return HttpResponse.of_json(doc, status)
+
+    def approve_erasure(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        try:
+            status, doc = self._erasure_api().approve(request.params.get("id", ""),
+                                                      session.user)
+        except ErasureRefused as exc:
+            raise _Denied(str(exc), permission=P.APPROVE) from None
+        return HttpResponse.of_json(doc, status)
 
     # -- accounts -------------------------------------------------------------------------------
 

@@ -351,8 +351,10 @@ class B2BUA:
         call.route_kind = route.kind
         call.route_name = route.name
         from_uri = parse_uri(request.from_.uri)
-        call.caller = self._mask("number", from_uri.user or "")
-        call.callee = self._mask("number", route.number)
+        # In clear here: the CDR and recording stores seal them under the caller's subject key,
+        # and everything shown or logged is masked by role on the way out.
+        call.caller = from_uri.user or ""
+        call.callee = route.number
         a_tag = txn.to_tag or self.token()
         txn.to_tag = a_tag
         a_dialog = Dialog.as_uas(request, a_tag, self.contact_for(flow))
@@ -1176,8 +1178,9 @@ class B2BUA:
 
     def _notify_state(self, call: Call, now: float) -> None:
         self.hooks.notify(HookPoint.CALL_STATE, CallStateChanged(
-            call_id=call.id, state=call.state.value, at=now, caller=call.caller,
-            callee=call.callee, cause=call.cause))
+            call_id=call.id, state=call.state.value, at=now,
+            caller=self._mask("number", call.caller), callee=self._mask("number", call.callee),
+            cause=call.cause))
 
     # -- call timers -----------------------------------------------------------------------------
     def _arm_keepalive(self, call: Call, now: float) -> None:

@@ -4,7 +4,9 @@ Invariants:
 - `Leg.call` is the only back reference; `Call.finish` breaks it so that ended calls are freed by
   reference counting, never left for the cyclic garbage collector.
 - `CallRecord` and `CallStateChanged` are frozen values handed to the CDR writer and to the hook
-  registry; numbers in them have passed through the masking hook point.
+  registry. The numbers of a `CallStateChanged` (for plug-ins) have passed through the masking
+  hook point; a `CallRecord` carries them as received, for the CDR store to seal (never to log
+  or show unmasked).
 - Times in a `CallRecord` are the engine's monotonic clock (the `now` the core runs on); only
   the CDR writer turns them into UTC, so durations never jump with the wall clock (docs/cdr.md).
 """

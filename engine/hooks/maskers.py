@@ -5,7 +5,9 @@ Invariants:
 - A number is masked only when it validates: an 18-digit resident ID only with a correct
   ISO 7064 MOD 11-2 check character (and a plausible region and birth date), a 15-digit legacy ID
   only with a plausible region and birth date, a card number only when its Luhn sum is right.
-  A random 18-digit number that fails the checksum is left alone.
+  A random 18-digit number that fails the checksum is left alone. A run of digits is a phone
+  number when libphonenumber says so under the masker's country (phones.py): international
+  formats, national ones with the trunk prefix, valid ones as the country writes them.
 - A masked value keeps its length and separators; only digits and letters are starred, so column
   alignment and SIP syntax survive (`<sip:138****5678@host>` is still a URI).
 - An unknown role gets the strictest policy (fail closed). Agents and QA can never see clear data.
@@ -19,6 +21,8 @@ import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+from .phones import DEFAULT_COUNTRY, PhoneBudget, PhoneFinder
 
 REDACTED = "[redacted]"
 ROLES = ("agent", "qa", "supervisor", "admin", "auditor", "system")
@@ -222,12 +226,18 @@ def mask_email(value: str, policy: MaskPolicy = STRICT) -> str:
 #   grouped 13-19 digits written in groups with spaces or dashes (a card)
 #   e164    +CC and national number
 #   run     11 to 19 digits, or 17 digits and X (IDs, cards, mobiles, 86+mobile)
+#   phone   7+ digits in groups (spaces, dashes, parentheses), maybe '+': international and
+#           national formats, decided by the masker's PhoneFinder (its default country)
+# A grouped or run match that is no card or ID is also offered to the PhoneFinder.
 _PII_RE = re.compile(
     r"(?P<email>(?<![\w.%+-])(?<![sS][iI][pP]:)(?<![sS][iI][pP][sS]:)"
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
     r"|(?P<grouped>(?<![\d+-])\d{4}(?:[ -]\d{2,7}){2,4}(?![\d-]))"
     r"|(?P<e164>(?<![\w+])\+[1-9]\d{6,14}(?!\d))"
     r"|(?P<run>(?<!\d)(?:\d{17}[Xx](?![A-Za-z])|\d{11,19}(?!\d)))"
+    # Groups of digits joined by one separator each (no nested optional parts: linear time).
+    r"|(?P<phone>(?<![\w.:*+-])(?=\+?\(?\d(?:[ ()-]{0,2}\d){6})(?:\+|\(\+?)?\d+\)?"
+    r"(?:(?:[ -]|\) ?| ?\()\d+\)?){0,7}(?![\w:*-]|\.\d))"
 )
 
 # Secrets inside free text: the value is replaced, the name stays so the line still reads.
@@ -245,7 +255,7 @@ _SECRET_TEXT_RE = re.compile(
 _SECRET_HINT_RE = re.compile(
     r"authori[sz]ation|inline:|bearer|nonce|pass|secret|token|key|otp|pin|response"
 )
-_PII_HINT_RE = re.compile(r"\d{4}[ -]?\d{3}|@|\+\d")
+_PII_HINT_RE = re.compile(r"\d{4}[ -]?\d{3}|@|\+\d|\d{2}\)?[ -]\(?\d{3}")
 
 
 def redact_secrets(text: str) -> str:
@@ -279,7 +289,8 @@ def classify_digits(digits: str) -> str | None:
     return None
 
 
-def _shape(m: re.Match[str], policy: MaskPolicy) -> str:
+def _shape(m: re.Match[str], policy: MaskPolicy, phones: PhoneFinder, budget: PhoneBudget
+           ) -> str:
     text = m.group(0)
     kind = m.lastgroup
     if kind == "email":
@@ -288,24 +299,42 @@ def _shape(m: re.Match[str], policy: MaskPolicy) -> str:
         return mask_phone_number(text, policy)
     if kind == "grouped":
         digits = text.replace(" ", "").replace("-", "")
-        return mask_card_number(text, policy) if is_card_number(digits) else text
-    found = classify_digits(text)
-    if found == "resident_id":
-        return mask_resident_id(text, policy)
-    if found == "card":
-        return mask_card_number(text, policy)
-    if found == "phone":
+        if is_card_number(digits):
+            return mask_card_number(text, policy)
+    elif kind == "run":
+        found = classify_digits(text)
+        if found == "resident_id":
+            return mask_resident_id(text, policy)
+        if found == "card":
+            return mask_card_number(text, policy)
+        if found == "phone":
+            return mask_phone_number(text, policy)
+    if phones.is_phone(text, budget):
         return mask_phone_number(text, policy)
     return text
 
 
+def mask_party(value: str, policy: MaskPolicy) -> str:
+    """A caller or callee field is a phone number by definition: mask any 7+ digit user part,
+    also one the validating maskers let through (short national numbers, foreign ones)."""
+    return _PARTY_USER_RE.sub(
+        lambda m: m.group("head") + mask_phone_number(m.group("number"), policy), value)
+
+
+_PARTY_USER_RE = re.compile(r"(?P<head>^|sips?:|tel:|<)(?P<number>\+?\d{7,})(?=$|[@;>])")
+PARTY_FIELDS = frozenset({"caller", "callee", "caller_number", "callee_number"})
+
+
 class TextMasker:
-    """Masks personal data and redacts secrets in free text, per role."""
+    """Masks personal data and redacts secrets in free text, per role. Phone numbers in
+    national format are read as numbers of `country` (`security.privacy.default_country`)."""
 
-    __slots__ = ("policies",)
+    __slots__ = ("policies", "phones")
 
-    def __init__(self, policies: Mapping[str, MaskPolicy] | None = None) -> None:
+    def __init__(self, policies: Mapping[str, MaskPolicy] | None = None, *,
+                 country: str = DEFAULT_COUNTRY) -> None:
         self.policies = dict(policies or DEFAULT_POLICIES)
+        self.phones = PhoneFinder(country)
 
     def policy_for(self, role: str) -> MaskPolicy:
         return self.policies.get(role, STRICT)
@@ -315,7 +344,9 @@ class TextMasker:
         if _PII_HINT_RE.search(text) is None:
             return text
         policy = self.policies.get(role, STRICT)
-        return _PII_RE.sub(lambda m: _shape(m, policy), text)
+        phones = self.phones
+        budget = PhoneBudget()
+        return _PII_RE.sub(lambda m: _shape(m, policy, phones, budget), text)
 
     # The HookRegistry masker signature: (kind, value, role) -> value.
     def __call__(self, kind: str, value: str, role: str) -> str:
@@ -412,6 +443,8 @@ class MaskProcessor:
                 event_dict[key] = REDACTED
                 continue
             masked = mask_value(value, role, masker)
+            if key in PARTY_FIELDS and isinstance(masked, str):
+                masked = mask_party(masked, masker.policy_for(role))
             if (registry is not None and isinstance(masked, str)
                     and registry.has_masker_other_than(masker)):
                 masked = registry.mask("log", masked, role, skip=masker)

@@ -1,4 +1,4 @@
-"""`vaultpbx recordings list|export|verify` and `vaultpbx keys rotate|retire|status`.
+"""`vaultpbx recordings list|export|verify|expire|erase` and `vaultpbx keys rotate|retire|status`.
 
 The main CLI resolves the data directory from the config and calls `args.handler(args, data_dir)`
 (each parser sets `handler`). Layout under the data directory: recordings/, keystore.db; the KEK
@@ -16,6 +16,13 @@ the main CLI put it on `args.engine_config`), also while the engine runs: a list
 rotation `key.rotate` (and `key.rewrap`, `key.retire`), a shred `recording.shred`; the actor is
 `cli:<OS user>` or `--actor`. A command whose audit log cannot be opened does nothing (exit 1),
 and one whose records could not all be written exits 1 saying so.
+
+`recordings expire` shreds what is past its retention now (the engine does it every
+`recording.expire_every` seconds). `recordings erase` erases one caller's recordings and call
+records (docs/retention-and-erasure.md): the number is read from standard input with `-` (so it
+stays out of the shell history and the process list), and is never printed; with
+`security.privacy.erasure_needs_approval` it makes a request that another person approves with
+`--approve ID`.
 """
 
 from __future__ import annotations
@@ -31,15 +38,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..hooks.maskers import TextMasker
+from ..hooks.phones import DEFAULT_COUNTRY
 from ..hooks.registry import AUDITED_POINTS, HookPoint, HookRegistry
 from ..security.audit import AuditLog
+from ..security.config import SecurityConfig
 from ..security.observer import AuditObserver
 from .config import RecordingConfig
+from .erasure import ErasureError, ErasureService
 from .errors import AccessDeniedError, KekInUseError, RecordingError
 from .export import Authorize, allow_all, check_access, export_wav, verify_all, verify_recording
 from .kek import KekProvider, LocalFileKek, NoKek, open_kek
 from .keystore import Keystore
 from .recorder import FILE_SUFFIX, recover_if_idle
+from .retention import RetentionManager
 
 Handler = Callable[[argparse.Namespace, Path], int]
 AuditOpener = Callable[[argparse.Namespace, Path], AuditLog]
@@ -52,10 +64,17 @@ def recordings_dir(data_dir: Path) -> Path:
 
 
 def open_store(
-    data_dir: Path, *, kek: KekProvider | None = None, hooks: HookRegistry | None = None
+    data_dir: Path, *, kek: KekProvider | None = None, hooks: HookRegistry | None = None,
+    country: str = DEFAULT_COUNTRY,
 ) -> Keystore:
     return Keystore(data_dir / "keystore.db", kek or LocalFileKek(data_dir / "kek.key"),
-                    hooks=hooks)
+                    hooks=hooks, country=country)
+
+
+def _security(args: argparse.Namespace) -> SecurityConfig:
+    """The `security:` section of the engine's configuration (defaults without one)."""
+    config = getattr(args, "engine_config", None)
+    return SecurityConfig.from_dict(getattr(config, "security", None))
 
 
 def _default_actor() -> str:
@@ -142,19 +161,37 @@ def add_recording_commands(
         return LocalFileKek(data_dir / "kek.key")
 
     @contextmanager
-    def store_for(data_dir: Path, *, keyless: bool = False) -> Iterator[Keystore]:
+    def store_for(data_dir: Path, args: argparse.Namespace | None = None, *,
+                  keyless: bool = False) -> Iterator[Keystore]:
         kek: KekProvider = NoKek() if keyless else kek_for(data_dir)
+        country = _security(args).privacy.default_country if args else DEFAULT_COUNTRY
         try:
-            with open_store(data_dir, kek=kek, hooks=hooks) as store:
+            with open_store(data_dir, kek=kek, hooks=hooks, country=country) as store:
                 yield store
         finally:
             kek.close()
+
+    @contextmanager
+    def list_store(data_dir: Path, args: argparse.Namespace) -> Iterator[Keystore]:
+        """The index with the KEK when it opens, to show callers as the role may see them;
+        without it when it does not (a moved file, no PIN at hand): listing never needs a KEK,
+        and no provider ever makes one (callers are then shown as sealed)."""
+        try:
+            kek_for(data_dir).close()
+        except (RecordingError, OSError):
+            keyless = True
+        else:
+            keyless = False
+        with store_for(data_dir, args, keyless=keyless) as store:
+            yield store
 
     def stdout() -> TextIO:
         return out or sys.stdout
 
     def list_handler(args: argparse.Namespace, data_dir: Path) -> int:
-        with store_for(data_dir, keyless=True) as store:  # the index needs no key
+        security = _security(args)
+        masker = TextMasker(security.masking, country=security.privacy.default_country)
+        with list_store(data_dir, args) as store:
             recover_if_idle(store, recordings_dir(data_dir))
             rows = store.rows(states=None if args.all else ("recording", "closed", "incomplete"))
             # One listing, one audit record (as the admin API does), not one per row.
@@ -182,7 +219,7 @@ def add_recording_commands(
                     "expires": _iso(row.expires_at),
                     "retention_class": row.retention_class,
                     "legal_hold": row.legal_hold,
-                    "caller": store.masked_caller(row, role=args.role),
+                    "caller": store.masked_caller(row, role=args.role, masker=masker),
                 }
                 for row in rows
             ]
@@ -334,7 +371,38 @@ def add_recording_commands(
                            f"{engine['kek']}\n")
         return 0
 
-    recordings = subparsers.add_parser("recordings", help="list, export and verify recordings")
+    def expire_handler(args: argparse.Namespace, data_dir: Path) -> int:
+        with store_for(data_dir, args) as store:
+            recover_if_idle(store, recordings_dir(data_dir))
+            shredded = RetentionManager(store, job_actor=args.actor).expire(time.time())
+        for record in shredded:
+            stdout().write(f"{record.recording_id}  shredded (expired)\n")
+        stdout().write(f"{len(shredded)} recording(s) past their retention shredded\n")
+        return 0
+
+    def erase_handler(args: argparse.Namespace, data_dir: Path) -> int:
+        from ..runtime.cdr import CdrSchemaError, CdrStore
+
+        security = _security(args)
+        with store_for(data_dir, args) as store:
+            try:
+                cdr = CdrStore(data_dir / "cdr.db", store.subjects)
+            except CdrSchemaError as exc:
+                stdout().write(f"error: {exc}\n")
+                return 1
+            try:
+                service = ErasureService(
+                    store, [RetentionManager(store), cdr], hooks=hooks,
+                    needs_approval=security.privacy.erasure_needs_approval)
+                return _erase(service, args, stdout())
+            except ErasureError as exc:
+                stdout().write(f"error: {exc}\n")
+                return 1
+            finally:
+                cdr.close()
+
+    recordings = subparsers.add_parser(
+        "recordings", help="list, export, verify, expire and erase recordings")
     rsub = recordings.add_subparsers(dest="recordings_command", required=True)
 
     p = rsub.add_parser("list", help="list indexed recordings (caller numbers masked)")
@@ -352,7 +420,20 @@ def add_recording_commands(
     p.add_argument("recording_id", nargs="?", help="default: every recording")
     p.set_defaults(handler=guard(verify_handler))
 
-    for sub in (rsub.choices["list"], rsub.choices["export"], rsub.choices["verify"]):
+    p = rsub.add_parser("expire", help="shred every recording past its retention now")
+    p.set_defaults(handler=guard(expire_handler))
+
+    p = rsub.add_parser(
+        "erase", help="erase one caller's recordings and call records (data-subject request)")
+    p.add_argument("number", nargs="?",
+                   help="the caller's number in any format; '-' reads it from standard input")
+    p.add_argument("--find", action="store_true", help="only count what would be erased")
+    p.add_argument("--pending", action="store_true", help="list pending erasure requests")
+    p.add_argument("--approve", metavar="REQUEST", help="approve (and run) a pending request")
+    p.set_defaults(handler=guard(erase_handler))
+
+    for sub in (rsub.choices["list"], rsub.choices["export"], rsub.choices["verify"],
+                rsub.choices["expire"], rsub.choices["erase"]):
         sub.add_argument("--actor", default=_default_actor(), help="who is asking (audited)")
 
     keys = subparsers.add_parser("keys", help="key-encryption key management")
@@ -372,6 +453,35 @@ def add_recording_commands(
     p = ksub.add_parser("status", help="KEKs, how many data keys each wraps, running engines")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=guard(status_handler))
+
+
+def _erase(service: ErasureService, args: argparse.Namespace, out: TextIO) -> int:
+    """The `recordings erase` modes; prints counts and request ids, never the number."""
+    now = time.time()
+    if args.pending:
+        for request in service.pending():
+            out.write(f"{request.id}  requested by {request.requested_by} at "
+                      f"{_iso(request.requested_at)}\n")
+        return 0
+    if args.approve:
+        report = service.approve(args.approve, actor=args.actor, now=now)
+        out.write(json.dumps(report.as_dict()) + "\n")
+        return 0
+    number = sys.stdin.readline().strip() if args.number == "-" else (args.number or "")
+    if not number:
+        out.write("error: give the caller's number (or '-' to read it from standard input)\n")
+        return 2
+    if args.find:
+        out.write(json.dumps(service.find(number)) + "\n")
+        return 0
+    if service.needs_approval:
+        request = service.request(number, actor=args.actor, now=now)
+        out.write(f"erasure request {request.id} pending (found {json.dumps(request.found)}); "
+                  f"another person approves it: vaultpbx recordings erase --approve "
+                  f"{request.id}\n")
+        return 0
+    out.write(json.dumps(service.erase(number, actor=args.actor, now=now).as_dict()) + "\n")
+    return 0
 
 
 def _audited(handler: Handler, audit: AuditOpener | None, slot: _AuditSlot) -> Handler:

@@ -80,6 +80,9 @@ class RecordingConfig:
     """Chunks between fsyncs (power loss loses at most chunk_seconds * fsync_every)."""
     kek: KekConfig = field(default_factory=KekConfig)
     """The key-encryption key that wraps every recording's data key (docs/keys.md)."""
+    expire_every: float = 60.0
+    """Seconds between the engine's retention runs, which shred recordings past their expiry
+    (`vaultpbx recordings expire` runs one at once)."""
 
     def __post_init__(self) -> None:
         if self.retention_days < 1:
@@ -88,6 +91,8 @@ class RecordingConfig:
             raise ValueError("chunk_seconds must be from 0.05 to 1.0")
         if self.fsync_every < 1:
             raise ValueError("fsync_every must be at least 1")
+        if not 0.5 <= self.expire_every <= 86400:
+            raise ValueError("expire_every must be from 0.5 to 86400 seconds")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, *, path: str = "recording") -> RecordingConfig:

@@ -92,7 +92,13 @@ class KekRegistry:
         self._transaction = transaction
         self._clock = clock
         self.ready = False
+        # SELECTs of the kek_id of every other key wrapped in this database (callers' keys):
+        # they count as data keys for first-start detection, rewrap reports and retire.
+        self._other_wrapped: list[str] = []
         db.executescript(KEK_SCHEMA)
+
+    def count_wrapped_in(self, select_kek_ids: str) -> None:
+        self._other_wrapped.append(select_kek_ids)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -108,9 +114,10 @@ class KekRegistry:
 
     def in_use(self, db: sqlite3.Connection | None = None) -> dict[str, int]:
         """KEK id -> number of live data keys wrapped under it."""
+        wrapped = " UNION ALL ".join(
+            ["SELECT kek_id FROM recordings WHERE wrapped_key IS NOT NULL", *self._other_wrapped])
         return {str(k): int(n) for k, n in (db or self._db).execute(
-            "SELECT kek_id, COUNT(*) FROM recordings WHERE wrapped_key IS NOT NULL "
-            "GROUP BY kek_id")}
+            f"SELECT kek_id, COUNT(*) FROM ({wrapped}) GROUP BY kek_id")}
 
     # -- opening: adopt, create on a first start, or refuse ---------------------------------------
 

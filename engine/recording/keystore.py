@@ -9,9 +9,14 @@ Invariants:
   bytes are overwritten in the database file and gone from the WAL. Without the data key no copy
   of the audio file can be read. Every shred leaves a row in `shred_log` (no personal data) and a
   hook notification.
-- The caller number is personal data: it lives here (never in clear in a recording file), is
-  shown only through `HookRegistry.mask("phone", ...)`, and is erased when the recording is
-  shredded. Recording rows themselves stay, as the tombstone the audit trail points at.
+- The caller number is personal data: it lives here sealed under its subject's key (the subject
+  keyring, subjects.py), beside the subject id that finds it for an erasure; never in clear in
+  this file or a recording file. It is shown only through a role's mask policy (and plug-in
+  maskers), and is erased when the recording is shredded. Recording rows themselves stay, as
+  the tombstone the audit trail points at.
+- Schema version (PRAGMA user_version) 1. A version-0 file (vaultpbx 0.1, whose caller_number
+  column held the number in clear or masked) is migrated when opened: clear numbers are sealed,
+  masked ones (they name nobody for certain) are dropped; a newer version is refused.
 - Rows move recording -> closed | incomplete -> shredded; nothing moves back.
 - Durability: with `sync_commits` (the default, and what the CLI uses) every commit is on disk
   when it returns. The engine opens the store with `sync_commits=False` and calls
@@ -31,11 +36,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..hooks.maskers import TextMasker, mask_party
+from ..hooks.phones import DEFAULT_COUNTRY
 from ..hooks.registry import HookPoint, HookRegistry
 from .container import DATA_KEY_SIZE
-from .errors import KeyShreddedError, UnknownRecordingError
+from .errors import KeyShreddedError, RecordingError, RecordingKeyError, UnknownRecordingError
 from .kek import KekProvider
 from .keyring import KekRegistry, RewrapReport
+from .subjects import SubjectKeyring
 
 DEFAULT_RETENTION_DAYS = 180
 DAY = 86400.0
@@ -53,11 +61,11 @@ CREATE TABLE IF NOT EXISTS recordings (
                     CHECK (state IN ('recording', 'closed', 'incomplete', 'shredded')),
     retention_class TEXT NOT NULL,
     expires_at      REAL NOT NULL,
-    caller_number   TEXT,                       -- personal data: mask on output, erased on shred
-    legal_hold      INTEGER NOT NULL DEFAULT 0
+    legal_hold      INTEGER NOT NULL DEFAULT 0,
+    caller_subject  TEXT,                       -- subject id (subjects.py); NULL once shredded
+    caller_sealed   BLOB                        -- the number, sealed under the subject's key
 );
 CREATE INDEX IF NOT EXISTS recordings_expiry ON recordings (state, expires_at);
-CREATE INDEX IF NOT EXISTS recordings_caller ON recordings (caller_number);
 
 CREATE TABLE IF NOT EXISTS legal_holds (
     recording_id    TEXT PRIMARY KEY REFERENCES recordings (recording_id),
@@ -80,12 +88,12 @@ CREATE TABLE IF NOT EXISTS shred_log (
 """
 
 
-def normalize_number(number: str) -> str:
-    """Digits with an optional leading '+': '+44 (20) 7946-0000' -> '+442079460000'. Stored
-    and searched in this form so an erasure request finds every spelling of the number."""
-    number = number.strip()
-    digits = "".join(ch for ch in number if ch.isdigit())
-    return ("+" + digits) if number.startswith("+") else digits
+SCHEMA_VERSION = 1
+CALLER_CONTEXT = "recordings.caller"  # what a sealed caller number is bound to
+
+
+class KeystoreSchemaError(RecordingError):
+    """keystore.db was written by a newer vaultpbx: refused rather than misread."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,7 +118,7 @@ class RecordingRow:
     state: str
     retention_class: str
     expires_at: float
-    caller_number: str | None
+    caller_number: str | None  # opened from its sealed form; None when none or erased
     legal_hold: bool
 
 
@@ -146,14 +154,25 @@ class ShredRecord:
     file_deleted: bool
 
 
+SEALED_CALLER = "[sealed]"  # a caller whose number could not be opened (no KEK at hand)
+
 _COLUMNS = (
     "recording_id, path, key_id, kek_id, created_at, closed_at, state, retention_class, "
-    "expires_at, caller_number, legal_hold"
+    "expires_at, caller_subject, caller_sealed, legal_hold"
 )
 
 
-def _row(values: tuple[object, ...]) -> RecordingRow:
-    rid, path, key_id, kek_id, created, closed, state, rclass, expires, caller, hold = values
+def _row(values: tuple[object, ...], subjects: SubjectKeyring) -> RecordingRow:
+    rid, path, key_id, kek_id, created, closed, state, rclass, expires, subject, sealed, hold = (
+        values)
+    try:
+        caller = subjects.open(None if subject is None else str(subject),
+                               None if sealed is None else bytes(sealed),  # type: ignore[arg-type]
+                               context=CALLER_CONTEXT)
+    except RecordingKeyError:
+        # The KEK is not at hand (`recordings list` opens none): the index is still listed,
+        # the caller shown as sealed, never guessed.
+        caller = SEALED_CALLER
     return RecordingRow(
         recording_id=str(rid),
         path=str(path),
@@ -164,7 +183,7 @@ def _row(values: tuple[object, ...]) -> RecordingRow:
         state=str(state),
         retention_class=str(rclass),
         expires_at=float(expires),  # type: ignore[arg-type]
-        caller_number=None if caller is None else str(caller),
+        caller_number=caller,
         legal_hold=bool(hold),
     )
 
@@ -180,6 +199,7 @@ class Keystore:
         random_bytes: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
         sync_commits: bool = True,
+        country: str = DEFAULT_COUNTRY,
     ) -> None:
         self.path = Path(path)
         self.sync_commits = sync_commits
@@ -199,8 +219,46 @@ class Keystore:
         self._db.execute(f"PRAGMA synchronous={'FULL' if sync_commits else 'NORMAL'}")
         self._db.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: shredded keys too
         self._db.execute("PRAGMA foreign_keys=ON")
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise KeystoreSchemaError(
+                f"{self.path}: schema version {version} is newer than this vaultpbx's "
+                f"({SCHEMA_VERSION}); upgrade vaultpbx to open it")
         self._db.executescript(SCHEMA)
         self.keys = KekRegistry(self._db, kek, transaction=self._transaction, clock=clock)
+        self.subjects = SubjectKeyring(self._db, self.keys, self._transaction, country=country,
+                                       random_bytes=random_bytes, clock=clock)
+        if version < SCHEMA_VERSION:
+            self._migrate_caller_numbers()
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS recordings_subject ON recordings (caller_subject)")
+
+    def _migrate_caller_numbers(self) -> None:
+        """Version 0 -> 1: seal the clear caller numbers of 0.1, drop its masked ones."""
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(recordings)")}
+        sealed_rows: list[tuple[str | None, bytes | None, str]] = []
+        if "caller_number" in columns:
+            # Sealing may add subject keys (their own transactions): done before the rewrite.
+            for rid, number in self._db.execute(
+                    "SELECT recording_id, caller_number FROM recordings "
+                    "WHERE caller_number IS NOT NULL").fetchall():
+                if "*" in str(number) or not str(number).strip():
+                    continue  # masked at write time by 0.1: it identifies nobody for sure
+                subject, sealed = self.subjects.seal(str(number), context=CALLER_CONTEXT)
+                sealed_rows.append((subject, sealed, str(rid)))
+        with self._transaction() as db:
+            if "caller_number" in columns:
+                if "caller_subject" not in columns:
+                    db.execute("ALTER TABLE recordings ADD COLUMN caller_subject TEXT")
+                    db.execute("ALTER TABLE recordings ADD COLUMN caller_sealed BLOB")
+                db.executemany("UPDATE recordings SET caller_subject = ?, caller_sealed = ? "
+                               "WHERE recording_id = ?", sealed_rows)
+                db.execute("DROP INDEX IF EXISTS recordings_caller")
+                db.execute("UPDATE recordings SET caller_number = NULL")
+                db.execute("ALTER TABLE recordings DROP COLUMN caller_number")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._scrub()  # the clear numbers' old pages: zeroed (secure_delete) and out of the WAL
 
     def check_kek(self) -> None:
         """Refuse (KekMissingError, saying what to restore) unless the KEK provider holds the
@@ -244,6 +302,7 @@ class Keystore:
         caller_number: str | None = None,
         created_at: float | None = None,
     ) -> NewRecording:
+        """`caller_number` in clear as the caller sent it: it is sealed here, never stored."""
         """Make a data key and index a new recording at `<directory>/<id>.vrec` (not created)."""
         created = self._clock() if created_at is None else created_at
         recording_id = self._random(16)
@@ -253,15 +312,16 @@ class Keystore:
             self.keys.ensure()
         path = Path(directory) / f"{recording_id.hex()}.vrec"
         expires = created + self.retention.days(retention_class) * DAY
+        subject, sealed = (self.subjects.seal(caller_number, context=CALLER_CONTEXT)
+                           if caller_number else (None, None))
         with self._transaction() as db:
             kek_id, wrapped = self.keys.wrap_current(db, data_key)
             db.execute(
                 "INSERT INTO recordings (recording_id, path, key_id, kek_id, wrapped_key, "
-                "created_at, retention_class, expires_at, caller_number) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, retention_class, expires_at, caller_subject, caller_sealed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (recording_id.hex(), str(path), key_id.hex(), kek_id, wrapped, created,
-                 retention_class, expires,
-                 normalize_number(caller_number) if caller_number else None),
+                 retention_class, expires, subject, sealed),
             )
         return NewRecording(recording_id=recording_id, key_id=key_id, data_key=data_key,
                             path=path, expires_at=expires)
@@ -301,12 +361,12 @@ class Keystore:
         values = cur.fetchone()
         if values is None:
             raise UnknownRecordingError(recording_id)
-        return _row(values)
+        return _row(values, self.subjects)
 
     def find_by_path(self, path: str | os.PathLike[str]) -> RecordingRow | None:
         cur = self._db.execute(f"SELECT {_COLUMNS} FROM recordings WHERE path = ?", (str(path),))
         values = cur.fetchone()
-        return None if values is None else _row(values)
+        return None if values is None else _row(values, self.subjects)
 
     def rows(self, *, states: tuple[str, ...] | None = None) -> list[RecordingRow]:
         if states:
@@ -317,7 +377,7 @@ class Keystore:
             )
         else:
             cur = self._db.execute(f"SELECT {_COLUMNS} FROM recordings ORDER BY created_at")
-        return [_row(v) for v in cur.fetchall()]
+        return [_row(v, self.subjects) for v in cur.fetchall()]
 
     def data_key(self, recording_id: str) -> bytes:
         cur = self._db.execute(
@@ -332,10 +392,17 @@ class Keystore:
             raise KeyShreddedError(recording_id)
         return self.keys.unwrap(kek_id, wrapped)
 
-    def masked_caller(self, row: RecordingRow, role: str = "system") -> str:
+    def masked_caller(self, row: RecordingRow, role: str = "system",
+                      masker: TextMasker | None = None) -> str:
+        """The caller as `role` may see it: the role's policy of `masker` (the configured one;
+        default policies if None) for a phone number, then the plug-in maskers."""
         if not row.caller_number:
             return ""
-        return self.hooks.mask("phone", row.caller_number, role)
+        if row.caller_number == SEALED_CALLER:
+            return SEALED_CALLER
+        masker = masker or TextMasker(country=self.subjects.country)
+        shown = mask_party(masker.mask_text(row.caller_number, role), masker.policy_for(role))
+        return self.hooks.mask("phone", shown, role)
 
     # -- keys -------------------------------------------------------------------------------------
 
@@ -351,6 +418,7 @@ class Keystore:
         """Re-wrap every live data key not yet under the current KEK. Audio files are untouched.
         Each batch unwraps under the old KEK and wraps under the current one."""
         report = self.keys.rewrap(batch=batch)
+        self.subjects.rewrap()  # the hashing key and the callers' keys are under the KEK too
         self._scrub()
         return report
 
@@ -376,8 +444,9 @@ class Keystore:
                 raise UnknownRecordingError(recording_id)
             path, key_id = values
             db.execute(
-                "UPDATE recordings SET wrapped_key = NULL, kek_id = NULL, caller_number = NULL, "
-                "state = 'shredded', legal_hold = 0 WHERE recording_id = ?",
+                "UPDATE recordings SET wrapped_key = NULL, kek_id = NULL, caller_subject = NULL, "
+                "caller_sealed = NULL, state = 'shredded', legal_hold = 0 "
+                "WHERE recording_id = ?",
                 (recording_id,),
             )
             db.execute("DELETE FROM legal_holds WHERE recording_id = ?", (recording_id,))
@@ -401,6 +470,10 @@ class Keystore:
                            detail=reason),
         )
         return record
+
+    def scrub(self) -> None:
+        """`_scrub` for the erasure, which destroys subject keys through the keyring."""
+        self._scrub()
 
     def _scrub(self) -> None:
         """Push overwritten pages from the WAL into the (secure_delete) main file and empty it."""

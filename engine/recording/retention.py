@@ -5,8 +5,10 @@ Invariants:
   on legal hold. A recording still being written is never expired under its writer.
 - A legal hold takes two distinct people: one requests, another approves. The requester cannot
   approve their own request; until approval the recording expires as usual.
-- Erasure (a data-subject request) shreds every recording of that caller number except those on
-  legal hold, which are reported back: the hold is the documented reason to keep them.
+- Erasure (a data-subject request) shreds every recording of that caller (found by subject id,
+  subjects.py: every spelling of the number, and no other caller) except those on legal hold,
+  which are reported back and re-sealed under the subject's newest key: the hold is the
+  documented reason to keep them, and the erasure (erasure.py) destroys the older keys.
 - Every shred goes through `Keystore.shred`, so it is logged and notified exactly once.
 """
 
@@ -15,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..hooks.registry import HookPoint
+from .erasure import StoreErasure
 from .errors import LegalHoldError, UnknownRecordingError
-from .keystore import Keystore, RecordingEvent, ShredRecord, normalize_number
+from .keystore import CALLER_CONTEXT, Keystore, RecordingEvent, ShredRecord
 
 
 @dataclass(slots=True, kw_only=True)
@@ -26,6 +29,10 @@ class ErasureResult:
 
 
 class RetentionManager:
+    """Also the recordings' `PersonalDataStore` for erasure (erasure.py)."""
+
+    name = "recordings"
+
     def __init__(self, store: Keystore, *, job_actor: str = "system:retention") -> None:
         self.store = store
         self.job_actor = job_actor
@@ -103,16 +110,38 @@ class RetentionManager:
     # -- erasure ----------------------------------------------------------------------------------
 
     def erase_caller(self, number: str, *, actor: str, now: float) -> ErasureResult:
-        """Shred every recording of caller `number` (data-subject erasure request)."""
+        """Shred every recording of caller `number` (in any spelling), except held ones."""
+        return self._erase(self.store.subjects.subject_of(number), actor=actor, now=now)
+
+    def count_subject(self, subject: str) -> int:
+        row = self.store.db.execute(
+            "SELECT COUNT(*) FROM recordings WHERE caller_subject = ? AND state != 'shredded'",
+            (subject,)).fetchone()
+        return int(row[0])
+
+    def erase_subject(self, subject: str, *, actor: str, now: float) -> StoreErasure:
+        result = self._erase(subject, actor=actor, now=now)
+        return StoreErasure(store=self.name, erased=len(result.shredded),
+                            kept=tuple(result.held))
+
+    def _erase(self, subject: str, *, actor: str, now: float) -> ErasureResult:
         result = ErasureResult()
         rows = self.store.db.execute(
-            "SELECT recording_id, legal_hold FROM recordings "
-            "WHERE caller_number = ? AND state != 'shredded' ORDER BY created_at",
-            (normalize_number(number),),
+            "SELECT recording_id, legal_hold, caller_sealed FROM recordings "
+            "WHERE caller_subject = ? AND state != 'shredded' ORDER BY created_at",
+            (subject,),
         ).fetchall()
-        for rid, hold in rows:
+        subjects = self.store.subjects
+        for rid, hold, sealed in rows:
             if hold:
                 result.held.append(rid)
+                # Kept, under the subject's newest key: an erasure destroys the older ones.
+                number = subjects.open(subject, sealed, context=CALLER_CONTEXT)
+                if number is not None:
+                    resealed = subjects.seal_for(subject, number, context=CALLER_CONTEXT)
+                    with self.store.transaction() as db:
+                        db.execute("UPDATE recordings SET caller_sealed = ? "
+                                   "WHERE recording_id = ?", (resealed, rid))
                 continue
             result.shredded.append(self.store.shred(rid, reason="erasure", actor=actor, now=now))
         return result

@@ -33,7 +33,9 @@ from ..hooks.maskers import MaskProcessor, TextMasker
 from ..hooks.registry import HookPoint, HookRegistry
 from ..io.tlscontext import create_self_signed, server_context
 from ..io.transports import TransportManager
+from ..recording.erasure import ErasureService
 from ..recording.keystore import Keystore
+from ..recording.retention import RetentionManager
 from ..security.audit import AuditLog
 from ..security.cli import open_audit_log
 from ..security.config import SecurityConfig
@@ -102,8 +104,9 @@ class Engine:
         self.hooks = HookRegistry()
         register_builtins(self.hooks)
         self.hooks.enable(self.security.hooks.enabled)
-        self.hooks.log_processor = MaskProcessor(TextMasker(self.security.masking),
-                                                 registry=self.hooks)
+        self.hooks.log_processor = MaskProcessor(
+            TextMasker(self.security.masking, country=self.security.privacy.default_country),
+            registry=self.hooks)
         self.guard = FloodGuard(self.security.floodguard)
         self.b2bua = B2BUA(self.config, token=new_token, hooks=self.hooks,
                            digest_secret=os.urandom(32))
@@ -117,10 +120,13 @@ class Engine:
         self.media_controller: object | None = None
         self.media_port: object | None = None
         self.layer: TransactionLayer | None = None
-        self.cdr = CdrStore(self.data_dir / "cdr.db", timezone=self.config.cdr.timezone)
+        self.keystore: Keystore | None = None
+        # Call records seal the parties' numbers under the keystore's subject keyring.
+        self.cdr = CdrStore(self.data_dir / "cdr.db", self._open_keystore().subjects,
+                            timezone=self.config.cdr.timezone)
         self.acd: AcdBridge | None = None  # set in start() when the config has `routing:`
         self.recorder: CallRecorder | None = None  # set in start() when recording is enabled
-        self.keystore: Keystore | None = None
+        self._next_expiry = 0.0  # wall-clock time of the next retention run
         self.http: HttpServer | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -269,7 +275,8 @@ class Engine:
             self.keystore = Keystore(self.data_dir / "keystore.db",
                                      open_kek(settings.kek, self.data_dir),
                                      retention=retention, hooks=self.hooks,
-                                     sync_commits=False)  # housekeeping checkpoints it
+                                     sync_commits=False,  # housekeeping checkpoints it
+                                     country=self.security.privacy.default_country)
         return self.keystore
 
     def _start_recording(self) -> None:
@@ -306,6 +313,7 @@ class Engine:
         )
         if self.recorder is not None:
             self.admin_api.sensitive = self.recorder.set_sensitive
+        self.admin_api.erasure = self._erasure_service()
         # The authenticated API's routes (its masked /calls included) win over the open ones.
         # Agent controls and queue statistics need a session like the rest of the API.
         acd_routes: dict[tuple[str, str], object] = {}
@@ -323,6 +331,23 @@ class Engine:
             self._ensure_dev_certificate(cert, key)
             context = server_context(cert, key, min_version=admin.min_version)
         await self.http.start(admin.host, admin.port, context)
+
+    def _erasure_service(self) -> ErasureService:
+        """Erasure by caller across the stores that hold callers' data (recordings, call
+        records; voicemail and callback stores join with `add_store` when they exist)."""
+        keystore = self._open_keystore()
+        return ErasureService(keystore, [RetentionManager(keystore), self.cdr], hooks=self.hooks,
+                              needs_approval=self.security.privacy.erasure_needs_approval)
+
+    def expire_recordings(self, now: float) -> int:
+        """Shred every finished recording past its expiry (not on legal hold)."""
+        from ..recording.config import RecordingConfig
+
+        self._next_expiry = now + RecordingConfig.from_dict(self.config.recording).expire_every
+        shredded = RetentionManager(self._open_keystore()).expire(now)
+        if shredded:
+            log.info("retention.expired", recordings=len(shredded))
+        return len(shredded)
 
     def _ensure_dev_certificate(self, cert: Path, key: Path) -> None:
         if self.config.sip.tls.create_self_signed and not (cert.exists() and key.exists()):
@@ -407,6 +432,9 @@ class Engine:
             self.recorder.follow_keys()  # a rotation by the CLI applies from the next call
         if self.keystore is not None:
             self.keystore.checkpoint()  # this second's recording rows are now on disk
+            wall = time.time()
+            if wall >= self._next_expiry:
+                self.expire_recordings(wall)
         self.b2bua.location.sweep(now)
         self.guard.sweep(now)
         self.transports.close_idle(now)

@@ -18,6 +18,14 @@ Invariants:
   and are written and read only by the statements here that name them.
 - The schema version is `PRAGMA user_version`; `MIGRATIONS` brings any older file up to
   `SCHEMA_VERSION` in one transaction each, so a crash mid-migration leaves the old version.
+  A file from a newer vaultpbx is refused (CdrSchemaError), never misread.
+- The parties' numbers are personal data. A caller or callee number is stored sealed under its
+  data subject's key (the keystore's subject keyring, vaultpbx.recording.subjects) with the
+  subject id beside it; the `caller` and `callee` columns hold only internal extensions (up to
+  6 digits), which name no outside person. Only `_party_columns` writes the number columns and
+  only `_open_parties` reads them. Reads return numbers in clear to the code that masks them
+  by role (admin API, CSV export); an erased subject's number reads as "" (its key is gone,
+  its columns blanked).
 """
 
 from __future__ import annotations
@@ -26,11 +34,16 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..b2bua.acd import QueueEvent
 from ..b2bua.call import CallRecord
+from ..recording.erasure import StoreErasure
 
-SCHEMA_VERSION = 2
+if TYPE_CHECKING:
+    from ..recording.subjects import SubjectKeyring
+
+SCHEMA_VERSION = 3
 
 # Version 1: the table as it was before reporting (issue 17). Kept as is for old files.
 SCHEMA_V1 = """
@@ -87,7 +100,7 @@ CREATE INDEX IF NOT EXISTS queue_events_time ON queue_events(time);
 """
 
 
-def _migrate_to_2(db: sqlite3.Connection) -> None:
+def _migrate_to_2(db: sqlite3.Connection, subjects: SubjectKeyring) -> None:
     present = {row[1] for row in db.execute("PRAGMA table_info(calls)")}
     for name, decl in CALLS_V2_COLUMNS:
         if name not in present:
@@ -97,17 +110,79 @@ def _migrate_to_2(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
+# Version 3: the parties' numbers sealed per data subject (docs/retention-and-erasure.md).
+PARTY_COLUMNS = (("caller_subject", "TEXT"), ("caller_sealed", "BLOB"),
+                 ("callee_subject", "TEXT"), ("callee_sealed", "BLOB"))
+_PARTIES = ("caller", "callee")
+_PARTY_SELECT = "caller_subject, caller_sealed, callee_subject, callee_sealed"
+MAX_EXTENSION_DIGITS = 6
+
+
+class CdrSchemaError(RuntimeError):
+    """cdr.db was written by a newer vaultpbx: refused rather than misread."""
+
+
+def _is_extension(value: str) -> bool:
+    return value.isdigit() and len(value) <= MAX_EXTENSION_DIGITS or not value
+
+
+def _party_columns(caller: str, callee: str, subjects: SubjectKeyring
+                   ) -> tuple[str, str, str | None, bytes | None, str | None, bytes | None]:
+    """(caller, callee, caller_subject, caller_sealed, callee_subject, callee_sealed) to store."""
+    out: list[object] = []
+    sealed: list[object] = []
+    for party, value in zip(_PARTIES, (caller, callee), strict=True):
+        if _is_extension(value):
+            out.append(value)
+            sealed += [None, None]
+        else:
+            out.append("")
+            sealed += subjects.seal(value, context=f"cdr.{party}")
+    return (str(out[0]), str(out[1]), *sealed)  # type: ignore[return-value]
+
+
+def _open_parties(row: dict[str, object], subjects: SubjectKeyring) -> dict[str, object]:
+    """A stored row as the code that masks by role sees it: caller/callee in clear ("" once
+    erased), the sealed columns removed."""
+    for party in _PARTIES:
+        subject = row.pop(f"{party}_subject", None)
+        sealed = row.pop(f"{party}_sealed", None)
+        if subject is not None:
+            row[party] = subjects.open(str(subject), sealed,  # type: ignore[arg-type]
+                                       context=f"cdr.{party}") or ""
+    return row
+
+
+def _migrate_to_3(db: sqlite3.Connection, subjects: SubjectKeyring) -> None:
+    present = {row[1] for row in db.execute("PRAGMA table_info(calls)")}
+    for name, kind in PARTY_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE calls ADD COLUMN {name} {kind}")
+    db.execute("CREATE INDEX IF NOT EXISTS calls_caller_subject ON calls(caller_subject)")
+    db.execute("CREATE INDEX IF NOT EXISTS calls_callee_subject ON calls(callee_subject)")
+    for call_id, caller, callee in db.execute(
+            "SELECT call_id, caller, callee FROM calls").fetchall():
+        # 0.1 stored numbers in clear, or masked (which names nobody for certain: "").
+        parties = [("" if "*" in str(v) else str(v)) for v in (caller, callee)]
+        db.execute(
+            "UPDATE calls SET caller = ?, callee = ?, caller_subject = ?, caller_sealed = ?, "
+            "callee_subject = ?, callee_sealed = ? WHERE call_id = ?",
+            (*_party_columns(parties[0], parties[1], subjects), call_id))
+
+
 # (version reached, step); applied in order to files below that version.
-MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
+MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection, SubjectKeyring], None]], ...] = (
     (2, _migrate_to_2),
+    (3, _migrate_to_3),
 )
 
 _INSERT_CALL = (
-    "INSERT OR REPLACE INTO calls (call_id, caller, callee, route_kind, route_name, started,"
+    "INSERT OR REPLACE INTO calls (call_id, caller, callee, caller_subject, caller_sealed,"
+    " callee_subject, callee_sealed, route_kind, route_name, started,"
     " answered, ended, cause, status, legs, clock, timezone, queue, queue_entered,"
     " wait_seconds, agent, talk_seconds, hold_seconds, wrap_up_seconds, transfers,"
     " recording_id, disposition, consent, ended_by)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,'utc',?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,'utc',?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_EVENT = (
     "INSERT INTO queue_events (time, call_id, queue, agent, event, data1, data2, data3, data4,"
@@ -129,13 +204,24 @@ def wall_clock_offset(monotonic: Callable[[], float] = time.monotonic) -> float:
 
 
 class CdrStore:
-    def __init__(self, path: Path, *, timezone: str = "UTC") -> None:
+    """Also the call records' `PersonalDataStore` for erasure (vaultpbx.recording.erasure)."""
+
+    name = "cdr"
+
+    def __init__(self, path: Path, subjects: SubjectKeyring, *, timezone: str = "UTC") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.subjects = subjects
         self.timezone = timezone  # the display zone written with each row (times are UTC)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA secure_delete=ON")  # blanked numbers leave no old page behind
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            self.db.close()
+            raise CdrSchemaError(f"{path}: schema version {version} is newer than this "
+                                 f"vaultpbx's ({SCHEMA_VERSION}); upgrade vaultpbx to open it")
         self.db.executescript(SCHEMA_V1)
         self._migrate()
         self.written = 0
@@ -149,7 +235,7 @@ class CdrStore:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 if self.db.execute("PRAGMA user_version").fetchone()[0] < version:
-                    step(self.db)  # another process may have done it while we waited
+                    step(self.db, self.subjects)  # another process may have done it meanwhile
                     self.db.execute(f"PRAGMA user_version = {int(version)}")
 
     @property
@@ -173,7 +259,8 @@ class CdrStore:
         for r in records:
             answered, entered = r.answered, r.queue_entered
             rows.append((
-                r.call_id, r.caller, r.callee, r.route_kind, r.route_name, r.started + offset,
+                r.call_id, *_party_columns(r.caller, r.callee, self.subjects), r.route_kind,
+                r.route_name, r.started + offset,
                 None if answered is None else answered + offset, r.ended + offset, r.cause,
                 r.status, r.legs, tz, r.queue, None if entered is None else entered + offset,
                 None if entered is None else (r.ended if answered is None else answered)
@@ -196,10 +283,12 @@ class CdrStore:
     def recent(self, limit: int = 100) -> list[dict[str, object]]:
         cursor = self.db.execute(
             "SELECT call_id, caller, callee, route_kind, route_name, started, answered, ended,"
-            " cause, status, legs FROM calls ORDER BY started DESC LIMIT ?", (limit,)
+            f" cause, status, legs, {_PARTY_SELECT} FROM calls ORDER BY started DESC LIMIT ?",
+            (limit,)
         )
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return [_open_parties(dict(zip(names, row, strict=True)), self.subjects)
+                for row in cursor.fetchall()]
 
     def calls_between(self, start: float, end: float, queue: str | None = None,
                       limit: int = -1) -> list[dict[str, object]]:
@@ -212,10 +301,11 @@ class CdrStore:
             where += " AND queue = ?"
             args.append(queue)
         cursor = self.db.execute(
-            f"SELECT {', '.join(REPORT_COLUMNS)} FROM calls WHERE {where}"
+            f"SELECT {', '.join(REPORT_COLUMNS)}, {_PARTY_SELECT} FROM calls WHERE {where}"
             " ORDER BY started, call_id LIMIT ?", [*args, limit])
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        return [_open_parties(dict(zip(names, row, strict=True)), self.subjects)
+                for row in cursor.fetchall()]
 
     def queue_events_between(self, start: float, end: float, queue: str | None = None,
                              limit: int = -1) -> list[dict[str, object]]:
@@ -231,6 +321,27 @@ class CdrStore:
             " ORDER BY time, id LIMIT ?", [*args, limit])
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # -- erasure ----------------------------------------------------------------------------------
+
+    def count_subject(self, subject: str) -> int:
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM calls WHERE caller_subject = ? OR callee_subject = ?",
+            (subject, subject)).fetchone()
+        return int(row[0])
+
+    def erase_subject(self, subject: str, *, actor: str, now: float) -> StoreErasure:
+        """Blank the subject's number columns; the rest of the record (times, cause, route,
+        queue) stays for statistics and names nobody once the key is destroyed."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            erased = self.count_subject(subject)
+            for party in _PARTIES:
+                self.db.execute(
+                    f"UPDATE calls SET {party} = '', {party}_subject = NULL, "
+                    f"{party}_sealed = NULL WHERE {party}_subject = ?", (subject,))
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return StoreErasure(store=self.name, erased=erased)
 
     def close(self) -> None:
         self.db.close()

@@ -297,6 +297,9 @@ def add_cdr_commands(subparsers: Any) -> None:
 
 def run_export(args: argparse.Namespace, data_dir: Path) -> int:
     from ..hooks.builtins import register_builtins
+    from ..recording.cli import open_store
+    from ..recording.config import RecordingConfig
+    from ..recording.kek import open_kek
     from ..security.cli import open_audit_log
     from ..security.config import SecurityConfig
     from .cdr import CdrStore
@@ -324,18 +327,34 @@ def run_export(args: argparse.Namespace, data_dir: Path) -> int:
     def audit(actor: str, action: str, target: str, details: Mapping[str, Any]) -> None:
         log.append(actor=actor, action=action, target=target, details=details, now=time.time())
 
-    store = CdrStore(path, timezone=getattr(getattr(config, "cdr", None), "timezone", "UTC"))
+    try:
+        # The parties' numbers are sealed per caller under keys the KEK wraps: the export opens
+        # the keystore with the KEK the engine uses (`recording.kek`), masks, then writes.
+        kek = open_kek(RecordingConfig.from_dict(getattr(config, "recording", None) or {}).kek,
+                       data_dir)
+        keystore = open_store(data_dir, kek=kek, country=security.privacy.default_country)
+    except Exception as exc:
+        log.close(now=time.time())
+        print(f"vaultpbx: cannot open the keystore, nothing exported: {exc}", file=sys.stderr)
+        return 1
+    store = CdrStore(path, keystore.subjects,
+                     timezone=getattr(getattr(config, "cdr", None), "timezone", "UTC"))
     try:
         result = export_csv(store, kind="queue_events" if args.events else "calls",
                             start=start, end=end, queue=args.queue, role=args.role,
                             actor=args.actor, via="cli",
-                            masker=RowMasker(TextMasker(security.masking), hooks), audit=audit)
+                            masker=RowMasker(TextMasker(
+                                security.masking, country=security.privacy.default_country),
+                                hooks),
+                            audit=audit)
     except Exception as exc:
         print(f"vaultpbx: export failed, nothing written: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 1
     finally:
         store.close()
+        keystore.close()
+        kek.close()
         log.close(now=time.time())
     try:
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -18,7 +18,9 @@ def _run(args: argparse.Namespace) -> int:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
         uvloop = None
+    from ..recording.keystore import KeystoreSchemaError
     from .app import serve
+    from .cdr import CdrSchemaError
 
     try:
         if uvloop is not None:
@@ -27,7 +29,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"vaultpbx: configuration error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, KeystoreSchemaError, CdrSchemaError) as exc:
         print(f"vaultpbx: cannot start: {exc}", file=sys.stderr)
         return 1
     except RecordingError as exc:  # a missing KEK: the message says what to restore
@@ -119,6 +121,13 @@ def _with_data_dir(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.handler is not _run:
+        # Commands other than `run` (which sets up its own) log through the same maskers: a
+        # standard-library warning from the audit or key code must not print clear numbers.
+        from ..hooks.registry import HookRegistry
+        from .logs import configure_logging
+
+        configure_logging("warning", HookRegistry())
     result: int = args.handler(args)
     return result
 

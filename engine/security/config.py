@@ -12,6 +12,7 @@
                  new_network: {ipv4_prefix: 24, ipv6_prefix: 64, alert_on_first_login: false}}
     floodguard: {rate: 50, burst: 200, ban_seconds: 300, trusted: ["127.0.0.1/32"], ...}
     users:      [{name: alice, role: admin, password_hash: "$argon2id$...", totp_secret: BASE32}]
+    privacy:    {default_country: GB, erasure_needs_approval: true}
 
 Every key is optional; errors raise ValueError naming the path (security.audit.dir ...).
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..hooks.maskers import MaskPolicy, policies_from_dict
+from ..hooks.phones import DEFAULT_COUNTRY, check_country
 from .anomaly import AnomalyConfig
 from .floodguard import FloodGuardConfig
 from .rbac import MFA_ROLES, AccessPolicy, Role
@@ -99,6 +101,24 @@ class AuditConfig:
             from .audit import parse_syslog_address
 
             parse_syslog_address(self.syslog)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyConfig:
+    default_country: str = DEFAULT_COUNTRY
+    """ISO 3166 code under which numbers in national format are read (`02079460000` is
+    +442079460000 under GB): by the maskers, and to find one caller's data for erasure."""
+    erasure_needs_approval: bool = True
+    """Erasure of a data subject's personal data needs a second admin's approval (four eyes)."""
+
+    def __post_init__(self) -> None:
+        try:
+            country = check_country(self.default_country)
+        except ValueError as exc:
+            raise ValueError(f"default_country: {exc}") from None
+        object.__setattr__(self, "default_country", country)
+        if not isinstance(self.erasure_needs_approval, bool):
+            raise ValueError("erasure_needs_approval: expected true or false")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,12 +212,14 @@ class SecurityConfig:
     floodguard: FloodGuardConfig = field(default_factory=FloodGuardConfig)
     users: tuple[UserEntry, ...] = ()
     """Admin-API accounts (loaded by vaultpbx.api.admin.load_users)."""
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """Default country for phone numbers; four eyes for erasure (docs/retention-and-erasure.md)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SecurityConfig:
         data = dict(data or {})
         _no_unknown(data, {"hooks", "masking", "audit", "access", "sessions", "anomaly",
-                           "floodguard", "users"}, "security")
+                           "floodguard", "users", "privacy"}, "security")
         try:
             masking = dict(data.get("masking") or {})
             _no_unknown(masking, {"roles"}, "security.masking")
@@ -212,12 +234,24 @@ class SecurityConfig:
                 anomaly=AnomalyConfig.from_dict(data.get("anomaly")),
                 floodguard=FloodGuardConfig.from_dict(data.get("floodguard")),
                 users=parse_users(data.get("users")),
+                privacy=_privacy(data.get("privacy")),
             )
         except ValueError as exc:
             message = str(exc)
             if not message.startswith("security."):
                 message = "security." + message
             raise ValueError(message) from None
+
+
+def _privacy(data: Mapping[str, Any] | None) -> PrivacyConfig:
+    try:
+        config: PrivacyConfig = _simple(PrivacyConfig, data, "security.privacy")
+    except ValueError as exc:
+        message = str(exc)
+        if not message.startswith("security."):
+            message = f"security.privacy.{message}"
+        raise ValueError(message) from None
+    return config
 
 
 def _no_unknown(data: Mapping[str, Any], known: set[str], path: str) -> None:

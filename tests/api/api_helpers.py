@@ -165,6 +165,24 @@ def body(response: HttpResponse) -> Any:
     return json.loads(response.body)
 
 
+ERASE = {"number": "020 7946 0000"}  # the body of an erasure request
+
+
+def erasure_service(h: Harness, *, needs_approval: bool = True) -> Any:
+    """A real ErasureService over a real keystore and call-record store beside the audit log."""
+    from vaultpbx.recording.erasure import ErasureService
+    from vaultpbx.recording.kek import LocalFileKek
+    from vaultpbx.recording.keystore import Keystore
+    from vaultpbx.recording.retention import RetentionManager
+    from vaultpbx.runtime.cdr import CdrStore
+
+    root = h.audit.directory.parent / "erasure"
+    keystore = Keystore(root / "keystore.db", LocalFileKek(root / "kek.key"), hooks=h.api.hooks)
+    cdr = CdrStore(root / "cdr.db", keystore.subjects)
+    return ErasureService(keystore, [RetentionManager(keystore), cdr], hooks=h.api.hooks,
+                          needs_approval=needs_approval)
+
+
 def make_harness(tmp_path: Path, *, security: dict[str, Any] | None = None,
                  cdr: FakeCdr | None = None, recordings: FakeRecordings | None = None,
                  **api_kwargs: Any) -> Harness:

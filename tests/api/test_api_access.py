@@ -9,7 +9,7 @@ import pytest
 from vaultpbx.api.admin import ROUTES
 from vaultpbx.hooks.registry import HookPoint
 
-from .api_helpers import RECORDING_ID, ROLES, Harness, body
+from .api_helpers import ERASE, RECORDING_ID, ROLES, Harness, body, erasure_service
 
 # (method, path as called, roles that may) — every route of the API but /login.
 TABLE: list[tuple[str, str, set[str]]] = [
@@ -26,6 +26,9 @@ TABLE: list[tuple[str, str, set[str]]] = [
     ("POST", "/export-requests/{request}/approve", {"admin"}),
     ("GET", f"/recordings/{RECORDING_ID}/export?request={{request}}", {"supervisor", "admin"}),
     ("GET", f"/recordings/{RECORDING_ID}/verify", {"supervisor", "admin"}),
+    ("POST", "/erasures", {"admin"}),
+    ("GET", "/erasures", {"admin"}),
+    ("POST", "/erasures/{request}/approve", {"admin"}),
     ("POST", "/users/agent/unlock", {"admin"}),
     ("GET", "/audit", {"auditor"}),
     ("GET", "/audit/verify", {"auditor"}),
@@ -46,6 +49,11 @@ def _prepare(h: Harness, role: str, method: str, path: str) -> str:
     """Make what a call needs to succeed for `role`, e.g. an export request to approve."""
     if path.endswith("/sensitive"):  # a recorded call (the runtime provides the switch)
         h.api.sensitive = lambda call_id, on, actor: call_id == "call-1"
+    if path.startswith("/erasures"):  # a real erasure service over a real keystore
+        h.api.erasure = erasure_service(h)
+        if "{request}" in path:  # asked by another admin, so approving is a second person's
+            ask = h.request("POST", "/erasures", token=h.token("admin2"), body=ERASE)
+            return path.replace("{request}", body(ask)["request"])
     if "{request}" not in path:
         return path
     if path.endswith("/approve"):
@@ -72,7 +80,8 @@ def test_role_endpoint_table(harness: Harness, role: str, method: str, path: str
     token = h.token(role)
     before = len(h.heard(HookPoint.ACCESS_DENIED))
     response = h.request(method, path, token=token,
-                         body={"on": True} if path.endswith("/sensitive") else None)
+                         body={"on": True} if path.endswith("/sensitive") else
+                         ERASE if path == "/erasures" else None)
     denied = h.heard(HookPoint.ACCESS_DENIED)[before:]
     if role in allowed:
         assert 200 <= response.status < 300, (response.status, response.body)

@@ -12,6 +12,7 @@ import pytest
 from vaultpbx.b2bua.acd import QueueEvent
 from vaultpbx.b2bua.call import CallRecord
 from vaultpbx.hooks.registry import HookPoint
+from vaultpbx.recording.cli import open_store
 from vaultpbx.runtime.cdr import CdrStore
 
 from .api_helpers import Harness, make_harness
@@ -22,7 +23,7 @@ DAY = 1_796_256_000.0  # 2026-12-03T00:00:00Z
 
 @pytest.fixture
 def h(tmp_path: Path) -> Harness:
-    store = CdrStore(tmp_path / "cdr.db")
+    store = CdrStore(tmp_path / "cdr.db", open_store(tmp_path).subjects)
     store.write([CallRecord(
         call_id="c1", caller=CALLER, callee="700", route_kind="queue", route_name="support",
         started=10.0, answered=14.0, ended=44.0, cause="normal_clearing", status=200, legs="[]",

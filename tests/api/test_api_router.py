@@ -106,8 +106,11 @@ def test_duplicate_user_refused() -> None:
 
 def test_calls_from_a_real_cdr_store(tmp_path: Path) -> None:
     from vaultpbx.b2bua.call import CallRecord
+    from vaultpbx.recording.kek import LocalFileKek
+    from vaultpbx.recording.keystore import Keystore
 
-    cdr = CdrStore(tmp_path / "cdr.db")
+    keystore = Keystore(tmp_path / "keystore.db", LocalFileKek(tmp_path / "kek.key"))
+    cdr = CdrStore(tmp_path / "cdr.db", keystore.subjects)
     cdr.write([CallRecord(call_id="a@b", caller="sip:13912345678@127.100.0.9",
                           callee="sip:6222020200112233@pbx", route_kind="queue",
                           route_name="sales", started=1.0, answered=2.0, ended=9.0,

@@ -127,12 +127,12 @@ def get_csv(engine: RunningEngine, path: str, user: str) -> list[dict[str, str]]
 
 
 def stored_caller(engine: RunningEngine, call_id: str) -> str:
-    """The caller as the CDR store returns it (what exports mask by role). Today the B2BUA
-    stores the number already masked with the system role; the store's reader is the one
-    place that knows how the number is kept."""
+    """The caller as the CDR store returns it (what exports mask by role): sealed per caller
+    on disk, opened in clear by the store's reader, the one place that knows how it is kept."""
+    from vaultpbx.recording.cli import open_store
     from vaultpbx.runtime.cdr import CdrStore
 
-    store = CdrStore(engine.data_dir / "cdr.db")
+    store = CdrStore(engine.data_dir / "cdr.db", open_store(engine.data_dir).subjects)
     try:
         [row] = [r for r in store.calls_between(0, 4e9) if r["call_id"] == call_id]
     finally:

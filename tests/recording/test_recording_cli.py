@@ -31,10 +31,14 @@ def populate(data_dir: Path, n: int = 2) -> list[str]:
 
 def test_list_export_verify(tmp_path: Path) -> None:
     a, b = populate(tmp_path)
-    status, text = run(tmp_path, "recordings", "list", "--json", "--actor", "ops")
+    status, text = run(tmp_path, "recordings", "list", "--json", "--actor", "ops",
+                       "--role", "supervisor")
     docs = json.loads(text)
     assert status == 0 and [d["id"] for d in docs] == [a, b]
-    assert docs[0]["caller"] == "+15550100" and docs[0]["state"] == "closed"
+    # Supervisors see numbers in clear (docs/admin-api.md), as the caller sent them.
+    assert docs[0]["caller"] == "+1 555 0100" and docs[0]["state"] == "closed"
+    status, text = run(tmp_path, "recordings", "list", "--json", "--role", "agent")
+    assert [d["caller"] for d in json.loads(text)] == ["+1 55* 0100", "+1 55* 0101"]
 
     status, text = run(tmp_path, "recordings", "export", a, "-o", str(tmp_path / "a.wav"))
     assert status == 0 and "4.20 s, 5 chunks" in text and (tmp_path / "a.wav").exists()

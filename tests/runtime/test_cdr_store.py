@@ -18,6 +18,7 @@ from vaultpbx.b2bua.acd import QueueEvent
 from vaultpbx.b2bua.call import CallRecord
 from vaultpbx.hooks.maskers import TextMasker
 from vaultpbx.hooks.registry import HookPoint, HookRegistry
+from vaultpbx.recording.cli import open_store
 from vaultpbx.runtime import cdr_export
 from vaultpbx.runtime.cdr import SCHEMA_V1, SCHEMA_VERSION, CdrStore
 from vaultpbx.runtime.cli import main
@@ -42,6 +43,11 @@ def call(call_id: str, started: float, *, queue: str = "support", caller: str = 
         disposition="answered" if answered is not None else "abandoned")
 
 
+def cdr_store(path: Path, **options: str) -> CdrStore:
+    """A CdrStore over the keystore beside it (the parties' numbers are sealed per caller)."""
+    return CdrStore(path, open_store(path.parent).subjects, **options)
+
+
 def rows(path: Path) -> list[dict]:
     db = sqlite3.connect(path)
     db.row_factory = sqlite3.Row
@@ -55,7 +61,7 @@ def rows(path: Path) -> list[dict]:
 def test_started_is_wall_clock_utc_not_the_monotonic_clock(tmp_path: Path) -> None:
     """The core stamps calls with time.monotonic() (the event loop's clock); the stored
     `started` must be a Unix time a carrier's bill can be matched against."""
-    store = CdrStore(tmp_path / "cdr.db")
+    store = cdr_store(tmp_path / "cdr.db")
     before = time.time()
     now = time.monotonic()
     store.write([call("c1", now - 40.0)])
@@ -69,7 +75,7 @@ def test_started_is_wall_clock_utc_not_the_monotonic_clock(tmp_path: Path) -> No
 def test_a_clock_step_moves_absolute_times_but_never_durations(tmp_path: Path) -> None:
     """Durations are differences of the monotonic clock; absolute times use the wall clock's
     offset when written, so a record written after an NTP step carries the corrected time."""
-    store = CdrStore(tmp_path / "cdr.db")
+    store = cdr_store(tmp_path / "cdr.db")
     offset = 1_800_000_000.0 - 500.0  # the engine clock 500 s is this Unix time
     store.write([call("before", 500.0)], wall_offset=offset)
     store.write([call("after", 600.0)], wall_offset=offset - 3600.0)  # clock stepped back 1 h
@@ -84,7 +90,7 @@ def test_a_clock_step_moves_absolute_times_but_never_durations(tmp_path: Path) -
 
 
 def test_reporting_columns_are_stored_as_documented(tmp_path: Path) -> None:
-    store = CdrStore(tmp_path / "cdr.db", timezone="Asia/Shanghai")
+    store = cdr_store(tmp_path / "cdr.db", timezone="Asia/Shanghai")
     store.write([call("a", 10.0), call("b", 20.0, answered_after=None)], wall_offset=1e9,
                 recording_ids={"a": "ab" * 16})
     answered, abandoned = rows(tmp_path / "cdr.db")
@@ -110,7 +116,7 @@ def test_a_file_of_the_old_schema_is_migrated_in_place(tmp_path: Path) -> None:
                 " 12350.0, 'cancelled', 487, '[]')", (CALLER,))
     old.commit()
     old.close()
-    store = CdrStore(path)
+    store = cdr_store(path)
     assert store.version == SCHEMA_VERSION == 2
     columns = [r[1] for r in store.db.execute("PRAGMA table_info(calls)")]
     assert columns[:11] == ["call_id", "caller", "callee", "route_kind", "route_name",
@@ -125,13 +131,13 @@ def test_a_file_of_the_old_schema_is_migrated_in_place(tmp_path: Path) -> None:
     everything = store.calls_between(0, 4e9)
     assert [r["call_id"] for r in everything] == ["new"]
     store.close()
-    again = CdrStore(path)  # opening a current file changes nothing
+    again = cdr_store(path)  # opening a current file changes nothing
     assert again.version == 2 and len(rows(path)) == 2
     again.close()
 
 
 def test_a_batch_is_one_transaction_whatever_its_size(tmp_path: Path) -> None:
-    store = CdrStore(tmp_path / "cdr.db")
+    store = cdr_store(tmp_path / "cdr.db")
     statements: list[str] = []
     store.db.set_trace_callback(statements.append)
 
@@ -147,7 +153,7 @@ def test_a_batch_is_one_transaction_whatever_its_size(tmp_path: Path) -> None:
 
 
 def test_queue_events_are_read_back_in_order_by_range_and_queue(tmp_path: Path) -> None:
-    store = CdrStore(tmp_path / "cdr.db")
+    store = cdr_store(tmp_path / "cdr.db")
     store.write([], [QueueEvent(at=float(t), call_id="c", queue=q, agent="2001", event=e,
                                 data1=str(t))
                      for t, q, e in ((1, "support", "ENTERQUEUE"), (2, "billing", "ENTERQUEUE"),
@@ -174,7 +180,7 @@ def _export(store: CdrStore, role: str, audit: list, kind: str = "calls",
 
 def test_export_masks_the_caller_for_agents_and_qa_and_not_for_supervisors(
         tmp_path: Path) -> None:
-    store = CdrStore(tmp_path / "cdr.db", timezone="Asia/Shanghai")
+    store = cdr_store(tmp_path / "cdr.db", timezone="Asia/Shanghai")
     started = 1_790_000_000.0
     store.write([call("a", 0.0)], wall_offset=started)
     audit: list = []
@@ -195,7 +201,7 @@ def test_export_masks_the_caller_for_agents_and_qa_and_not_for_supervisors(
 
 
 def test_a_formula_in_a_caller_field_is_defused_and_numbers_stay_numbers(tmp_path: Path) -> None:
-    store = CdrStore(tmp_path / "cdr.db")
+    store = cdr_store(tmp_path / "cdr.db")
     store.write([call("x", 0.0, caller="=HYPERLINK(\"http://evil\")"),
                  call("y", 1.0, caller="+8613812345678")], wall_offset=1e9)
     formula, plus = _export(store, "supervisor", [])
@@ -204,7 +210,7 @@ def test_a_formula_in_a_caller_field_is_defused_and_numbers_stay_numbers(tmp_pat
 
 
 def test_an_export_whose_audit_record_fails_exports_nothing(tmp_path: Path) -> None:
-    store = CdrStore(tmp_path / "cdr.db")
+    store = cdr_store(tmp_path / "cdr.db")
     store.write([call("a", 0.0)], wall_offset=1e9)
     hooks = HookRegistry()
 
@@ -234,7 +240,7 @@ def test_cli_export_writes_a_private_file_and_an_audit_record(tmp_path: Path,
     data = tmp_path / "var"
     config = tmp_path / "vaultpbx.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(data), "cdr": {"timezone": "UTC"}}))
-    store = CdrStore(data / "cdr.db")
+    store = cdr_store(data / "cdr.db")
     store.write([call("in", 0.0), call("late", 86_400.0)], wall_offset=1_796_256_000.0)
     store.write([], [QueueEvent(at=0.0, call_id="in", queue="support", agent="NONE",
                                 event="ENTERQUEUE", data3="1")], wall_offset=1_796_256_000.0)
@@ -283,7 +289,7 @@ def test_cli_export_without_its_audit_log_exports_nothing(tmp_path: Path,
     config = tmp_path / "vaultpbx.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(data), "security": {
         "audit": {"dir": str(blocker / "audit"), "sink": None}}}))
-    store = CdrStore(data / "cdr.db")
+    store = cdr_store(data / "cdr.db")
     store.write([call("c", 0.0)], wall_offset=1_796_256_000.0)
     store.close()
     out = tmp_path / "never.csv"
