@@ -329,9 +329,9 @@ def add_recording_commands(
             if args.rewrap:
                 report = store.rewrap()
                 rotation("key.rewrap", new_id, data_keys=report.rewrapped,
-                         failed=len(report.failed))
-                stdout().write(f"re-wrapped {report.rewrapped} data key(s); "
-                               "audio files untouched\n")
+                         caller_keys=report.caller_keys, failed=len(report.failed))
+                stdout().write(f"re-wrapped {report.rewrapped} data key(s) and "
+                               f"{report.caller_keys} caller key(s); audio files untouched\n")
                 for rid, kek_id, why in report.failed:
                     (out or sys.stderr).write(f"error: {rid}: not re-wrapped ({kek_id}): {why}\n")
                     status = 1

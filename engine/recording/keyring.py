@@ -68,7 +68,8 @@ class EngineRow:
 
 @dataclass(slots=True, kw_only=True)
 class RewrapReport:
-    rewrapped: int = 0
+    rewrapped: int = 0  # recordings' data keys
+    caller_keys: int = 0  # the callers' keys and the keyed hash's key (recording.subjects)
     # (recording id, KEK id, why) of live data keys that could not be unwrapped: they stay as
     # they are, and the rest is still re-wrapped.
     failed: list[tuple[str, str, str]] = field(default_factory=list)

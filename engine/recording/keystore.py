@@ -418,7 +418,8 @@ class Keystore:
         """Re-wrap every live data key not yet under the current KEK. Audio files are untouched.
         Each batch unwraps under the old KEK and wraps under the current one."""
         report = self.keys.rewrap(batch=batch)
-        self.subjects.rewrap()  # the hashing key and the callers' keys are under the KEK too
+        # The keyed hash's key and the callers' keys are wrapped under the KEK too.
+        report.caller_keys = self.subjects.rewrap()
         self._scrub()
         return report
 

@@ -70,6 +70,8 @@ def test_a_rotation_elsewhere_applies_to_the_next_recording_and_old_keys_still_u
 
 
 def test_retire_is_refused_while_a_data_key_needs_the_kek(tmp_path: Path) -> None:
+    # One recording with a caller is three keys under the KEK: the recording's data key, the
+    # caller's own key (its number is sealed) and the keyed hash's key (vaultpbx.recording.subjects).
     with _store(tmp_path) as store:
         rid, _, _, _ = write_recording(store, tmp_path / "rec")
         old = store.current_kek_id()
@@ -77,7 +79,7 @@ def test_retire_is_refused_while_a_data_key_needs_the_kek(tmp_path: Path) -> Non
         with pytest.raises(KekInUseError, match="current key-encryption key"):
             store.retire_kek(old)
         store.rotate_kek()
-        with pytest.raises(KekInUseError, match=r"1 data key\(s\) are still wrapped under it"):
+        with pytest.raises(KekInUseError, match=r"3 data key\(s\) are still wrapped under it"):
             store.retire_kek(old)
         assert old in LocalFileKek(tmp_path / "kek.key").key_ids()  # nothing destroyed
         assert _exports(store, rid, tmp_path / "a.wav")
@@ -161,7 +163,7 @@ def test_a_moved_kek_file_is_refused_and_never_replaced(tmp_path: Path) -> None:
         with pytest.raises(KekMissingError) as missing:
             store.check_kek()
         message = str(missing.value)
-        assert f"{kek_id} (current, 1 data key(s) wrapped under it)" in message
+        assert f"{kek_id} (current, 3 data key(s) wrapped under it)" in message
         assert f"key file {tmp_path / 'kek.key'} (missing)" in message
         assert "Restore it there from your KEK backup" in message
         with pytest.raises(KekMissingError):
@@ -204,7 +206,7 @@ def test_a_kek_file_restored_from_an_older_backup_names_the_key_it_lacks(tmp_pat
         rid, _, _, _ = write_recording(store, tmp_path / "rec")
     (tmp_path / "kek.key").write_bytes(backup)  # the mode stays 0600
     with _store(tmp_path) as store, pytest.raises(KekMissingError,
-                                                  match=f"{newer} \\(current, 1 data key"):
+                                                  match=f"{newer} \\(current, 3 data key"):
         store.check_kek()
     with _store(tmp_path) as store, pytest.raises(KekMissingError):
         store.create_recording(tmp_path / "rec")  # never a row under an old or a new KEK
@@ -380,7 +382,7 @@ def test_the_yaml_selects_a_pkcs11_token(tmp_path: Path) -> None:
     status = yaml.safe_load(run(*cli, "keys", "status", "--json", "-c", str(config)).stdout)
     assert "PKCS#11 token 'yaml-token'" in status["where"]
     assert [(k["id"], k["state"], k["data_keys"]) for k in status["keks"]] == [
-        ("yaml-kek-0001", "retired", 0), ("yaml-kek-0002", "current", 1)]
+        ("yaml-kek-0001", "retired", 0), ("yaml-kek-0002", "current", 3)]
     done = run(*cli, "recordings", "verify", "-c", str(config))
     assert done.returncode == 0 and "1 checked, 0 failed" in done.stdout, done.stdout
     assert not list(tmp_path.rglob("kek.key"))

@@ -19,7 +19,7 @@ import pytest
 from vaultpbx.b2bua.call import CallRecord
 from vaultpbx.recording.cli import add_recording_commands, open_store
 from vaultpbx.recording.erasure import ErasureError, ErasureService, StoreErasure
-from vaultpbx.recording.errors import KeyShreddedError
+from vaultpbx.recording.errors import KekInUseError, KeyShreddedError
 from vaultpbx.recording.kek import LocalFileKek
 from vaultpbx.recording.keystore import CALLER_CONTEXT, DAY, Keystore, KeystoreSchemaError
 from vaultpbx.recording.retention import RetentionManager
@@ -202,12 +202,13 @@ def test_a_new_store_joins_erasure_through_the_interface(env, cdr) -> None:  # t
 def test_key_rotation_with_retire_keeps_subject_keys_usable(env, cdr) -> None:  # type: ignore[no-untyped-def]
     write_recording(env.store, env.directory, caller=NATIONAL)
     cdr.write([_record("n", FIRST_C)])
-    kek = env.store.kek
-    old = kek.key_id
-    kek.rotate()
+    old = env.store.current_kek_id()
+    env.store.rotate_kek()
+    with pytest.raises(KekInUseError):  # the caller's keys still need it
+        env.store.retire_kek(old)
     env.store.rewrap()
     assert old not in env.store.kek_ids_in_use()
-    kek.retire(old)
+    env.store.retire_kek(old)
     reopened = Keystore(env.root / "keystore.db", LocalFileKek(env.root / "kek.key"))
     assert reopened.rows()[0].caller_number == NATIONAL
     assert CdrStore(env.root / "cdr.db", reopened.subjects).recent()[0]["caller"] == FIRST_C

@@ -101,7 +101,10 @@ def test_reporting_columns_are_stored_as_documented(tmp_path: Path) -> None:
         "queue": "support", "agent": "2001", "wait_seconds": 3.0, "talk_seconds": 30.0,
         "hold_seconds": 5.0, "wrap_up_seconds": 20.0, "transfers": "[]",
         "recording_id": "ab" * 16, "disposition": "answered", "consent": "not_asked",
-        "ended_by": "caller", "timezone": "Asia/Shanghai", "caller": CALLER}
+        "ended_by": "caller", "timezone": "Asia/Shanghai", "caller": ""}
+    # The number is on disk only sealed under its caller's key; the store's reader opens it.
+    assert answered["caller_sealed"] and CALLER.encode() not in answered["caller_sealed"]
+    assert store.calls_between(0, 2e9)[0]["caller"] == CALLER
     assert (abandoned["disposition"], abandoned["talk_seconds"], abandoned["wait_seconds"],
             abandoned["recording_id"], abandoned["answered"]) == ("abandoned", None, 8.0, None,
                                                                   None)
@@ -117,22 +120,23 @@ def test_a_file_of_the_old_schema_is_migrated_in_place(tmp_path: Path) -> None:
     old.commit()
     old.close()
     store = cdr_store(path)
-    assert store.version == SCHEMA_VERSION == 2
+    assert store.version == SCHEMA_VERSION == 3
     columns = [r[1] for r in store.db.execute("PRAGMA table_info(calls)")]
     assert columns[:11] == ["call_id", "caller", "callee", "route_kind", "route_name",
                             "started", "answered", "ended", "cause", "status", "legs"]
     assert "recording_id" in columns[11:] and "consent" in columns[11:]
     store.write([call("new", time.monotonic())])
     by_id = {r["call_id"]: r for r in rows(path)}
-    # The old row keeps its values; its time is the old engine's clock, so it says so and
-    # stays out of date ranges.
+    # The old row keeps its values, its clear number now sealed; its time is the old engine's
+    # clock, so it says so and stays out of date ranges.
     assert (by_id["old"]["caller"], by_id["old"]["started"], by_id["old"]["clock"]) == (
-        CALLER, 12345.5, "monotonic")
+        "", 12345.5, "monotonic")
+    assert [r["caller"] for r in store.recent() if r["call_id"] == "old"] == [CALLER]
     everything = store.calls_between(0, 4e9)
     assert [r["call_id"] for r in everything] == ["new"]
     store.close()
     again = cdr_store(path)  # opening a current file changes nothing
-    assert again.version == 2 and len(rows(path)) == 2
+    assert again.version == 3 and len(rows(path)) == 2
     again.close()
 
 
