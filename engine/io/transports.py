@@ -110,10 +110,14 @@ class StreamConnection(asyncio.Protocol):
         # Inbound: the listener budget unit this connection holds for `source` until it is gone.
         self.budget = budget
         self.source = source
+        self.doomed = False
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.doomed:  # its source was banned while the connection was being set up
+            transport.abort()
+            return
         peer = transport.get_extra_info("peername")
         self.flow = Flow(self.transport_name, peer[0], peer[1], self.id)
         self.last_activity = self.manager.loop.time()
@@ -213,6 +217,8 @@ class TransportManager:
         self.udp: UdpEndpoint | None = None
         self.listeners: list[_Listener] = []
         self.connections: dict[int, StreamConnection] = {}
+        # Accepted, not yet connected (a TLS handshake runs, or connection_made is due).
+        self.accepting: dict[int, StreamConnection] = {}
         self.by_peer: dict[tuple[str, str, int], StreamConnection] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -287,6 +293,7 @@ class TransportManager:
             client.setblocking(False)
             conn = StreamConnection(self, listener.name, next(self._ids), outbound=False,
                                     budget=listener.budget, source=source, accepted_at=now)
+            self.accepting[conn.id] = conn
             self.spawn(self._serve_accepted(conn, client, listener.context))
 
     def _resume_accepting(self, listener: _Listener) -> None:
@@ -302,8 +309,13 @@ class TransportManager:
         except Exception:  # any failed handshake (reset, timeout, bad TLS) ends it here
             if context is not None:
                 self.counters.tls_handshake_failures += 1
+                if self.loop.time() - (conn.partial_since or 0.0) >= self.limits.header_timeout:
+                    self.limit_exceeded(conn.source, conn.transport_name,
+                                        Refusal.HEADER_TIMEOUT)  # a silent TLS slowloris
             client.close()
             conn._lost()
+        finally:
+            self.accepting.pop(conn.id, None)
 
     def apply_limits(self, limits: ConnectionLimitsConfig) -> None:
         """New budgets and timeouts (SIGHUP); connections over a lowered budget stay."""
@@ -400,7 +412,10 @@ class TransportManager:
                   if not conn.outbound and conn.flow is not None and conn.flow.host == source]
         for conn in doomed:
             conn.close()
-        return len(doomed)
+        starting = [conn for conn in self.accepting.values() if conn.source == source]
+        for conn in starting:
+            conn.doomed = True  # closed as soon as its transport exists
+        return len(doomed) + len(starting)
 
     def close(self) -> None:
         for listener in self.listeners:
