@@ -252,7 +252,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logs."""
     descriptors: DescriptorsConfig = field(default_factory=DescriptorsConfig)
-    """The process-wide descriptor reserve (see docs/limits.md)."""
+    """The process-wide descriptor reserve (README, "Limits")."""
     media: dict[str, Any] = field(default_factory=dict)
     """Media anchoring and SRTP (validated by vaultpbx.media)."""
     recording: dict[str, Any] = field(default_factory=dict)

@@ -166,3 +166,24 @@ def test_throttle_module_does_no_io() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "socket", "ssl", "time", "random", "os", "sqlite3"}
+
+
+def test_yaml_settings_are_typed_and_errors_name_the_path() -> None:
+    from vaultpbx.runtime.config import ConfigError, parse_config
+    from vaultpbx.security.config import SecurityConfig
+
+    loaded = parse_config("sip:\n  digest_throttle: {base_delay: 0.5, max_delay: 4}\n"
+                          "  connections: {max_per_source: 7}\ndescriptors: {reserve: 500}\n")
+    assert loaded.config.sip.digest_throttle == ThrottleConfig(base_delay=0.5, max_delay=4.0)
+    assert loaded.config.sip.connections.max_per_source == 7
+    assert loaded.config.descriptors.reserve == 500
+    with pytest.raises(ConfigError, match=r"line 3: sip.digest_throttle: .*NIST"):
+        parse_config("sip:\n  digest_throttle:\n    account_max_failures: 1000\n")
+    with pytest.raises(ConfigError, match=r"line 2: sip.connections.header_timout: unknown"):
+        parse_config("sip:\n  connections: {header_timout: 5}\n")
+    assert SecurityConfig.from_dict({"login_throttle": {"delay_after": 3}}).login_throttle == (
+        ThrottleConfig(delay_after=3))
+    with pytest.raises(ValueError, match=r"^security.login_throttle: .*NIST"):
+        SecurityConfig.from_dict({"login_throttle": {"account_max_failures": 101}})
+    with pytest.raises(ValueError, match=r"^security.login_throttle.delay_after: .*integer"):
+        SecurityConfig.from_dict({"login_throttle": {"delay_after": "5"}})
