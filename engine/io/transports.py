@@ -412,7 +412,8 @@ class TransportManager:
                   if not conn.outbound and conn.flow is not None and conn.flow.host == source]
         for conn in doomed:
             conn.close()
-        starting = [conn for conn in self.accepting.values() if conn.source == source]
+        starting = [conn for conn in self.accepting.values()
+                    if conn.source == source and conn.id not in self.connections]
         for conn in starting:
             conn.doomed = True  # closed as soon as its transport exists
         return len(doomed) + len(starting)

@@ -213,7 +213,10 @@ def test_one_source_is_capped_then_banned_while_another_registers(
         "sip": {"digest_algorithms": ["MD5"], "connections": {"max_per_source": 20}},
         "security": {"floodguard": {"trusted": ["127.0.0.1/32"], "connection_strikes": 20,
                                     "connection_ban_seconds": 120}}})
-    attacker = [connect(engine.sip_port, "127.0.0.2", sockets) for _ in range(2000)]
+    # The first 20 are set up and held before the rest come (as from a patient attacker).
+    attacker = [connect(engine.sip_port, "127.0.0.2", sockets) for _ in range(20)]
+    assert wait_for(lambda: metric(engine, "transport_connections_opened") == 20)
+    attacker += [connect(engine.sip_port, "127.0.0.2", sockets) for _ in range(1980)]
     assert wait_for(lambda: metric(engine, "floodguard_connection_bans") == 1)
     # Every one of the attacker's connections ends up closed by the engine: the refused ones at
     # once, the 20 it held when the ban came.
