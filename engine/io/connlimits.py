@@ -87,13 +87,14 @@ class DescriptorBudget:
 class ListenerBudget:
     """One listener's connections: at most `max_connections`, `max_per_source` per source."""
 
-    __slots__ = ("name", "max_connections", "max_per_source", "descriptors", "exempt",
-                 "total", "per_source", "refused")
+    __slots__ = ("name", "max_connections", "own_max", "max_per_source", "descriptors",
+                 "exempt", "total", "per_source", "refused")
 
     def __init__(self, name: str, config: ConnectionLimitsConfig, descriptors: DescriptorBudget,
                  exempt: Callable[[str], bool] = lambda host: False) -> None:
         self.name = name
         self.max_connections = config.max_connections
+        self.own_max: int | None = None  # the listener's own setting, kept across reloads
         self.max_per_source = config.max_per_source
         self.descriptors = descriptors
         self.exempt = exempt

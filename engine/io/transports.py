@@ -242,7 +242,8 @@ class TransportManager:
         return bound
 
     async def listen_stream(self, transport_name: str, host: str, port: int,
-                            context: ssl.SSLContext | None = None) -> tuple[str, int]:
+                            context: ssl.SSLContext | None = None, *,
+                            max_connections: int | None = None) -> tuple[str, int]:
         """Listen for SIP over TCP (or TLS with `context`). Connections are accepted here, not by
         loop.create_server, so that each is admitted (flood guard, budgets) on its address alone
         before a protocol, a read or a TLS handshake is spent on it."""
@@ -259,6 +260,8 @@ class TransportManager:
             raise
         budget = self.budgets[transport_name] = ListenerBudget(
             transport_name, self.limits, self.descriptors, lambda source: self.exempt(source))
+        if max_connections is not None:
+            budget.max_connections = budget.own_max = max_connections
         listener = _Listener(sock, transport_name, context, budget)
         self.listeners.append(listener)
         self.loop.add_reader(sock.fileno(), self._accept, listener)
@@ -321,7 +324,7 @@ class TransportManager:
         """New budgets and timeouts (SIGHUP); connections over a lowered budget stay."""
         self.limits = limits
         for budget in self.budgets.values():
-            budget.max_connections = limits.max_connections
+            budget.max_connections = budget.own_max or limits.max_connections
             budget.max_per_source = limits.max_per_source
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:

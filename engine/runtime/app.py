@@ -207,13 +207,14 @@ class Engine:
                         seconds=self.guard.config.connection_ban_seconds)
 
     def _check_descriptor_budgets(self) -> None:
-        limits = self.config.sip.connections
-        streams = [item for item in self.config.sip.listen if item.transport != "udp"]
-        wanted = limits.max_connections * len(streams)
-        if wanted > self.descriptors.capacity:
+        """Listeners whose budgets add up to more than the descriptors left after the reserve
+        can starve each other (the reserve itself stays safe): say so at start-up."""
+        default = self.config.sip.connections.max_connections
+        budgets = {item.transport: item.max_connections or default
+                   for item in self.config.sip.listen if item.transport != "udp"}
+        if sum(budgets.values()) > self.descriptors.capacity:
             log.warning("descriptors.budgets_exceed_limit", limit=self.descriptors.limit,
-                        reserve=self.descriptors.reserve, sip_stream_listeners=len(streams),
-                        max_connections=limits.max_connections)
+                        reserve=self.descriptors.reserve, budgets=budgets)
 
     async def start(self) -> None:
         config = self.config
@@ -225,10 +226,13 @@ class Engine:
             if listener.transport == "udp":
                 bound = await self.transports.listen_udp(listener.host, listener.port)
             elif listener.transport == "tcp":
-                bound = await self.transports.listen_stream("tcp", listener.host, listener.port)
+                bound = await self.transports.listen_stream(
+                    "tcp", listener.host, listener.port,
+                    max_connections=listener.max_connections)
             else:
                 bound = await self.transports.listen_stream(
-                    "tls", listener.host, listener.port, self._tls_context())
+                    "tls", listener.host, listener.port, self._tls_context(),
+                    max_connections=listener.max_connections)
             local[listener.transport] = (listener.advertise or bound[0], bound[1])
         for transport in ("udp", "tcp", "tls"):
             # Outbound-only transports (e.g. a TLS trunk without a TLS listener) still need a

@@ -30,10 +30,15 @@ class ListenConfig:
     """Port to bind (5061 is customary for TLS)."""
     advertise: str | None = None
     """Address put in Via/Contact/SDP when it differs from `host` (NAT)."""
+    max_connections: int | None = None
+    """TCP/TLS: this listener's own inbound connection budget; None: sip.connections'."""
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
+        if self.max_connections is not None and (
+                self.transport == "udp" or self.max_connections < 1):
+            raise ValueError("max_connections is for a tcp or tls listener, at least 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

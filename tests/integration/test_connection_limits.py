@@ -24,7 +24,7 @@ from vaultpbx.sip.digest import build_authorization
 from vaultpbx.sip.message import Response
 from vaultpbx.sip.parser import parse_message
 
-from tests.integration.engine import RunningEngine, start_engine
+from tests.integration.engine import RunningEngine, base_config, free_port, start_engine
 from tests.integration.sipclient import UdpClient
 
 pytestmark = [pytest.mark.integration]
@@ -295,9 +295,16 @@ def test_a_full_listener_never_stops_udp_or_the_other_listener(
     """Idle connections (no TLS handshake at all) from ten addresses fill the TLS listener's
     budget; SIP over UDP and over TCP still answer, and the TLS listener answers again once the
     flood is gone."""
-    engine = start(engines, tmp_path, {"sip": {
-        "digest_algorithms": ["MD5"],
-        "connections": {"max_connections": 200, "max_per_source": 50, "header_timeout": 60}}})
+    # The TLS listener has its own budget of 200; the TCP listener keeps the default 5,000.
+    config = base_config(tmp_path / "var", free_port(), free_port(False), free_port(False))
+    for listener in config["sip"]["listen"]:
+        if listener["transport"] == "tls":
+            listener["max_connections"] = 200
+    engine = start_engine(tmp_path, {
+        "sip": {"digest_algorithms": ["MD5"],
+                "connections": {"max_per_source": 50, "header_timeout": 60}},
+        "extensions": {"1001": {"password": PASSWORD}}}, config=config)
+    engines.append(engine)
     for i in range(10):
         for _ in range(50):
             connect(engine.tls_port, f"127.0.0.{10 + i}", sockets)

@@ -80,3 +80,13 @@ def test_the_framer_tells_how_much_of_a_message_is_waiting() -> None:
     assert framer.pending_bytes == len(b"REGISTER sip:")
     framer.feed(b"x SIP/2.0\r\nContent-Length: 0\r\n\r\n")
     assert framer.pending_bytes == 0
+
+
+def test_a_listener_may_have_its_own_budget_but_udp_has_none() -> None:
+    from vaultpbx.runtime.config import ConfigError, parse_config
+
+    loaded = parse_config("sip:\n  listen:\n    - {transport: tls, port: 5061, "
+                          "max_connections: 300}\n")
+    assert loaded.config.sip.listen[0].max_connections == 300
+    with pytest.raises(ConfigError, match=r"line 3: sip.listen\[0\]: max_connections is for"):
+        parse_config("sip:\n  listen:\n    - {transport: udp, max_connections: 300}\n")
