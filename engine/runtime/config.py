@@ -212,9 +212,9 @@ class AdminConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DescriptorsConfig:
     reserve: int = 2000
-    """File descriptors that inbound TCP/TLS connections of all listeners together (SIP and the
-    admin API) may never take: kept for the UDP socket, outbound trunk connections, media
-    worker control, stores and logs."""
+    """File descriptors that inbound TCP/TLS connections of all listeners together (the SIP
+    listeners, and an admin listener that draws on the same budget) may never take: kept for
+    the UDP socket, outbound trunk connections, media worker control, stores and logs."""
     limit: int | None = None
     """The process's descriptor limit to plan with; None: RLIMIT_NOFILE (a lower value is
     used as is, a higher one is capped to RLIMIT_NOFILE)."""
