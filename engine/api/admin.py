@@ -29,7 +29,10 @@ Invariants:
   Missing/expired session → 401; a permission the role lacks → 403 with a JSON error and an
   ACCESS_DENIED hook (so an audit record).
 - /login answers unknown users, wrong passwords, locked accounts and missing enrolment with the
-  same status and body; "second factor required" is only said after a correct password.
+  same status and body; "second factor required" is only said after a correct password. Failed
+  logins are throttled per (account, source) and per account (security.login_throttle): a
+  throttled attempt is 429 with Retry-After, for unknown and known names alike, and never ends
+  a session.
 - Personal data leaves only through the role's policy: the configured TextMasker, then any
   plug-in maskers of the registry; party fields (caller/callee) mask any 7+ digit user part.
 - An export needs an approval of exactly (recording.export, this recording, this requester) by
@@ -43,6 +46,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -64,6 +68,7 @@ from ..security.config import SecurityConfig, UserEntry, parse_users
 from ..security.mfa import TotpVerifier
 from ..security.rbac import Permission
 from ..security.sessions import Session, SessionStore
+from ..security.throttle import CredentialThrottle
 from ..security.users import Authenticator, UserStore
 from .erasure import ErasureApi, ErasureRefused
 from .http import HttpRequest, HttpResponse
@@ -173,13 +178,15 @@ class AdminApi:
         self.sensitive: Callable[[str, bool, str], bool] | None = None
         # Erasure by caller (vaultpbx.recording.erasure.ErasureService); set by the runtime.
         self.erasure: Any = None
-        self.auth = Authenticator(users, sessions, totp=totp, anomaly=anomaly, hooks=hooks)
+        self.auth = Authenticator(users, sessions, totp=totp, anomaly=anomaly, hooks=hooks,
+                                  throttle=CredentialThrottle(security.login_throttle))
         self.login_attempts = login_attempts
         self.login_window = login_window
         self._login_sources: dict[str, _LoginWindow] = {}
         self.counters: dict[str, int] = {
             "admin_requests_total": 0, "admin_logins_total": 0, "admin_login_failures_total": 0,
-            "admin_login_rate_limited_total": 0, "admin_unauthenticated_total": 0,
+            "admin_login_rate_limited_total": 0, "admin_login_throttled_total": 0,
+            "admin_unauthenticated_total": 0,
             "admin_denied_total": 0, "admin_exports_total": 0, "admin_errors_total": 0,
             "admin_cdr_exports_total": 0, "admin_cdr_exports_refused_total": 0,
         }
@@ -343,6 +350,10 @@ class AdminApi:
             return _error(429, "too many login attempts", headers={
                 "Retry-After": str(int(self.login_window))})
         result = self.auth.login(name, password, otp, source_ip=request.peer, now=now)
+        if result.throttled:  # the same for every account name, known or not (users.py)
+            self.counters["admin_login_throttled_total"] += 1
+            return _error(429, "too many failed attempts", headers={
+                "Retry-After": _retry_after(result.retry_after)})
         if not result.ok or result.token is None:
             self.counters["admin_login_failures_total"] += 1
             payload: dict[str, object] = {"error": result.public_message}
@@ -705,6 +716,11 @@ def _int_query(request: HttpRequest, name: str, default: int, low: int, high: in
     except ValueError:
         return None
     return value if low <= value <= high else None
+
+
+def _retry_after(seconds: float) -> str:
+    """Retry-After in whole seconds (RFC 9110 §10.2.3); a refusal without end says a day."""
+    return str(min(math.ceil(seconds), 86400))
 
 
 def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> HttpResponse:

@@ -22,8 +22,9 @@ from ..hooks.registry import HookPoint, HookRegistry
 from ..runtime.config import Config, music_on_hold_by_queue
 from ..sdp.errors import SdpError
 from ..sdp.model import Direction, parse_sdp
+from ..security.throttle import CredentialThrottle
 from ..sip.dialog import Dialog
-from ..sip.digest import DigestAnswer, DigestServer, build_authorization
+from ..sip.digest import DigestAnswer, DigestReason, DigestServer, build_authorization
 from ..sip.endpoint import Flow, TransactionLayer
 from ..sip.errors import SipParseError
 from ..sip.headers import parse_name_addr
@@ -133,13 +134,14 @@ class B2BUA:
         self.layer: TransactionLayer | None = None  # set by `attach`
         self.stats = {
             "calls_started": 0, "calls_answered": 0, "calls_failed": 0, "calls_ended": 0,
-            "auth_challenges": 0, "auth_failures": 0, "registrations": 0,
+            "auth_challenges": 0, "auth_failures": 0, "auth_throttled": 0, "registrations": 0,
             "moh_started": 0, "moh_unavailable": 0,
         }
         self.on_auth_failure: Callable[[str, str, Flow], None] | None = None
         self.queue_router: QueueRouter | None = None
         self.media: MediaPort | None = None
         self.digest_secret = digest_secret
+        self.auth_throttle = CredentialThrottle(config.sip.digest_throttle)
         self.apply_config(config)
 
     def attach(self, layer: TransactionLayer) -> None:
@@ -160,6 +162,7 @@ class B2BUA:
             algorithms=tuple(config.sip.digest_algorithms),
         )
         self.trusted = frozenset(config.auth.trusted_sources)
+        self.auth_throttle.config = config.sip.digest_throttle  # counts survive a reload
         self.trunk_sources = {
             (uri.host_without_brackets, uri.port or 5060): name
             for name, trunk in config.trunks.items()
@@ -224,7 +227,11 @@ class B2BUA:
                       *, proxy: bool) -> str | None:
         """Return the authenticated extension, or answer 401/407/400/403 and return None.
 
-        Known and unknown users get the same answers (no extension enumeration)."""
+        Known and unknown users get the same answers (no extension enumeration). Wrong passwords
+        are throttled per (user, source address) and per user, whatever the source (trusted
+        ones too): while a user is throttled for this source its attempts are not believed,
+        right or wrong, and get the same fresh 401/407 challenge as a wrong password, so the
+        answer tells neither whether the user exists nor whether the password was right."""
         header = request.get("proxy-authorization" if proxy else "authorization")
         if header is None or not header.lstrip().lower().startswith("digest"):
             self._challenge(txn, request, now, proxy=proxy, stale=False)
@@ -237,6 +244,12 @@ class B2BUA:
 
         result = self.digest.verify(request.method, header, password_of, now,
                                     request_uri=request.uri)
+        throttle = self.auth_throttle
+        if result.username and throttle.check(result.username, flow.host, now) > 0.0:
+            self.stats["auth_throttled"] += 1
+            self._count_auth_failure(result.username, "throttled", flow)
+            self._challenge(txn, request, now, proxy=proxy, stale=False)
+            return None
         if result.ok:
             if self.config.auth.require_from_match:
                 aor = request.to if request.method == "REGISTER" else request.from_
@@ -244,7 +257,10 @@ class B2BUA:
                     self._count_auth_failure(result.username, "identity-mismatch", flow)
                     self.respond(txn, request, 403, now)
                     return None
+            throttle.succeeded(result.username, flow.host, now)
             return result.username
+        if result.reason in (DigestReason.BAD_RESPONSE, DigestReason.UNKNOWN_USER):
+            throttle.failed(result.username, flow.host, now)
         answer = result.answer
         if answer is DigestAnswer.CHALLENGE_STALE:
             self._challenge(txn, request, now, proxy=proxy, stale=True)

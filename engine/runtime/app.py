@@ -16,6 +16,7 @@ import asyncio
 import gc
 import os
 import re
+import resource
 import signal
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from ..b2bua.b2bua import B2BUA
 from ..hooks.builtins import register_builtins
 from ..hooks.maskers import MaskProcessor, TextMasker
 from ..hooks.registry import HookPoint, HookRegistry
+from ..io.connlimits import DescriptorBudget, Refusal, RefusalLog
 from ..io.tlscontext import create_self_signed, server_context
 from ..io.transports import TransportManager
 from ..recording.erasure import ErasureService
@@ -60,6 +62,15 @@ _ASTERISK_ENDINGS = {"unknown-user": "No matching peer found",
 _UNSAFE_USER = re.compile(r"[^\x21-\x7e]|['\"\\]")
 
 GC_FULL_INTERVAL = 600.0  # seconds between full collections (a safety net; nothing should leak)
+THROTTLE_SWEEP_INTERVAL = 60.0  # seconds between sweeps of the password-guessing throttles
+
+
+def descriptor_limit(configured: int | None) -> int:
+    """The descriptor limit to plan with: RLIMIT_NOFILE, or a lower configured value."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return soft if configured is None else min(configured, soft)
 
 
 class GcPauses:
@@ -111,11 +122,20 @@ class Engine:
         self.b2bua = B2BUA(self.config, token=new_token, hooks=self.hooks,
                            digest_secret=os.urandom(32))
         self.b2bua.on_auth_failure = self._auth_failed
+        # One process-wide budget for inbound stream connections (SIP TCP, SIP TLS, and the
+        # admin listener, which should take its units from the same object), leaving
+        # `descriptors.reserve` for UDP, outbound connections, media control, stores and logs.
+        self.descriptors = DescriptorBudget(descriptor_limit(self.config.descriptors.limit),
+                                            self.config.descriptors.reserve)
+        self.refusal_log = RefusalLog()
         self.transports = TransportManager(
             loop, self.deliver, admit=self._admit,
             max_message_size=self.config.sip.max_message_size,
             idle_timeout=self.config.sip.tcp_idle_timeout,
+            limits=self.config.sip.connections, descriptors=self.descriptors,
+            exempt=lambda host: self.guard.is_trusted(host), on_limit=self._connection_limit,
         )
+        self._next_throttle_sweep = 0.0
         self.audit: AuditLog | None = None
         self.media_controller: object | None = None
         self.media_port: object | None = None
@@ -170,8 +190,35 @@ class Engine:
                     f"{_ASTERISK_ENDINGS.get(why, 'Wrong password')}",
                     source=flow.host, transport=flow.transport, reason=why)
 
+    def _connection_limit(self, source: str, listener: str, reason: Refusal) -> None:
+        """A SIP TCP/TLS connection was refused or closed as slowloris: counted by the
+        transports; logged here once per source per minute (never per connection); a source
+        over its own ceiling or too slow feeds the flood guard, which may ban it."""
+        now = self.loop.time()
+        count = self.refusal_log.note(source, reason, now)
+        if count:
+            log.warning("sip.connection_limit", source=source, listener=listener,
+                        reason=reason.value, count=count)
+        if reason in (Refusal.SOURCE, Refusal.HEADER_TIMEOUT) and self.guard.connection_abuse(
+                source, now):
+            closed = self.transports.close_source(source)
+            log.warning("sip.source_banned", source=source, listener=listener,
+                        reason=reason.value, closed_connections=closed,
+                        seconds=self.guard.config.connection_ban_seconds)
+
+    def _check_descriptor_budgets(self) -> None:
+        """Listeners whose budgets add up to more than the descriptors left after the reserve
+        can starve each other (the reserve itself stays safe): say so at start-up."""
+        default = self.config.sip.connections.max_connections
+        budgets = {item.transport: item.max_connections or default
+                   for item in self.config.sip.listen if item.transport != "udp"}
+        if sum(budgets.values()) > self.descriptors.capacity:
+            log.warning("descriptors.budgets_exceed_limit", limit=self.descriptors.limit,
+                        reserve=self.descriptors.reserve, budgets=budgets)
+
     async def start(self) -> None:
         config = self.config
+        self._check_descriptor_budgets()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.config.recording.get("enabled"):
             # Before anything listens: a missing KEK refuses the start, saying what to restore,
@@ -183,10 +230,13 @@ class Engine:
             if listener.transport == "udp":
                 bound = await self.transports.listen_udp(listener.host, listener.port)
             elif listener.transport == "tcp":
-                bound = await self.transports.listen_stream("tcp", listener.host, listener.port)
+                bound = await self.transports.listen_stream(
+                    "tcp", listener.host, listener.port,
+                    max_connections=listener.max_connections)
             else:
                 bound = await self.transports.listen_stream(
-                    "tls", listener.host, listener.port, self._tls_context())
+                    "tls", listener.host, listener.port, self._tls_context(),
+                    max_connections=listener.max_connections)
             local[listener.transport] = (listener.advertise or bound[0], bound[1])
         for transport in ("udp", "tcp", "tls"):
             # Outbound-only transports (e.g. a TLS trunk without a TLS listener) still need a
@@ -438,6 +488,15 @@ class Engine:
         self.b2bua.location.sweep(now)
         self.guard.sweep(now)
         self.transports.close_idle(now)
+        for source, reason, count in self.refusal_log.sweep(now):
+            log.warning("sip.connection_limit", source=source, reason=reason.value,
+                        count=count)
+        if now >= self._next_throttle_sweep:
+            self._next_throttle_sweep = now + THROTTLE_SWEEP_INTERVAL
+            self.b2bua.auth_throttle.sweep(now)
+            admin_api = getattr(self, "admin_api", None)
+            if admin_api is not None:
+                admin_api.auth.throttle.sweep(time.time())  # the admin API's clock
         if now >= self._next_full_gc:
             if self._next_full_gc:
                 self.gc_cycles_found += gc.collect()
@@ -474,7 +533,20 @@ class Engine:
             ("vaultpbx_registrations", "gauge", b.location.count(), "Registered contacts"),
             ("vaultpbx_tcp_connections", "gauge", len(self.transports.connections),
              "Open TCP/TLS connections"),
+            ("vaultpbx_descriptors_limit", "gauge", self.descriptors.limit,
+             "Descriptor limit planned with"),
+            ("vaultpbx_descriptors_reserve", "gauge", self.descriptors.reserve,
+             "Descriptors inbound connections may not take"),
+            ("vaultpbx_descriptors_inbound", "gauge", self.descriptors.in_use,
+             "Descriptors held by inbound stream connections"),
         ]
+        for listener, budget in self.transports.budgets.items():
+            samples.append((f"vaultpbx_sip_{listener}_inbound_connections", "gauge",
+                            budget.total, f"Inbound SIP {listener} connections"))
+        for name, value in b.auth_throttle.counters("digest_throttle").items():
+            kind = "counter" if name.endswith("_total") else "gauge"
+            samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
+                            name.replace("_", " ")))
         for name, value in b.stats.items():
             samples.append((f"vaultpbx_{name}", "counter", value, name.replace("_", " ")))
         if layer is not None:
@@ -509,6 +581,10 @@ class Engine:
         if admin_api is not None:
             for name, value in admin_api.counters.items():
                 samples.append((f"vaultpbx_{name.removesuffix('_total')}", "counter", value,
+                                name.replace("_", " ")))
+            for name, value in admin_api.auth.throttle.counters("login_throttle").items():
+                kind = "counter" if name.endswith("_total") else "gauge"
+                samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
                                 name.replace("_", " ")))
         samples.append(("vaultpbx_gc_cycles_found", "counter", self.gc_cycles_found,
                         "Objects found in reference cycles by the periodic full collection"))
@@ -546,6 +622,7 @@ class Engine:
         self.config = loaded.config
         self.b2bua.apply_config(loaded.config)
         self.cdr.timezone = loaded.config.cdr.timezone  # records written from now on
+        self.transports.apply_limits(loaded.config.sip.connections)
         self._reload_security(SecurityConfig.from_dict(loaded.config.security))
         if self.acd is not None:
             self.acd.apply_config(loaded.config.routing, self.loop.time())

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..io.connlimits import ConnectionLimitsConfig
+from ..security.throttle import ThrottleConfig
 from ..sip.timers import TimerConfig
 from .typedyaml import ConfigError, LineMap, build, load_yaml
 
@@ -28,10 +30,15 @@ class ListenConfig:
     """Port to bind (5061 is customary for TLS)."""
     advertise: str | None = None
     """Address put in Via/Contact/SDP when it differs from `host` (NAT)."""
+    max_connections: int | None = None
+    """TCP/TLS: this listener's own inbound connection budget; None: sip.connections'."""
 
     def validate(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
+        if self.max_connections is not None and (
+                self.transport == "udp" or self.max_connections < 1):
+            raise ValueError("max_connections is for a tcp or tls listener, at least 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +97,13 @@ class SipConfig:
     """Registration interval when the client asks none."""
     tcp_idle_timeout: float = 600.0
     """Close TCP/TLS connections idle for this long, seconds."""
+    connections: ConnectionLimitsConfig = field(default_factory=ConnectionLimitsConfig)
+    """Inbound TCP/TLS connection budget of each stream listener (total and per source) and
+    the slowloris timeout; exceeding them is counted, logged per source and feeds the flood
+    guard's bans (security.floodguard.connection_strikes)."""
+    digest_throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    """Wrong digest passwords: waits per (user, source address) and per user, for trusted
+    sources too. A throttled attempt gets the same 401/407 challenge as a wrong password."""
 
     def validate(self) -> None:
         seen = set()
@@ -196,6 +210,23 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DescriptorsConfig:
+    reserve: int = 2000
+    """File descriptors that inbound TCP/TLS connections of all listeners together (the SIP
+    listeners, and an admin listener that draws on the same budget) may never take: kept for
+    the UDP socket, outbound trunk connections, media worker control, stores and logs."""
+    limit: int | None = None
+    """The process's descriptor limit to plan with; None: RLIMIT_NOFILE (a lower value is
+    used as is, a higher one is capped to RLIMIT_NOFILE)."""
+
+    def validate(self) -> None:
+        if self.reserve < 64:
+            raise ValueError("reserve must be at least 64")
+        if self.limit is not None and self.limit <= self.reserve:
+            raise ValueError("limit must be larger than reserve")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level written."""
@@ -242,6 +273,8 @@ class Config:
     """Admin HTTP API."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logs."""
+    descriptors: DescriptorsConfig = field(default_factory=DescriptorsConfig)
+    """The process-wide descriptor reserve (README, "Limits")."""
     media: dict[str, Any] = field(default_factory=dict)
     """Media anchoring and SRTP (validated by vaultpbx.media)."""
     recording: dict[str, Any] = field(default_factory=dict)

@@ -11,6 +11,8 @@
     anomaly:    {downloads: {max: 500, window_seconds: 600, lock: true},
                  new_network: {ipv4_prefix: 24, ipv6_prefix: 64, alert_on_first_login: false}}
     floodguard: {rate: 50, burst: 200, ban_seconds: 300, trusted: ["127.0.0.1/32"], ...}
+    login_throttle: {delay_after: 5, base_delay: 2, max_delay: 900, account_delay_after: 20,
+                     account_max_delay: 3600, account_max_failures: 100, ...}   # admin API
     users:      [{name: alice, role: admin, password_hash: "$argon2id$...", totp_secret: BASE32}]
     privacy:    {default_country: GB, erasure_needs_approval: true}
 
@@ -30,6 +32,7 @@ from ..hooks.phones import DEFAULT_COUNTRY, check_country
 from .anomaly import AnomalyConfig
 from .floodguard import FloodGuardConfig
 from .rbac import MFA_ROLES, AccessPolicy, Role
+from .throttle import ThrottleConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,6 +213,8 @@ class SecurityConfig:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
     floodguard: FloodGuardConfig = field(default_factory=FloodGuardConfig)
+    login_throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
+    """Failed admin-API logins: waits per (account, source) and per account (throttle.py)."""
     users: tuple[UserEntry, ...] = ()
     """Admin-API accounts (loaded by vaultpbx.api.admin.load_users)."""
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -219,7 +224,7 @@ class SecurityConfig:
     def from_dict(cls, data: Mapping[str, Any] | None) -> SecurityConfig:
         data = dict(data or {})
         _no_unknown(data, {"hooks", "masking", "audit", "access", "sessions", "anomaly",
-                           "floodguard", "users", "privacy"}, "security")
+                           "floodguard", "login_throttle", "users", "privacy"}, "security")
         try:
             masking = dict(data.get("masking") or {})
             _no_unknown(masking, {"roles"}, "security.masking")
@@ -233,6 +238,7 @@ class SecurityConfig:
                 sessions=_simple(SessionsConfig, data.get("sessions"), "security.sessions"),
                 anomaly=AnomalyConfig.from_dict(data.get("anomaly")),
                 floodguard=FloodGuardConfig.from_dict(data.get("floodguard")),
+                login_throttle=_throttle(data.get("login_throttle"), "security.login_throttle"),
                 users=parse_users(data.get("users")),
                 privacy=_privacy(data.get("privacy")),
             )
@@ -270,6 +276,19 @@ def _audit(data: Any) -> AuditConfig:
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     return audit
+
+
+def _throttle(data: Mapping[str, Any] | None, path: str) -> ThrottleConfig:
+    made: ThrottleConfig = _simple(ThrottleConfig, data, path)
+    for name in ("delay_after", "account_delay_after", "account_max_failures", "max_entries"):
+        value = getattr(made, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path}.{name}: must be an integer, not {value!r}")
+    try:
+        made.validate()
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return made
 
 
 def _simple(kind: Any, data: Mapping[str, Any] | None, path: str) -> Any:

@@ -10,6 +10,10 @@ Invariants:
   bytes (one anchored search for the User-Agent line), without parsing; their source is banned.
 - Too many authentication failures from one source within a window → ban (the SIP layer calls
   `auth_failed`; its answers to known and unknown users are identical, so there is no enumeration).
+- Too many connection strikes from one source within a window → ban (the transports call
+  `connection_abuse` when a source's connection is refused over its per-source ceiling or is
+  closed for not finishing a message in time: slowloris). The caller closes the source's
+  connections when this bans it.
 - The tables are bounded (`max_sources`); under a spoofed-source flood the newest entries are
   evicted so established sources keep their state. `sweep(now)` drops idle state; call it from a
   timer every `sweep_interval` seconds.
@@ -52,6 +56,11 @@ class FloodGuardConfig:
     """Authentication failures from one source within `auth_window` → ban."""
     auth_window: float = 60.0
     auth_ban_seconds: float = 900.0
+    connection_strikes: int = 20
+    """Connections refused over the per-source ceiling, or closed as slowloris, from one
+    source within `connection_window` → ban."""
+    connection_window: float = 60.0
+    connection_ban_seconds: float = 600.0
     max_sources: int = 100_000
     trusted: tuple[str, ...] = ()
     """Networks never limited, e.g. ("127.0.0.1/32", "10.20.0.0/16")."""
@@ -82,8 +91,8 @@ class FloodGuardConfig:
 class FloodGuard:
     __slots__ = (
         "config", "_rate", "_burst", "_ban_seconds", "_max_sources", "_trusted_nets",
-        "_buckets", "_banned", "_auth", "allowed", "dropped_banned", "rate_limited",
-        "scanners", "bans", "auth_bans", "evicted",
+        "_buckets", "_banned", "_auth", "_strikes", "allowed", "dropped_banned", "rate_limited",
+        "scanners", "bans", "auth_bans", "connection_bans", "evicted",
     )
 
     def __init__(self, config: FloodGuardConfig | None = None) -> None:
@@ -96,12 +105,14 @@ class FloodGuard:
         self._buckets: dict[str, list[float]] = {}
         self._banned: dict[str, float] = {}
         self._auth: dict[str, deque[float]] = {}
+        self._strikes: dict[str, deque[float]] = {}
         self.allowed = 0
         self.dropped_banned = 0
         self.rate_limited = 0
         self.scanners = 0
         self.bans = 0
         self.auth_bans = 0
+        self.connection_bans = 0
         self.evicted = 0
 
     # -- per datagram -------------------------------------------------------------------------
@@ -182,23 +193,46 @@ class FloodGuard:
 
     def auth_failed(self, source_ip: str, now: float) -> bool:
         """Count a failed authentication; True when this failure got the source banned."""
-        window = self._auth.get(source_ip)
+        config = self.config
+        if not self._strike(self._auth, source_ip, now, config.auth_window,
+                            config.auth_failures):
+            return False
+        self.auth_bans += 1
+        self.ban(source_ip, now + config.auth_ban_seconds)
+        return True
+
+    def connection_abuse(self, source_ip: str, now: float) -> bool:
+        """Count a connection refused over the per-source ceiling or closed as slowloris; True
+        when this strike got the source banned (close its connections then)."""
+        config = self.config
+        if not self._strike(self._strikes, source_ip, now, config.connection_window,
+                            config.connection_strikes):
+            return False
+        self.connection_bans += 1
+        self.ban(source_ip, now + config.connection_ban_seconds)
+        return True
+
+    def _strike(self, table: dict[str, deque[float]], source_ip: str, now: float,
+                window_seconds: float, limit: int) -> bool:
+        """One strike in a sliding window; True when it reached `limit` for an untrusted
+        source (the window then starts again)."""
+        window = table.get(source_ip)
         if window is None:
-            if len(self._auth) >= self._max_sources:
-                self._auth.popitem()
-            window = self._auth[source_ip] = deque()
+            if len(table) >= self._max_sources:
+                table.popitem()
+            window = table[source_ip] = deque()
         window.append(now)
-        limit = self.config.auth_window
-        while window and now - window[0] > limit:
+        while window and now - window[0] > window_seconds:
             window.popleft()
-        if len(window) >= self.config.auth_failures:
-            del self._auth[source_ip]
-            if self._buckets.get(source_ip) is _TRUSTED:
-                return False
-            self.auth_bans += 1
-            self.ban(source_ip, now + self.config.auth_ban_seconds)
-            return True
-        return False
+        if len(window) < limit:
+            return False
+        del table[source_ip]
+        return self._buckets.get(source_ip) is not _TRUSTED and not (
+            self._trusted_nets and _in_networks(source_ip, self._trusted_nets))
+
+    def is_trusted(self, source_ip: str) -> bool:
+        """In a trusted network: never limited or banned (no per-source connection ceiling)."""
+        return bool(self._trusted_nets) and _in_networks(source_ip, self._trusted_nets)
 
     def auth_succeeded(self, source_ip: str) -> None:
         self._auth.pop(source_ip, None)
@@ -219,7 +253,11 @@ class FloodGuard:
         stale = [ip for ip, w in self._auth.items() if not w or now - w[-1] > window]
         for ip in stale:
             del self._auth[ip]
-        return len(expired) + len(idle) + len(stale)
+        window = self.config.connection_window
+        quiet = [ip for ip, w in self._strikes.items() if not w or now - w[-1] > window]
+        for ip in quiet:
+            del self._strikes[ip]
+        return len(expired) + len(idle) + len(stale) + len(quiet)
 
     def counters(self) -> dict[str, int]:
         return {
@@ -229,6 +267,7 @@ class FloodGuard:
             "floodguard_scanners_total": self.scanners,
             "floodguard_bans_total": self.bans,
             "floodguard_auth_bans_total": self.auth_bans,
+            "floodguard_connection_bans_total": self.connection_bans,
             "floodguard_evicted_total": self.evicted,
             "floodguard_sources": len(self._buckets),
             "floodguard_banned_sources": len(self._banned),

@@ -7,7 +7,12 @@ Invariants:
   must present one again when it logs in from a network it was not seen on (anomaly rules).
 - Every failure answers the same public message in about the same time, whether the account
   exists or not (no enumeration): unknown names are checked against a dummy hash.
-- Repeated password failures lock the account for a while; a lock revokes its sessions.
+- Repeated password failures are throttled per (account, source) and per account with growing
+  waits (throttle.py, NIST SP 800-63B §5.2.2); they never lock the account and never revoke a
+  live session, so nobody can log a user out by guessing. Only the anomaly rules and an
+  administrator lock accounts (a lock revokes its sessions).
+- A throttled attempt is not checked at all (no hash): it answers `throttled` with the wait,
+  the same for unknown and known accounts.
 - Every attempt is audited. The name of a failed attempt that matches no account is passed as
   `Unverified` (people type passwords into the user field): the log keeps a keyed hash. A login
   whose audit record could not be written does not happen (fail closed: `unavailable`).
@@ -16,8 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -28,6 +32,7 @@ from .audit import Unverified
 from .mfa import TotpVerifier
 from .rbac import MFA_ROLES, Role
 from .sessions import SessionStore
+from .throttle import CredentialThrottle
 
 PUBLIC_FAILURE = "invalid credentials"
 
@@ -50,7 +55,6 @@ class User:
     """The agent (extension) this account is: an agent may change only its own presence."""
     locked_until: float | None = None
     """None: not locked. float('inf'): locked until an admin unlocks."""
-    failures: deque[float] = field(default_factory=deque)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +66,12 @@ class LoginResult:
     second_factor_required: bool = False
     unavailable: bool = False
     """The attempt could not be audited, so it was refused whatever the credentials."""
+    retry_after: float = 0.0
+    """Throttled: seconds before another attempt from this source is considered (may be inf)."""
+
+    @property
+    def throttled(self) -> bool:
+        return self.retry_after > 0.0
 
     @property
     def public_message(self) -> str:
@@ -139,18 +149,14 @@ class Authenticator:
         totp: TotpVerifier | None = None,
         anomaly: AnomalyDetector | None = None,
         hooks: HookRegistry | None = None,
-        max_failures: int = 5,
-        failure_window: float = 900.0,
-        lockout: float = 900.0,
+        throttle: CredentialThrottle | None = None,
     ) -> None:
         self.users = users
         self.sessions = sessions
         self.totp = totp or TotpVerifier()
         self.anomaly = anomaly
         self.hooks = hooks
-        self.max_failures = max_failures
-        self.failure_window = failure_window
-        self.lockout = lockout
+        self.throttle = throttle or CredentialThrottle()
         if anomaly is not None and anomaly.on_lock is None:
             anomaly.on_lock = lambda account, now: self.lock(account, now, float("inf"))
 
@@ -173,16 +179,20 @@ class Authenticator:
 
     def _login(self, name: str, password: str, otp: str | None, source_ip: str,
                now: float) -> LoginResult:
+        wait = self.throttle.check(name, source_ip, now)
+        if wait > 0.0:  # before any hashing: the same fast answer for every account name
+            return LoginResult(ok=False, reason="throttled", retry_after=wait)
         password_ok = self.users.check_password(name, password)  # always hashed: no timing leak
         user = self.users.get(name)
         if user is None:
+            self.throttle.failed(name, source_ip, now)  # unknown names count alike
             return LoginResult(ok=False, reason="unknown user")
         if user.locked_until is not None:
             if now < user.locked_until:
                 return LoginResult(ok=False, reason="account locked")
             user.locked_until = None
         if not password_ok:
-            self._count_failure(user, now)
+            self.throttle.failed(name, source_ip, now)
             return LoginResult(ok=False, reason="bad password")
         need_mfa = user.role in MFA_ROLES
         if self.anomaly is not None:
@@ -196,28 +206,19 @@ class Authenticator:
                 return LoginResult(ok=False, reason="second factor missing",
                                    second_factor_required=True)
             if not self.totp.verify(name, user.totp_secret, otp, now):
-                self._count_failure(user, now)
+                self.throttle.failed(name, source_ip, now)
                 return LoginResult(ok=False, reason="bad second factor")
-        user.failures.clear()
+        self.throttle.succeeded(name, source_ip, now)
         if self.anomaly is not None:
             self.anomaly.remember_network(name, source_ip)
         token = self.sessions.create(name, user.role.value, now, mfa=need_mfa)
         return LoginResult(ok=True, token=token)
-
-    def _count_failure(self, user: User, now: float) -> None:
-        failures = user.failures
-        failures.append(now)
-        while failures and now - failures[0] > self.failure_window:
-            failures.popleft()
-        if len(failures) >= self.max_failures:
-            self.lock(user.name, now, now + self.lockout)
 
     def lock(self, name: str, now: float, until: float) -> None:
         user = self.users.get(name)
         if user is None:
             return
         user.locked_until = until
-        user.failures.clear()
         self.sessions.revoke_user(name)
         if self.hooks is not None:
             self.hooks.notify(HookPoint.USER_CHANGE, {
@@ -228,6 +229,7 @@ class Authenticator:
         user = self.users.get(name)
         if user is not None:
             user.locked_until = None
+        self.throttle.reset(name)
         if self.anomaly is not None:
             self.anomaly.unlock(name)
         if self.hooks is not None:

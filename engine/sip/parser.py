@@ -166,6 +166,11 @@ class StreamFramer:
         self.max_message_size = max_message_size
         self.error: SipFramingError | None = None
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of a message (or ping) begun but not complete: the transport times these out."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes | KeepAlivePing]:
         if self.error is not None:
             raise self.error

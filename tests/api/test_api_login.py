@@ -65,12 +65,37 @@ def test_unknown_user_and_wrong_password_are_indistinguishable(harness: Harness)
 
 def test_locked_account_answers_like_a_wrong_password(harness: Harness) -> None:
     h = harness
-    for _ in range(5):
-        h.login("agent", password="guess", otp=None)
-    locked = h.login("agent", otp=None)  # the right password now
+    h.api.auth.lock("agent", h.clock.now, float("inf"))  # as the anomaly rules do
+    locked = h.login("agent", otp=None)  # the right password
     unknown = h.login("nobody", otp=None)
     assert (locked.status, locked.body) == (unknown.status, unknown.body) == (
         401, b'{"error": "invalid credentials"}\n')
+
+
+def test_wrong_passwords_throttle_without_revoking_or_locking(harness: Harness) -> None:
+    """Issue 17 item 10: five (or more) wrong passwords neither end the owner's session nor
+    lock the account; the guessing source gets 429 with Retry-After, the same for an unknown
+    name, and the owner still logs in from elsewhere."""
+    h = harness
+    token = h.token("supervisor", peer=OFFICE)
+    guessers = {"supervisor": "192.0.2.9", "nobody": "192.0.2.10"}
+    answers: dict[str, list[int]] = {name: [] for name in guessers}
+    for name, peer in guessers.items():
+        for _ in range(7):
+            answers[name].append(h.login(name, password="guess", otp=None, peer=peer).status)
+    assert answers["supervisor"] == answers["nobody"] == [401] * 5 + [429] * 2
+    code = pyotp.TOTP(SECRETS["supervisor"]).at(h.clock.now)
+    held = h.login("supervisor", otp=code, peer="192.0.2.9")  # even the right password waits
+    ghost = h.request("POST", "/login", peer="192.0.2.10",
+                      body={"user": "nobody", "password": "x"})
+    assert (held.status, held.body) == (ghost.status, ghost.body) == (
+        429, b'{"error": "too many failed attempts"}\n')
+    assert 0 < int(held.headers["Retry-After"]) <= 4
+    assert h.request("GET", "/me", token=token).status == 200
+    assert h.login("supervisor", peer=OFFICE).status == 200  # moves the clock 30 s
+    assert not h.heard(HookPoint.USER_CHANGE, "account.lock")
+    # The wait (2 s, doubled once) is over: the right password works from there too.
+    assert h.login("supervisor", peer="192.0.2.9").status == 200
 
 
 def test_new_network_requires_second_factor_again_and_alerts(harness: Harness) -> None:
@@ -95,8 +120,8 @@ def test_new_network_requires_second_factor_again_and_alerts(harness: Harness) -
 
 def test_login_rate_limit_per_source(harness: Harness) -> None:
     h = harness
-    for _ in range(10):
-        assert h.login("nobody", otp=None, peer="192.0.2.1").status == 401
+    for i in range(10):  # ten names: each name's own failures are throttled separately
+        assert h.login(f"nobody{i}", otp=None, peer="192.0.2.1").status == 401
     limited = h.login("agent", otp=None, peer="192.0.2.1")
     assert limited.status == 429 and limited.headers["Retry-After"] == "60"
     assert h.login("agent", otp=None, peer="192.0.2.1").status == 429

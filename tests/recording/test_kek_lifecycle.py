@@ -71,7 +71,7 @@ def test_a_rotation_elsewhere_applies_to_the_next_recording_and_old_keys_still_u
 
 def test_retire_is_refused_while_a_data_key_needs_the_kek(tmp_path: Path) -> None:
     # One recording with a caller is three keys under the KEK: the recording's data key, the
-    # caller's own key (its number is sealed) and the keyed hash's key (vaultpbx.recording.subjects).
+    # caller's own key (its number is sealed) and the keyed hash's key (recording.subjects).
     with _store(tmp_path) as store:
         rid, _, _, _ = write_recording(store, tmp_path / "rec")
         old = store.current_kek_id()

@@ -10,6 +10,7 @@ from vaultpbx.security.approvals import ApprovalError, ApprovalStore
 from vaultpbx.security.mfa import TotpVerifier, new_totp_secret
 from vaultpbx.security.rbac import AccessPolicy, Permission, PermissionDenied
 from vaultpbx.security.sessions import SessionStore
+from vaultpbx.security.throttle import CredentialThrottle, ThrottleConfig
 from vaultpbx.security.users import Authenticator, UserStore, make_password_hasher
 
 T0 = 1_767_225_600.0
@@ -180,15 +181,37 @@ def test_no_user_enumeration() -> None:
     assert unknown.public_message == wrong.public_message == "invalid credentials"
 
 
-def test_repeated_failures_lock_account_and_revoke_sessions() -> None:
-    auth, *_ = make_auth(max_failures=3, lockout=600)
+def test_repeated_failures_throttle_the_source_but_never_revoke_sessions() -> None:
+    """Issue 17 item 10: guessing someone's password must not log them out or lock them out
+    elsewhere; the guessing source waits, growing, instead (NIST SP 800-63B §5.2.2)."""
+    auth, _, _, seen = make_auth(throttle=CredentialThrottle(ThrottleConfig(
+        delay_after=3, base_delay=10.0, max_delay=600.0, account_delay_after=50)))
     token = auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0).token
     for i in range(3):
-        assert not auth.login("ann", "bad", None, source_ip="127.100.0.5", now=T0 + i).ok
-    assert auth.sessions.get(token or "", T0 + 5) is None
-    locked = auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0 + 10)
-    assert not locked.ok and locked.reason == "account locked"
-    assert auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0 + 700).ok
+        assert auth.login("ann", "bad", None, source_ip="127.100.0.9", now=T0 + i).reason == (
+            "bad password")
+    assert auth.sessions.get(token or "", T0 + 5) is not None  # still logged in
+    # The guesser's source waits 10 s (then 20, 40...), even with the right password.
+    held = auth.login("ann", "agent-pw", None, source_ip="127.100.0.9", now=T0 + 5)
+    assert not held.ok and held.throttled and held.reason == "throttled"
+    assert held.retry_after == pytest.approx(7.0)
+    # The owner, from their own address, is not affected.
+    assert auth.login("ann", "agent-pw", None, source_ip="127.100.0.5", now=T0 + 6).ok
+    assert auth.login("ann", "agent-pw", None, source_ip="127.100.0.9", now=T0 + 12).ok
+    assert auth.users.get("ann").locked_until is None  # type: ignore[union-attr]
+    assert not [e for _, e in seen if e.get("action") == "account.lock"]  # type: ignore[attr-defined]
+
+
+def test_throttled_unknown_and_known_accounts_answer_alike() -> None:
+    auth, *_ = make_auth(throttle=CredentialThrottle(ThrottleConfig(delay_after=2,
+                                                                    base_delay=30.0)))
+    answers = []
+    for name in ("ann", "nobody"):
+        for i in range(2):
+            auth.login(name, "bad", None, source_ip="127.100.0.9", now=T0 + i)
+        answers.append(auth.login(name, "bad", None, source_ip="127.100.0.9", now=T0 + 2))
+    assert [(a.ok, a.reason, a.retry_after, a.public_message) for a in answers] == [
+        (False, "throttled", 29.0, "invalid credentials")] * 2
 
 
 def test_501_downloads_in_10_minutes_locks_the_account() -> None:

@@ -96,3 +96,17 @@ def test_config_errors() -> None:
         FloodGuardConfig.from_dict({"ratee": 1})
     with pytest.raises(ValueError):
         FloodGuardConfig.from_dict({"trusted": ["not-a-net"]})
+
+
+def test_connection_strikes_ban_untrusted_sources_only() -> None:
+    guard = FloodGuard(FloodGuardConfig(connection_strikes=3, connection_window=10,
+                                        connection_ban_seconds=100, trusted=("127.0.0.1/32",)))
+    assert [guard.connection_abuse("203.0.113.9", T0 + i) for i in range(3)] == [
+        False, False, True]
+    assert guard.is_banned("203.0.113.9", T0 + 50) and not guard.is_banned("203.0.113.9",
+                                                                            T0 + 103)
+    assert not any(guard.connection_abuse("127.0.0.1", T0 + i) for i in range(10))
+    assert guard.is_trusted("127.0.0.1") and not guard.is_trusted("203.0.113.9")
+    # Strikes spread wider than the window never add up to a ban.
+    assert not any(guard.connection_abuse("192.0.2.5", T0 + i * 6) for i in range(10))
+    assert guard.counters()["floodguard_connection_bans_total"] == 1
