@@ -36,7 +36,7 @@ from ..sip.transaction import (
     Transaction,
 )
 from ..sip.uri import parse_uri
-from ..sip.validate import ALLOWED_METHODS
+from ..sip.validate import ALLOWED_METHODS, warning_header
 from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
 from .dialplan import Dialplan, Route
 from .location import LocationService
@@ -179,10 +179,13 @@ class B2BUA:
 
     def respond(self, txn: ServerTransaction, request: Request, status: int, now: float,
                 *, reason: str | None = None, extra: list[tuple[str, str]] | None = None,
-                body: bytes = b"", content_type: str | None = None) -> None:
+                body: bytes = b"", content_type: str | None = None,
+                warning: str | None = None) -> None:
         if txn.to_tag is None:
             txn.to_tag = self.token()
         headers = list(extra or [])
+        if warning:
+            headers.append(warning_header(_warning_text(warning)))
         if body:
             headers.append(("content-type", content_type or "application/sdp"))
         headers.append(("server", self.config.sip.user_agent))
@@ -405,7 +408,7 @@ class B2BUA:
                 self.media.delete(call_id)  # the caller gave up meanwhile
             return
         if sdp is None:
-            self._fail_call(call, status or 500, "media_refused", now, reason=_reason(why))
+            self._fail_call(call, status or 500, "media_refused", now, warning=why)
             return
         call.b_sdp = sdp
         self._dispatch(call, route, now)
@@ -759,7 +762,7 @@ class B2BUA:
                     return
                 if error:
                     self._send_ack(leg, b"", None, at)  # a 2xx is always ACKed (§13.2.2.4)
-                    self._fail_call(call, error, "media_refused", at, reason=_reason(why))
+                    self._fail_call(call, error, "media_refused", at, warning=why)
                     return
                 self._answer_caller(call, leg, body or b"", at)
 
@@ -773,7 +776,7 @@ class B2BUA:
                 return
             if error:
                 # The callee's answer is unusable (e.g. no common crypto): end it, refuse.
-                self._fail_call(call, error, "media_refused", at, reason=_reason(why))
+                self._fail_call(call, error, "media_refused", at, warning=why)
                 return
             self._answer_caller(call, leg, body or b"", at)
 
@@ -950,7 +953,7 @@ class B2BUA:
             def forward(body: bytes | None, error: int, why: str, at: float) -> None:
                 if error:
                     if txn.state in (State.TRYING, State.PROCEEDING) and txn.request is not None:
-                        self.respond(txn, txn.request, error, at, reason=_reason(why))
+                        self.respond(txn, txn.request, error, at, warning=why)
                     return
                 self._forward_in_dialog(relay, request, body or b"", at)
 
@@ -1014,11 +1017,12 @@ class B2BUA:
                     self._send_ack(target, b"", None, now)
                 else:
                     target.ack_bytes = None  # the origin's ACK brings the answer
+        warning: str | None = None
         if error:
-            status, reason = error, _reason(why)
+            status, reason, warning = error, None, why
         else:
             reason = response.reason
-        self.respond(origin, request, status, now, reason=reason, body=body,
+        self.respond(origin, request, status, now, reason=reason, body=body, warning=warning,
                      content_type=response.get("content-type") if body else None, extra=extra)
         if status >= 200:
             origin.owner = None  # the relay is done; no cycle outlives it
@@ -1056,11 +1060,12 @@ class B2BUA:
         return call.b if leg.side is Side.A else call.a
 
     def _fail_call(self, call: Call, status: int, cause: str, now: float,
-                   reason: str | None = None) -> None:
+                   reason: str | None = None, warning: str | None = None) -> None:
         a = call.a
         if a is not None and a.invite_server is not None and a.invite_request is not None:
             if a.invite_server.state is State.PROCEEDING:
-                self.respond(a.invite_server, a.invite_request, status, now, reason=reason)
+                self.respond(a.invite_server, a.invite_request, status, now, reason=reason,
+                             warning=warning)
             a.invite_server = None
         self.stats["calls_failed"] += 1
         self._end_call(call, cause, status, now)
@@ -1235,10 +1240,15 @@ def _leg_name(leg: Leg) -> str:
     return "caller" if leg.side is Side.A else "callee"
 
 
-def _reason(text: str) -> str:
-    """A reason phrase from an error message: one line, no control characters, short."""
-    line = " ".join(text.split())[:80]
-    return line or "Not Acceptable Here"
+def _warning_text(why: str) -> str:
+    """The detail of a media error for a Warning header (RFC 3261 §20.43). The reason phrase
+    stays the status's own ("488 Not Acceptable Here"): an error message such as
+    "488 Not Acceptable Here: m=0: ..." made into a phrase repeated the code and was cut."""
+    line = " ".join(why.split())
+    code, _, rest = line.partition(" ")
+    if len(code) == 3 and code.isdigit() and ": " in rest:
+        line = rest.split(": ", 1)[1]  # the status and its phrase are on the status line already
+    return line
 
 
 def _timeout_response() -> Response:
