@@ -262,7 +262,7 @@ def test_caller_hang_up_while_queued_is_abandoned(sipp: SippRunner,
     stats = queue(engine, "support")
     assert (stats["waiting"], stats["abandoned"], stats["answered"]) == (0, 1, 0), stats
     metrics = engine.metrics()
-    assert metrics["vaultpbx_queue_support_abandoned_total"] == 1, sorted(metrics)
+    assert metrics['vaultpbx_queue_abandoned_total{queue="support"}'] == 1, sorted(metrics)
     assert metrics["vaultpbx_acd_abandoned_total"] == 1
 
 
