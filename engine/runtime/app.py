@@ -131,6 +131,8 @@ class Engine:
         self.gc_pauses = GcPauses()
         self.gc_cycles_found = 0
         self._next_full_gc = 0.0
+        self._reload_task: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     # -- start -----------------------------------------------------------------------------
     def data_path(self, configured: str) -> Path:
@@ -486,14 +488,34 @@ class Engine:
 
     # -- signals ----------------------------------------------------------------------------------
     def reload(self) -> None:
-        try:
-            loaded = load_config(self.loaded.path)
-        except ConfigError as exc:
-            log.error("config.reload_rejected", error=str(exc))
-            self.hooks.notify(HookPoint.CONFIG_CHANGE, {
-                "actor": "system", "action": "config.reload_rejected",
-                "target": str(self.loaded.path), "details": {"error": str(exc)}})
+        """SIGHUP: read and check the file in a worker thread, so a slow or hostile file never
+        holds up signalling, then apply it here on the loop. A SIGHUP during a reload runs
+        one more reload after it (the file may have changed again)."""
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True
             return
+        self._reload_again = False
+        self._reload_task = self.loop.create_task(self._reload_off_loop())
+
+    async def _reload_off_loop(self) -> None:
+        while True:
+            try:
+                loaded = await asyncio.to_thread(load_config, self.loaded.path)
+            except ConfigError as exc:
+                self._reload_rejected(exc)
+            else:
+                self._apply_reload(loaded)
+            if not self._reload_again:
+                return
+            self._reload_again = False
+
+    def _reload_rejected(self, exc: ConfigError) -> None:
+        log.error("config.reload_rejected", error=str(exc))
+        self.hooks.notify(HookPoint.CONFIG_CHANGE, {
+            "actor": "system", "action": "config.reload_rejected",
+            "target": str(self.loaded.path), "details": {"error": str(exc)}})
+
+    def _apply_reload(self, loaded: LoadedConfig) -> None:
         if loaded.config.sip.listen != self.config.sip.listen:
             log.warning("config.listen_changed_needs_restart")
         self.loaded = loaded
