@@ -25,7 +25,7 @@ class EngineCollector(Collector):
         families: dict[str, Metric] = {}
         for sample in self.sample():
             name, kind, value, help_text = sample[0], sample[1], sample[2], sample[3]
-            labels: Mapping[str, str] = sample[4] if len(sample) > 4 else {}  # type: ignore[misc]
+            labels: Mapping[str, str] = sample[4] if len(sample) > 4 else {}
             family = families.get(name)
             if family is None:
                 maker = CounterMetricFamily if kind == "counter" else GaugeMetricFamily

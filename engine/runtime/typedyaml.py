@@ -67,7 +67,7 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
         if not self.check_event(yaml.AliasEvent):
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         mark = self.peek_event().start_mark
         node: yaml.Node = super().compose_node(parent, index)
         if isinstance(node, yaml.CollectionNode) and node.end_mark is None:

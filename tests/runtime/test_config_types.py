@@ -1,0 +1,104 @@
+"""`check-config` type-checks every field of every section, including those kept as mappings by
+the runtime and validated by their own packages (routing, recording, security, media).
+
+The table is every leaf of configs/default.yaml (and of an example that sets every setting those
+packages have): each test puts a wrong-typed value into one leaf and runs `vaultpbx check-config`,
+which must exit 2 naming that YAML path and its line. A section whose values are taken without a
+type check (`security.sessions.lifetime_seconds: forever` once passed) fails here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from vaultpbx.runtime.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = ROOT / "configs" / "default.yaml"
+EVERY_SETTING = Path(__file__).with_name("every_setting.yaml")
+
+
+def leaves(text: str) -> Iterator[tuple[str, yaml.ScalarNode]]:
+    """(dotted YAML path, scalar node) for every scalar value; keys are not leaves."""
+
+    def walk(node: yaml.Node, path: str) -> Iterator[tuple[str, yaml.ScalarNode]]:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                yield from walk(value, f"{path}.{key.value}" if path else key.value)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                yield from walk(item, f"{path}[{i}]")
+        else:
+            assert isinstance(node, yaml.ScalarNode)
+            yield path, node
+
+    yield from walk(yaml.compose(text), "")
+
+
+def wrong_value(node: yaml.ScalarNode) -> str:
+    """A value of the wrong type for what the leaf holds: a word for numbers and booleans,
+    a mapping for strings (any scalar reads as a string)."""
+    value = yaml.safe_load(yaml.serialize(node))
+    if isinstance(value, bool | int | float):
+        return '"forever"'
+    return "{wrong: type}"
+
+
+def cases(path: Path) -> list[pytest.param]:
+    text = path.read_text()
+    return [pytest.param(path, yaml_path, node.start_mark.index, node.end_mark.index,
+                         node.start_mark.line + 1, wrong_value(node),
+                         id=f"{path.stem}:{yaml_path}")
+            for yaml_path, node in leaves(text)]
+
+
+def test_the_table_covers_every_section() -> None:
+    sections = {p.split(".")[0].split("[")[0] for p in [c.values[1] for c in cases(DEFAULT)]}
+    assert {"sip", "extensions", "trunks", "queues", "routing", "dialplan", "media",
+            "recording", "security", "admin", "logging"} <= sections
+    every = {c.values[1] for c in cases(EVERY_SETTING)}
+    for path in ("security.sessions.lifetime_seconds", "security.audit.checkpoint_every",
+                 "security.anomaly.downloads.max", "security.hooks.budget_ms",
+                 "security.floodguard.rate", "security.masking.roles.admin.card[0]",
+                 "recording.fsync_every", "media.relatch_idle", "routing.queues.sales.priority",
+                 "logging.sip_messages"):
+        assert path in every, path
+
+
+@pytest.mark.parametrize(("config", "yaml_path", "start", "end", "line", "value"),
+                         cases(DEFAULT) + cases(EVERY_SETTING))
+def test_a_wrong_type_in_any_leaf_is_refused_naming_its_path_and_line(
+        config: Path, yaml_path: str, start: int, end: int, line: int, value: str,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = config.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text[:start] + value + text[end:])  # same lines, one value changed
+    monkeypatch.chdir(ROOT)  # the shipped config's relative paths (music on hold) resolve
+    assert main(["check-config", "-c", str(bad)]) == 2
+    error = capsys.readouterr().err
+    assert f"{bad}:line {line}: {yaml_path}:" in error, error
+
+
+def test_the_files_themselves_pass_and_check_config_exits_non_zero_as_a_process(
+        tmp_path: Path) -> None:
+    for config in (DEFAULT, EVERY_SETTING):
+        ok = subprocess.run([sys.executable, "-m", "vaultpbx.runtime.cli", "check-config",
+                             "-c", str(config)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+        assert ok.returncode == 0, ok.stderr
+    text = DEFAULT.read_text()
+    bad = tmp_path / "forever.yaml"
+    forever = "security:\n  sessions: {lifetime_seconds: forever}\n"
+    bad.write_text(text.replace("security:\n", forever, 1))
+    result = subprocess.run([sys.executable, "-m", "vaultpbx.runtime.cli", "check-config",
+                             "-c", str(bad)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    line = text.splitlines().index("security:") + 2
+    assert result.returncode == 2
+    assert f"line {line}: security.sessions.lifetime_seconds:" in result.stderr, result.stderr
