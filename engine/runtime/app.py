@@ -132,6 +132,9 @@ class Engine:
         self.gc_cycles_found = 0
         self._next_full_gc = 0.0
         self._reload_task: asyncio.Task[None] | None = None
+        # Read per message: one attribute test when off (the default; on, logging costs ~15%
+        # CPU at 200 calls/s). The log processor masks and redacts the text (maskers).
+        self.log_sip_messages = self.config.logging.sip_messages
         self._reload_again = False
 
     # -- start -----------------------------------------------------------------------------
@@ -346,6 +349,8 @@ class Engine:
         layer = self.layer
         if layer is None:
             return
+        if self.log_sip_messages:
+            _log_sip_message("sip.received", data, flow)
         layer.receive(data, flow, self.loop.time())
         self.flush()
 
@@ -356,6 +361,8 @@ class Engine:
         if outbox:
             send = self.transports.send
             for data, flow in outbox:
+                if self.log_sip_messages:
+                    _log_sip_message("sip.sent", data, flow)
                 send(data, flow)
             outbox.clear()
         deadline = layer.get_timer()
@@ -520,6 +527,7 @@ class Engine:
             log.warning("config.listen_changed_needs_restart")
         self.loaded = loaded
         self.config = loaded.config
+        self.log_sip_messages = loaded.config.logging.sip_messages
         self.b2bua.apply_config(loaded.config)
         self._reload_security(SecurityConfig.from_dict(loaded.config.security))
         if self.acd is not None:
@@ -590,6 +598,14 @@ class Engine:
         if self.audit is not None:
             self.audit.close(time.time())
         log.info("engine.stopped")
+
+
+def _log_sip_message(event: str, data: bytes, flow: Flow) -> None:
+    """One log record per SIP message (`logging.sip_messages`). Like every record it passes
+    the log processor, which masks personal data and redacts Authorization and SDES keys by
+    the maskers' policy, so the raw text is never written."""
+    log.info(event, transport=flow.transport, peer=f"{flow.host}:{flow.port}",
+             message=data.decode("utf-8", "replace"))
 
 
 async def serve(config_path: str) -> int:
