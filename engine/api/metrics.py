@@ -2,8 +2,8 @@
 nothing on the per-message path touches a metrics library.
 
 A sample is `(name, kind, value, help)` or, for one series of a labelled metric (per queue, per
-agent), `(name, kind, value, help, {label: value})`. Samples of one name form one family: they
-must share kind, help and label names.
+agent), `(name, kind, value, help, {label: value})`. Samples of one name and kind form one
+family: they must share help and label names.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ class EngineCollector(Collector):
         self.sample = sample
 
     def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
+        # By name and kind: a gauge and a counter may share a name (`vaultpbx_registrations`
+        # and its `_total`), and stay two families as they always were.
+        families: dict[tuple[str, str], Metric] = {}
         for sample in self.sample():
             name, kind, value, help_text = sample[0], sample[1], sample[2], sample[3]
             labels: Mapping[str, str] = sample[4] if len(sample) > 4 else {}
-            family = families.get(name)
+            family = families.get((name, kind))
             if family is None:
                 maker = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-                family = families[name] = maker(name, help_text, labels=list(labels))
+                family = families[(name, kind)] = maker(name, help_text, labels=list(labels))
             family.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
         yield from families.values()
 
