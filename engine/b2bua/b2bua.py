@@ -681,6 +681,9 @@ class B2BUA:
                 and not leg.auth_attempted
                 and self._retry_with_credentials(call, leg, response, now)):
             return
+        if (status == 488 and call is not None and not leg.ended
+                and self._retry_as_savp(leg, now)):
+            return
         leg.invite_client = None
         leg.invite_request = None
         leg.cancel_requested = False
@@ -725,6 +728,28 @@ class B2BUA:
                                             trunk.password, self.token(), 1)
         request.set("proxy-authorization" if response.status == 407 else "authorization",
                     authorization)
+        leg.invite_request = request
+        leg.provisional_seen = False
+        self._send_b_invite(leg, request, now)
+        return True
+
+    def _retry_as_savp(self, leg: Leg, now: float) -> bool:
+        """`srtp: optional` offers RTP/AVP with a=crypto (best effort, so that plain-RTP
+        callees still answer); a callee that requires SRTP refuses that profile with 488. Offer
+        the same streams and keys once more as RTP/SAVP (RFC 4568 §3.1.4). Only once: the
+        retried body has no AVP stream with crypto left to change."""
+        old = leg.invite_request
+        if old is None or not old.body:
+            return False
+        body = savp_offer(old.body)
+        if body is None:
+            return False
+        request = leg.dialog.new_request("INVITE", body, "application/sdp")
+        for name in ("max-forwards", "allow", "user-agent", "authorization",
+                     "proxy-authorization"):
+            value = old.get(name)
+            if value is not None:
+                request.set(name, value)
         leg.invite_request = request
         leg.provisional_seen = False
         self._send_b_invite(leg, request, now)
@@ -1238,6 +1263,27 @@ class B2BUA:
 
 def _leg_name(leg: Leg) -> str:
     return "caller" if leg.side is Side.A else "callee"
+
+
+def savp_offer(body: bytes) -> bytes | None:
+    """`body` with every RTP/AVP(F) m= line that carries a=crypto made RTP/SAVP(F), or None
+    when there is none (nothing to retry). Everything else stays byte for byte."""
+    lines = body.split(b"\n")
+    changed = False
+    section_start: int | None = None
+    for index in range(len(lines) + 1):
+        if index < len(lines) and not lines[index].startswith(b"m="):
+            continue
+        if section_start is not None:  # close the previous media section
+            section = lines[section_start:index]
+            fields = lines[section_start].split(b" ")
+            if (len(fields) > 2 and fields[2] in (b"RTP/AVP", b"RTP/AVPF")
+                    and any(line.startswith(b"a=crypto:") for line in section)):
+                fields[2] = b"RTP/SAVP" + fields[2][7:]
+                lines[section_start] = b" ".join(fields)
+                changed = True
+        section_start = index
+    return b"\n".join(lines) if changed else None
 
 
 def _warning_text(why: str) -> str:
