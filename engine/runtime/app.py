@@ -510,6 +510,8 @@ class Engine:
                 loaded = await asyncio.to_thread(load_config, self.loaded.path)
             except ConfigError as exc:
                 self._reload_rejected(exc)
+            except Exception:  # noqa: BLE001 - a reload must never end the engine
+                log.exception("config.reload_failed", path=str(self.loaded.path))
             else:
                 self._apply_reload(loaded)
             if not self._reload_again:

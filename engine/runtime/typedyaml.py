@@ -48,7 +48,7 @@ class LineMap:
 
 
 MAX_CONFIG_BYTES = 1 << 20
-"""Largest configuration file read (1 MiB: ~50 times the shipped one with 10,000 extensions)."""
+"""Largest configuration file read (1 MiB: room for ~14,000 extensions, one per line)."""
 MAX_ALIAS_NODES = 10_000
 """Nodes that aliases may repeat in all. Anchors in real configs share a few settings between
 queues or extensions (tens to hundreds of nodes); a bound this size refuses expansion bombs while
@@ -140,6 +140,9 @@ def load_yaml(text: str, source: str = "") -> tuple[Any, LineMap]:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError("", mark.line + 1 if mark else None, f"invalid YAML: {exc}",
                           source) from exc
+    except RecursionError:
+        # `[[[[...` a few thousand deep: PyYAML's composer recurses per level.
+        raise ConfigError("", None, "nested too deeply", source) from None
     finally:
         loader.dispose()
 

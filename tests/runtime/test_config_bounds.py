@@ -97,3 +97,8 @@ def test_a_file_over_the_size_bound_is_refused_before_it_is_parsed(tmp_path: Pat
     with pytest.raises(ConfigError, match=f"larger than {MAX_CONFIG_BYTES} bytes") as caught:
         load_config(path)
     assert str(path) in str(caught.value)
+
+
+def test_nesting_thousands_deep_is_a_config_error_not_a_crash() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_yaml("sip: " + "[" * 5000 + "]" * 5000 + "\n")
