@@ -9,6 +9,7 @@ type check (`security.sessions.lifetime_seconds: forever` once passed) fails her
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -102,3 +103,64 @@ def test_the_files_themselves_pass_and_check_config_exits_non_zero_as_a_process(
     line = text.splitlines().index("security:") + 2
     assert result.returncode == 2
     assert f"line {line}: security.sessions.lifetime_seconds:" in result.stderr, result.stderr
+
+
+def test_every_setting_yaml_sets_every_setting_there_is() -> None:
+    """A key added to a typed section without a line in every_setting.yaml would escape the
+    wrong-type table above: this names it."""
+    import dataclasses
+    import typing
+
+    from vaultpbx.media.config import MediaConfig
+    from vaultpbx.recording.config import RecordingConfig
+    from vaultpbx.routing import config as routing
+    from vaultpbx.runtime.config import Config
+    from vaultpbx.security.config import AuditConfig, HooksConfig, SessionsConfig
+    from vaultpbx.security.floodguard import FloodGuardConfig
+
+    def keys(tp: object, path: str) -> typing.Iterator[str]:
+        if not (dataclasses.is_dataclass(tp) and isinstance(tp, type)):
+            return
+        hints = typing.get_type_hints(tp)
+        for field in dataclasses.fields(tp):
+            child = f"{path}.{field.name}" if path else field.name
+            yield child
+            hint = hints[field.name]
+            args = typing.get_args(hint)
+            if typing.get_origin(hint) is list and args:
+                yield from keys(args[0], f"{child}[0]")
+            elif typing.get_origin(hint) is dict and len(args) == 2:
+                yield from keys(args[1], f"{child}.*")
+            else:
+                yield from keys(hint, child)
+
+    present = set()  # every path and prefix in the file, list items as [0]
+    for yaml_path, _ in leaves(EVERY_SETTING.read_text()):
+        parts = re.sub(r"\[\d+\]", "[0]", yaml_path).replace("[", ".[").split(".")
+        for end in range(1, len(parts) + 1):
+            present.add(".".join(parts[:end]).replace(".[", "["))
+    wanted = [k for k in keys(Config, "") if not k.startswith(
+        ("media.", "recording.", "routing.", "security."))]
+    wanted += [f"media.{f.name}" for f in dataclasses.fields(MediaConfig)] + ["media.anchor"]
+    wanted += [f"recording.{f.name}" for f in dataclasses.fields(RecordingConfig)]
+    for name, kind in (("hooks", HooksConfig), ("audit", AuditConfig),
+                       ("sessions", SessionsConfig), ("floodguard", FloodGuardConfig)):
+        wanted += [f"security.{name}.{f.name}" for f in dataclasses.fields(kind)]
+    wanted += [f"routing.{k}" for k in routing._ROUTER_KEYS]
+    wanted += [f"routing.agents.*.{k}" for k in routing._AGENT_KEYS]
+    wanted += [f"routing.queues.*.{k}" for k in routing._QUEUE_KEYS]
+    wanted += [f"routing.queues.*.service_level.{k}" for k in routing._SERVICE_LEVEL_KEYS]
+    wanted += [f"routing.queues.*.relaxation[0].{k}" for k in routing._STEP_KEYS]
+    wanted += [f"routing.queues.*.overflow.{k}" for k in routing._OVERFLOW_KEYS]
+    names = {"extensions": "1001", "trunks": "carrier", "queues": "hunt",
+             "routing.agents": "1001"}
+    missing = []
+    for key in wanted:
+        options = {key}
+        for section, name in names.items():
+            options |= {k.replace(f"{section}.*", f"{section}.{name}") for k in options}
+        options |= {k.replace("routing.queues.*", f"routing.queues.{q}") for k in options
+                    for q in ("sales", "spill")}
+        if not options & present:
+            missing.append(key)
+    assert not missing, f"add to {EVERY_SETTING.name}: {missing}"
