@@ -33,7 +33,6 @@ admin handlers); SQLite is the one I/O, at agent-control rate, never per message
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -68,7 +67,6 @@ RESTORED_NOT_RESPONDING_REASON = "not-responding"
 in to not-responding but a missed offer, and a break keeps the same meaning (no offers until
 the agent says ready)."""
 
-_METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agent_presence (
@@ -533,57 +531,71 @@ class AcdBridge:
         return {"queues": queues, "agents": agents}
 
     def metric_samples(self, now: float) -> list[Sample]:
-        """Samples in the engine's /metrics format. The format has no labels, so the queue or
-        agent is part of the name: `vaultpbx_queue_<queue>_<stat>`, `vaultpbx_agent_<id>_<stat>`
-        (characters outside [a-zA-Z0-9_] become `_`)."""
+        """Samples in the engine's /metrics format: one metric name per statistic, the queue or
+        agent as a label (`vaultpbx_queue_waiting{queue="support"}`,
+        `vaultpbx_agent_state{agent="2001",state="available"}`), so that a dashboard sums or
+        filters by label and adding an agent adds series, not metric names."""
         stats = self.stats(now)
         samples: list[Sample] = []
         totals = {"waiting": 0, "abandoned": 0}
         for name, q in stats["queues"].items():
-            prefix = f"vaultpbx_queue_{_METRIC_UNSAFE.sub('_', name)}"
+            queue = {"queue": name}
             totals["waiting"] += q["waiting"]
             totals["abandoned"] += q["abandoned"]
             samples += [
-                (f"{prefix}_waiting", "gauge", q["waiting"], f"Calls waiting in queue {name}"),
-                (f"{prefix}_ringing", "gauge", q["ringing"],
-                 f"Calls of queue {name} ringing at an agent"),
-                (f"{prefix}_longest_wait_seconds", "gauge", q["longest_wait"],
-                 f"Longest current wait in queue {name}"),
-                (f"{prefix}_entered", "counter", q["entered"], f"Calls that entered queue {name}"),
-                (f"{prefix}_answered", "counter", q["answered"],
-                 f"Calls of queue {name} answered by an agent"),
-                (f"{prefix}_answered_in_target", "counter", q["answered_in_target"],
-                 f"Calls of queue {name} answered within the service-level time"),
-                (f"{prefix}_abandoned", "counter", q["abandoned"],
-                 f"Callers who hung up in queue {name} before an agent answered"),
-                (f"{prefix}_overflowed", "counter", q["overflowed"],
-                 f"Calls that overflowed out of queue {name}"),
+                ("vaultpbx_queue_waiting", "gauge", q["waiting"], "Calls waiting in the queue",
+                 queue),
+                ("vaultpbx_queue_ringing", "gauge", q["ringing"],
+                 "Calls of the queue ringing at an agent", queue),
+                ("vaultpbx_queue_longest_wait_seconds", "gauge", q["longest_wait"],
+                 "Longest current wait in the queue", queue),
+                ("vaultpbx_queue_entered", "counter", q["entered"],
+                 "Calls that entered the queue", queue),
+                ("vaultpbx_queue_answered", "counter", q["answered"],
+                 "Calls of the queue answered by an agent", queue),
+                ("vaultpbx_queue_answered_in_target", "counter", q["answered_in_target"],
+                 "Calls of the queue answered within the service-level time", queue),
+                ("vaultpbx_queue_abandoned", "counter", q["abandoned"],
+                 "Callers who hung up in the queue before an agent answered", queue),
+                ("vaultpbx_queue_overflowed", "counter", q["overflowed"],
+                 "Calls that overflowed out of the queue", queue),
             ]
             if q["service_level"] is not None:
-                samples.append((f"{prefix}_service_level", "gauge", q["service_level"],
-                                f"Share of settled calls of queue {name} answered in target"))
+                samples.append(("vaultpbx_queue_service_level", "gauge", q["service_level"],
+                                "Share of settled calls of the queue answered in target", queue))
             if q["average_handle_time"] is not None:
-                samples.append((f"{prefix}_average_handle_time_seconds", "gauge",
+                samples.append(("vaultpbx_queue_average_handle_time_seconds", "gauge",
                                 q["average_handle_time"],
-                                f"Average talk plus wrap-up time in queue {name}"))
+                                "Average talk plus wrap-up time in the queue", queue))
         by_state = dict.fromkeys((s.value for s in AgentState), 0)
         for agent_id, a in stats["agents"].items():
             by_state[a["state"]] += 1
-            prefix = f"vaultpbx_agent_{_METRIC_UNSAFE.sub('_', agent_id)}"
+            agent = {"agent": agent_id}
+            # One series per state, 1 for the agent's current one (a state set): a state
+            # change flips values instead of making series appear and vanish.
             samples += [
-                (f"{prefix}_busy_seats", "gauge", a["busy_seats"],
-                 f"Seats of agent {agent_id} reserved, on a call or in wrap-up"),
-                (f"{prefix}_offered", "counter", a["offered"], f"Calls offered to {agent_id}"),
-                (f"{prefix}_missed", "counter", a["missed"], f"Offers {agent_id} let ring out"),
-                (f"{prefix}_handled", "counter", a["handled"], f"Calls {agent_id} finished"),
+                ("vaultpbx_agent_state", "gauge", 1 if a["state"] == state else 0,
+                 "1 for the agent's current state, 0 for the others",
+                 {"agent": agent_id, "state": state})
+                for state in by_state
+            ]
+            samples += [
+                ("vaultpbx_agent_busy_seats", "gauge", a["busy_seats"],
+                 "Seats of the agent reserved, on a call or in wrap-up", agent),
+                ("vaultpbx_agent_offered", "counter", a["offered"],
+                 "Calls offered to the agent", agent),
+                ("vaultpbx_agent_missed", "counter", a["missed"],
+                 "Offers the agent let ring out", agent),
+                ("vaultpbx_agent_handled", "counter", a["handled"],
+                 "Calls the agent finished", agent),
             ]
             if a["occupancy"] is not None:
-                samples.append((f"{prefix}_occupancy", "gauge", a["occupancy"],
-                                f"Share of staffed time agent {agent_id} was busy"))
+                samples.append(("vaultpbx_agent_occupancy", "gauge", a["occupancy"],
+                                "Share of staffed time the agent was busy", agent))
             if a["average_handle_time"] is not None:
-                samples.append((f"{prefix}_average_handle_time_seconds", "gauge",
+                samples.append(("vaultpbx_agent_average_handle_time_seconds", "gauge",
                                 a["average_handle_time"],
-                                f"Average talk plus wrap-up time of agent {agent_id}"))
+                                "Average talk plus wrap-up time of the agent", agent))
         for state, count in by_state.items():
             samples.append((f"vaultpbx_acd_agents_{state.replace('-', '_')}", "gauge", count,
                             f"Agents now {state}"))

@@ -39,7 +39,7 @@ from ..sip.transaction import (
     Transaction,
 )
 from ..sip.uri import parse_uri
-from ..sip.validate import ALLOWED_METHODS
+from ..sip.validate import ALLOWED_METHODS, warning_header
 from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side, disposition_of
 from .dialplan import Dialplan, Route
 from .location import LocationService
@@ -184,10 +184,13 @@ class B2BUA:
 
     def respond(self, txn: ServerTransaction, request: Request, status: int, now: float,
                 *, reason: str | None = None, extra: list[tuple[str, str]] | None = None,
-                body: bytes = b"", content_type: str | None = None) -> None:
+                body: bytes = b"", content_type: str | None = None,
+                warning: str | None = None) -> None:
         if txn.to_tag is None:
             txn.to_tag = self.token()
         headers = list(extra or [])
+        if warning:
+            headers.append(warning_header(_warning_text(warning)))
         if body:
             headers.append(("content-type", content_type or "application/sdp"))
         headers.append(("server", self.config.sip.user_agent))
@@ -425,7 +428,7 @@ class B2BUA:
                 self.media.delete(call_id)  # the caller gave up meanwhile
             return
         if sdp is None:
-            self._fail_call(call, status or 500, "media_refused", now, reason=_reason(why))
+            self._fail_call(call, status or 500, "media_refused", now, warning=why)
             return
         call.b_sdp = sdp
         self._dispatch(call, route, now)
@@ -700,6 +703,9 @@ class B2BUA:
                 and not leg.auth_attempted
                 and self._retry_with_credentials(call, leg, response, now)):
             return
+        if (status == 488 and call is not None and not leg.ended
+                and self._retry_as_savp(leg, now)):
+            return
         leg.invite_client = None
         leg.invite_request = None
         leg.cancel_requested = False
@@ -749,6 +755,28 @@ class B2BUA:
         self._send_b_invite(leg, request, now)
         return True
 
+    def _retry_as_savp(self, leg: Leg, now: float) -> bool:
+        """`srtp: optional` offers RTP/AVP with a=crypto (best effort, so that plain-RTP
+        callees still answer); a callee that requires SRTP refuses that profile with 488. Offer
+        the same streams and keys once more as RTP/SAVP (RFC 4568 §3.1.4). Only once: the
+        retried body has no AVP stream with crypto left to change."""
+        old = leg.invite_request
+        if old is None or not old.body:
+            return False
+        body = savp_offer(old.body)
+        if body is None:
+            return False
+        request = leg.dialog.new_request("INVITE", body, "application/sdp")
+        for name in ("max-forwards", "allow", "user-agent", "authorization",
+                     "proxy-authorization"):
+            value = old.get(name)
+            if value is not None:
+                request.set(name, value)
+        leg.invite_request = request
+        leg.provisional_seen = False
+        self._send_b_invite(leg, request, now)
+        return True
+
     def _on_b_answer(self, call: Call, leg: Leg, response: Response, now: float) -> None:
         if call.b is not None and call.b is not leg:
             self._ack_and_bye_stray(leg, response, now)  # a second fork answered: §13.2.2.4
@@ -781,7 +809,7 @@ class B2BUA:
                     return
                 if error:
                     self._send_ack(leg, b"", None, at)  # a 2xx is always ACKed (§13.2.2.4)
-                    self._fail_call(call, error, "media_refused", at, reason=_reason(why))
+                    self._fail_call(call, error, "media_refused", at, warning=why)
                     return
                 self._answer_caller(call, leg, body or b"", at)
 
@@ -795,7 +823,7 @@ class B2BUA:
                 return
             if error:
                 # The callee's answer is unusable (e.g. no common crypto): end it, refuse.
-                self._fail_call(call, error, "media_refused", at, reason=_reason(why))
+                self._fail_call(call, error, "media_refused", at, warning=why)
                 return
             self._answer_caller(call, leg, body or b"", at)
 
@@ -972,7 +1000,7 @@ class B2BUA:
             def forward(body: bytes | None, error: int, why: str, at: float) -> None:
                 if error:
                     if txn.state in (State.TRYING, State.PROCEEDING) and txn.request is not None:
-                        self.respond(txn, txn.request, error, at, reason=_reason(why))
+                        self.respond(txn, txn.request, error, at, warning=why)
                     return
                 self._forward_in_dialog(relay, request, body or b"", at)
 
@@ -1038,11 +1066,12 @@ class B2BUA:
                     self._send_ack(target, b"", None, now)
                 else:
                     target.ack_bytes = None  # the origin's ACK brings the answer
+        warning: str | None = None
         if error:
-            status, reason = error, _reason(why)
+            status, reason, warning = error, None, why
         else:
             reason = response.reason
-        self.respond(origin, request, status, now, reason=reason, body=body,
+        self.respond(origin, request, status, now, reason=reason, body=body, warning=warning,
                      content_type=response.get("content-type") if body else None, extra=extra)
         if status >= 200:
             origin.owner = None  # the relay is done; no cycle outlives it
@@ -1080,11 +1109,12 @@ class B2BUA:
         return call.b if leg.side is Side.A else call.a
 
     def _fail_call(self, call: Call, status: int, cause: str, now: float,
-                   reason: str | None = None) -> None:
+                   reason: str | None = None, warning: str | None = None) -> None:
         a = call.a
         if a is not None and a.invite_server is not None and a.invite_request is not None:
             if a.invite_server.state is State.PROCEEDING:
-                self.respond(a.invite_server, a.invite_request, status, now, reason=reason)
+                self.respond(a.invite_server, a.invite_request, status, now, reason=reason,
+                             warning=warning)
             a.invite_server = None
         self.stats["calls_failed"] += 1
         self._end_call(call, cause, status, now)
@@ -1310,10 +1340,36 @@ def _leg_name(leg: Leg) -> str:
     return "caller" if leg.side is Side.A else "callee"
 
 
-def _reason(text: str) -> str:
-    """A reason phrase from an error message: one line, no control characters, short."""
-    line = " ".join(text.split())[:80]
-    return line or "Not Acceptable Here"
+def savp_offer(body: bytes) -> bytes | None:
+    """`body` with every RTP/AVP(F) m= line that carries a=crypto made RTP/SAVP(F), or None
+    when there is none (nothing to retry). Everything else stays byte for byte."""
+    lines = body.split(b"\n")
+    changed = False
+    section_start: int | None = None
+    for index in range(len(lines) + 1):
+        if index < len(lines) and not lines[index].startswith(b"m="):
+            continue
+        if section_start is not None:  # close the previous media section
+            section = lines[section_start:index]
+            fields = lines[section_start].split(b" ")
+            if (len(fields) > 2 and fields[2] in (b"RTP/AVP", b"RTP/AVPF")
+                    and any(line.startswith(b"a=crypto:") for line in section)):
+                fields[2] = b"RTP/SAVP" + fields[2][7:]
+                lines[section_start] = b" ".join(fields)
+                changed = True
+        section_start = index
+    return b"\n".join(lines) if changed else None
+
+
+def _warning_text(why: str) -> str:
+    """The detail of a media error for a Warning header (RFC 3261 §20.43). The reason phrase
+    stays the status's own ("488 Not Acceptable Here"): an error message such as
+    "488 Not Acceptable Here: m=0: ..." made into a phrase repeated the code and was cut."""
+    line = " ".join(why.split())
+    code, _, rest = line.partition(" ")
+    if len(code) == 3 and code.isdigit() and ": " in rest:
+        line = rest.split(": ", 1)[1]  # the status and its phrase are on the status line already
+    return line
 
 
 def _timeout_response() -> Response:

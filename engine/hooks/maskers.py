@@ -121,6 +121,10 @@ _NEVER_CLEAR = {"agent", "qa"}
 def _parse_keep(value: object, path: str) -> Keep:
     if value is None or value == "clear":
         return None
+    if isinstance(value, list | tuple) and len(value) == 2:
+        for i, count in enumerate(value):  # a YAML list holds numbers ("6+4" is text)
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise ValueError(f"{path}[{i}]: must be a number of characters, got {count!r}")
     if isinstance(value, str) and "+" in value:
         value = value.split("+")
     if isinstance(value, list | tuple) and len(value) == 2:

@@ -106,6 +106,7 @@ class _Worker:
         )
         self.players = Players(self.relay, clock=time.monotonic)
         self.recordings = LiveRecordings(on_event=self.channel.send)
+        self._next_recording_sweep = 0.0  # loop time of the next recording sweep (a grid)
         self.started = time.monotonic()
 
     def stop(self) -> None:
@@ -136,11 +137,19 @@ class _Worker:
             started = time.thread_time()
             self.recordings.sweep(time.monotonic())
             self.recordings.cpu += time.thread_time() - started
-        asyncio.get_running_loop().call_later(self.recordings.interval, self._sweep_recordings)
+        # On a fixed grid, not `interval` after this sweep ended: the seal cadence
+        # (live.seal_period) counts sweeps, so drift would stretch what a SIGKILL loses.
+        loop = asyncio.get_running_loop()
+        interval = self.recordings.interval
+        self._next_recording_sweep = max(self._next_recording_sweep + interval,
+                                         loop.time() + interval / 4)
+        loop.call_at(self._next_recording_sweep, self._sweep_recordings)
 
     async def serve(self) -> None:
         asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
-        asyncio.get_running_loop().call_later(self.recordings.interval, self._sweep_recordings)
+        loop = asyncio.get_running_loop()
+        self._next_recording_sweep = loop.time() + self.recordings.interval
+        loop.call_at(self._next_recording_sweep, self._sweep_recordings)
         while True:
             message = await self.queue.get()
             if message is None:

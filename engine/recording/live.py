@@ -16,9 +16,11 @@ Invariants:
   comfort noise and anything else are counted in `skipped` and never written: a DTMF event
   packet is not audio, so a keypad digit sent that way never reaches the disk in any mode.
 - Every call is sealed at least once per `chunk_seconds`, quiet or not: the worker calls
-  `sweep(now)` every `interval` (SWEEP_SECONDS, or half the shortest chunk), and a chunk is due
-  one interval early, so neither the sweep's granularity nor the packets waiting in a leg's
-  buffer stretch what lives only in memory past `chunk_seconds`.
+  `sweep(now)` on a grid every `interval` (SWEEP_SECONDS, or half the shortest chunk), and a
+  chunk is due early enough that seals are `seal_period` apart (0.8 s for 1 s chunks), so
+  neither the sweep's granularity nor a late sweep stretches what lives only in memory (what a
+  SIGKILL of the worker loses) past `chunk_seconds`. Each seal is stamped with the time it
+  happened.
 - A new file's directory entry is fsynced by the next sweep, together with every other file
   created since (one fsync per sweep, not per file); its header by its first periodic fsync.
 - `close_all_unfinished` (the signalling process is gone) seals what is buffered as ordinary
@@ -29,6 +31,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +40,7 @@ from typing import Any
 from .container import Codec, RecordingMetadata
 from .writer import DirectorySync, RecordingWriter
 
-__all__ = ["SWEEP_SECONDS", "LiveRecordings"]
+__all__ = ["SWEEP_SECONDS", "LiveRecordings", "seal_period"]
 
 #: How often the worker drains the legs' buffers and seals what is due. Longer means fewer,
 #: larger batches (cheaper per packet); a chunk is due one interval early, so the audio that
@@ -45,7 +48,18 @@ __all__ = ["SWEEP_SECONDS", "LiveRecordings"]
 #: With 1 s chunks a chunk is sealed every 0.8 s at 0.2 s and at 0.4 s alike (due 0.8 s resp.
 #: 0.6 s after the last seal, checked every interval), so 0.4 s halves the drains at the same
 #: seal cadence: the recorder's timer fell from 122 to 94 µs per call-second (recording.md).
+#: `seal_period` states that cadence; the worker runs the sweeps on a fixed grid so that a late
+#: timer does not push them apart, which leaves chunk_seconds - seal_period (0.2 s) for one
+#: sweep to be late before audio older than chunk_seconds could be lost to a SIGKILL.
 SWEEP_SECONDS = 0.4
+
+
+def seal_period(chunk_seconds: float, interval: float) -> float:
+    """The longest time between two seals of a call with audio, for sweeps every `interval`
+    that seal when a chunk is due within the next interval: the k-th sweep after a seal seals
+    once k * interval + interval >= chunk_seconds. A SIGKILL of the worker loses at most this
+    much (plus how late that one sweep ran)."""
+    return max(1, math.ceil(chunk_seconds / interval - 1 - 1e-9)) * interval
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -184,11 +198,16 @@ class LiveRecordings:
 
     def sweep(self, now: float) -> None:
         """From the worker's timer: drain every buffer, seal what is due."""
-        due = now + self.interval
+        interval = self.interval
         for live in list(self.sessions.values()):
             if self._drain(live):
                 try:
-                    live.writer.maybe_seal(due)
+                    # Due half a step before the sweep that `seal_period` names: sweeps run
+                    # on a grid but each may be late, and a threshold on a grid point would
+                    # let one late sweep and one on time skip a seal.
+                    chunk = live.writer.chunk_seconds
+                    early = chunk - seal_period(chunk, interval) + interval / 2
+                    live.writer.maybe_seal(now, early=early)
                 except OSError as error:
                     self.sessions.pop(live.session_id, None)
                     self._failed(live, error)

@@ -396,14 +396,23 @@ class RecordingWriter:
     def sensitive(self) -> bool:
         return self._sensitive
 
+    @property
+    def chunk_seconds(self) -> float:
+        return self._chunk_seconds
+
     def _sample_at(self, now: float) -> int:
         return max(0, round((now - self._origin) * self.sample_rate))
 
     # -- sealing ----------------------------------------------------------------------------------
 
-    def maybe_seal(self, now: float) -> bool:
-        """Seal if a chunk interval has passed since the last seal and anything is buffered."""
-        if now - self._last_seal < self._chunk_seconds:
+    def maybe_seal(self, now: float, early: float = 0.0) -> bool:
+        """Seal if a chunk interval has passed since the last seal, less `early`, and anything
+        is buffered. A caller that checks every `early` seconds passes it, so that the chunk is
+        sealed at the last check before the interval ends, not at the first after it. The seal
+        is stamped with `now`, the time it really happened: stamping it `now + early` (as this
+        once did) pushed the next seal a further `early` out, 1.2 s apart for 1 s chunks checked
+        every 0.4 s, and a SIGKILL then lost up to 1.2 s."""
+        if now + early - self._last_seal < self._chunk_seconds:
             return False
         if not self._events and not any(c.segments for c in self._channels):
             self._last_seal = now

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from ..io.connlimits import ConnectionLimitsConfig
 from ..security.throttle import ThrottleConfig
 from ..sip.timers import TimerConfig
-from .typedyaml import ConfigError, LineMap, build, load_yaml
+from .typedyaml import MAX_CONFIG_BYTES, ConfigError, LineMap, build, load_yaml
 
 Transport = Literal["udp", "tcp", "tls"]
 
@@ -393,9 +393,17 @@ def check_music_files(loaded: LoadedConfig) -> None:
 def load_config(path: str | Path) -> LoadedConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)  # never more: the size bound holds for pipes
     except OSError as exc:
         raise ConfigError("", None, f"cannot read {path}: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError("", None, f"the file is larger than {MAX_CONFIG_BYTES} bytes",
+                          str(path))
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", None, f"not UTF-8 text (byte {exc.start})", str(path)) from exc
     loaded = parse_config(text, str(path), path)
     check_sections(loaded)
     return loaded

@@ -55,14 +55,15 @@ class AnomalyConfig:
         if unknown:
             raise ValueError(f"anomaly: unknown setting(s) {sorted(unknown)}")
         made = cls(
-            download_max=int(downloads.get("max", 500)),
-            download_window=float(downloads.get("window_seconds", 600)),
-            lock_on_download_burst=bool(downloads.get("lock", True)),
-            ipv4_prefix=int(network.get("ipv4_prefix", 24)),
-            ipv6_prefix=int(network.get("ipv6_prefix", 64)),
-            alert_on_first_login=bool(network.get("alert_on_first_login", False)),
-            webhook_url=str(webhook["url"]) if webhook.get("url") else None,
-            webhook_timeout=float(webhook.get("timeout_seconds", 5.0)),
+            download_max=_typed(downloads, "max", 500, int, "downloads"),
+            download_window=float(_typed(downloads, "window_seconds", 600, float, "downloads")),
+            lock_on_download_burst=_typed(downloads, "lock", True, bool, "downloads"),
+            ipv4_prefix=_typed(network, "ipv4_prefix", 24, int, "new_network"),
+            ipv6_prefix=_typed(network, "ipv6_prefix", 64, int, "new_network"),
+            alert_on_first_login=_typed(network, "alert_on_first_login", False, bool,
+                                        "new_network"),
+            webhook_url=_typed(webhook, "url", None, str, "webhook") or None,
+            webhook_timeout=float(_typed(webhook, "timeout_seconds", 5.0, float, "webhook")),
         )
         if made.webhook_url is not None and not made.webhook_url.startswith(
                 ("http://", "https://")):
@@ -72,6 +73,25 @@ class AnomalyConfig:
         if not 0 <= made.ipv4_prefix <= 32 or not 0 <= made.ipv6_prefix <= 128:
             raise ValueError("anomaly.new_network: prefix out of range")
         return made
+
+
+def _typed(section: Mapping[str, Any], key: str, default: Any, kind: type, where: str) -> Any:
+    """`section[key]` if it has type `kind` (a number for float; bool is no number), else a
+    ValueError naming `anomaly.<where>.<key>`: a value is checked, never coerced."""
+    value = section.get(key, default)
+    if value is None and default is None:
+        return None
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        wanted = {int: "an integer", float: "a number", bool: "true or false",
+                  str: "a string"}[kind]
+        raise ValueError(f"anomaly.{where}.{key}: must be {wanted}, not {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..hooks.maskers import MaskPolicy, policies_from_dict
 from ..hooks.phones import DEFAULT_COUNTRY, check_country
+from ..runtime.typedyaml import LineMap, build
 from .anomaly import AnomalyConfig
 from .floodguard import FloodGuardConfig
 from .rbac import MFA_ROLES, AccessPolicy, Role
@@ -292,8 +293,10 @@ def _throttle(data: Mapping[str, Any] | None, path: str) -> ThrottleConfig:
 
 
 def _simple(kind: Any, data: Mapping[str, Any] | None, path: str) -> Any:
-    data = dict(data or {})
-    _no_unknown(data, set(kind.__dataclass_fields__), path)
-    if "enabled" in data:
-        data["enabled"] = tuple(data["enabled"])
-    return kind(**data)
+    """Built by the YAML's typed builder: every value's type is checked against the field's
+    (`lifetime_seconds: forever` is an error naming its path, not a string the sessions trip
+    over later)."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ValueError(f"{path}: must be a mapping, not {type(data).__name__}")
+    _no_unknown(dict(data or {}), set(kind.__dataclass_fields__), path)
+    return build(kind, dict(data or {}), LineMap(), path)

@@ -79,9 +79,18 @@ class FloodGuardConfig:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"floodguard.{name}: must be a number, not {value!r}")
         if "trusted" in config:
+            if not isinstance(config["trusted"], list | tuple):
+                raise ValueError("floodguard.trusted: must be a list of networks")
             config["trusted"] = tuple(config["trusted"])
-            for net in config["trusted"]:
-                ipaddress.ip_network(net, strict=False)  # raises ValueError naming it
+            for i, net in enumerate(config["trusted"]):
+                # ip_network() takes integers and bytes too: only text is a network here.
+                if not isinstance(net, str):
+                    raise ValueError(f"floodguard.trusted[{i}]: must be a network such as"
+                                     f" \"10.0.0.0/8\", not {net!r}")
+                try:
+                    ipaddress.ip_network(net, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"floodguard.trusted[{i}]: {exc}") from None
         made = cls(**config)
         if made.rate <= 0 or made.burst < 1 or made.max_sources < 1:
             raise ValueError("floodguard: rate > 0, burst >= 1 and max_sources >= 1 required")

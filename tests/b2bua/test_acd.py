@@ -258,10 +258,11 @@ def test_caller_hang_up_while_queued_is_abandoned() -> None:
     stats = acd.queue("support")
     assert stats["abandoned"] == 1 and stats["waiting"] == 0
     assert acd.h.b2bua.calls == {} and acd.bridge.calls == {}
-    samples = {name: value for name, _, value, _ in acd.bridge.metric_samples(acd.h.now)}
-    assert samples["vaultpbx_queue_support_abandoned"] == 1
-    assert samples["vaultpbx_acd_abandoned"] == 1
-    assert samples["vaultpbx_queue_support_service_level"] == 0.0
+    samples = {(s[0], tuple((s[4] if len(s) > 4 else {}).items())): s[2]
+               for s in acd.bridge.metric_samples(acd.h.now)}
+    assert samples[("vaultpbx_queue_abandoned", (("queue", "support"),))] == 1
+    assert samples[("vaultpbx_acd_abandoned", ())] == 1
+    assert samples[("vaultpbx_queue_service_level", (("queue", "support"),))] == 0.0
 
 
 def test_caller_hang_up_while_an_agent_rings_withdraws_the_offer() -> None:

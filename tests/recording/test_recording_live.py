@@ -222,7 +222,7 @@ def test_batches_from_the_relay_store_what_packet_by_packet_stores(env, tmp_path
                 assert payload is not None
                 reference.append_rtp(Direction.FROM_CALLER, payload,
                                      struct.unpack_from("!I", packet, 4)[0], now)
-                reference.maybe_seal(now + SWEEP_SECONDS)
+                reference.maybe_seal(now, early=SWEEP_SECONDS)
         end = stream[-1][1] + 0.1
         report = batched.stop(f"b{seed}", end)
         reference.close(end)
