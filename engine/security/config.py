@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -257,6 +258,8 @@ def _privacy(data: Mapping[str, Any] | None) -> PrivacyConfig:
         message = str(exc)
         if not message.startswith("security."):
             message = f"security.privacy.{message}"
+        # The typed builder names the section and the check names its field: one dotted path.
+        message = re.sub(r"^security\.privacy: (\w+): ", r"security.privacy.\1: ", message)
         raise ValueError(message) from None
     return config
 
