@@ -146,8 +146,10 @@ class Authenticator:
             anomaly.on_lock = lambda account, now: self.lock(account, now, float("inf"))
 
     def login(self, name: str, password: str, otp: str | None, *, source_ip: str,
-              now: float) -> LoginResult:
-        result = self._login(name, password, otp, source_ip, now)
+              now: float, password_ok: bool | None = None) -> LoginResult:
+        """`password_ok`: the result of `users.check_password(name, password)` when the caller
+        ran that argon2 check elsewhere (the admin API runs it off the event loop)."""
+        result = self._login(name, password, otp, source_ip, now, password_ok)
         if self.hooks is not None:
             self.hooks.notify(HookPoint.LOGIN, {
                 "actor": name, "action": "login" if result.ok else "login.failed",
@@ -156,8 +158,9 @@ class Authenticator:
         return result
 
     def _login(self, name: str, password: str, otp: str | None, source_ip: str,
-               now: float) -> LoginResult:
-        password_ok = self.users.check_password(name, password)  # always hashed: no timing leak
+               now: float, password_ok: bool | None = None) -> LoginResult:
+        if password_ok is None:
+            password_ok = self.users.check_password(name, password)  # always hashed: no leak
         user = self.users.get(name)
         if user is None:
             return LoginResult(ok=False, reason="unknown user")
