@@ -13,8 +13,8 @@ Invariants:
   connection closes: counted in `bad_requests_total`, never logged with a traceback (only a
   real bug in a handler is).
 - A request body is read whole before the handler runs: at most `max_body` bytes (413) within
-  `header_timeout` seconds (408, connection closed). Chunked bodies are de-chunked by aiohttp:
-  one request, one answer.
+  `header_timeout` seconds (408); either way the connection is then closed. Chunked bodies are
+  de-chunked by aiohttp: one request, one answer.
 - Exact paths win over templates; a `{name}` matches one non-empty segment, percent-decoded.
 - A streamed body's blocks are produced in `executor` threads, one at a time, and written with
   back-pressure: memory stays flat and the event loop never runs the producer.
@@ -203,6 +203,8 @@ class AdminHttpServer:
             response = to_web(HttpResponse.of_json(
                 {"error": _ERRORS.get(exc.status, exc.reason.lower())}, exc.status))
             response.headers.update(extra)
+            if exc.status == 413:
+                response.force_close()  # the rest of that body is not worth reading
             return response
         except Exception:
             self.counters["errors_total"] += 1
