@@ -160,6 +160,7 @@ class AdminHttpServer:
         limits = self.limits
         self.runner = web.AppRunner(
             self.app, access_log=None, logger=_ServerLog(self.counters),
+            shutdown_timeout=3.0,  # SIGTERM's drain is bounded; a download in flight is cut
             # A backstop only: the listener's idle and header clocks close connections first.
             keepalive_timeout=limits.idle_timeout + limits.header_timeout,
             max_line_size=min(8190, limits.max_head_size), max_field_size=8190, max_headers=100)

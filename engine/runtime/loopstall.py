@@ -6,6 +6,9 @@ the OS gave other processes), `cpu_lag` the part of it this thread spent on the 
 callbacks: an argon2 hash or a WAV export on the loop shows here, a busy neighbour does not).
 `cpu_lag` may overstate by up to one `interval` when the loop was busy just before the stall.
 
+Besides the longest stall since start, stalls are counted by size (`over_ms`, wall clock and CPU)
+so that any window's worst stall can be read from two scrapes.
+
 Invariants: one timer handle at a time; a tick costs two clock reads and a `call_at`.
 """
 
@@ -15,6 +18,8 @@ import asyncio
 import time
 
 from ..api.metrics import Sample
+
+OVER_MS = (5, 10, 20, 50, 100, 500)
 
 
 class LoopStallMonitor:
@@ -28,6 +33,8 @@ class LoopStallMonitor:
         self.stalls = 0
         self.cpu_stalls = 0
         self.ticks = 0
+        self.over = [0] * len(OVER_MS)
+        self.over_cpu = [0] * len(OVER_MS)
         self._due = 0.0
         self._cpu = 0.0
         self._handle: asyncio.TimerHandle | None = None
@@ -56,6 +63,12 @@ class LoopStallMonitor:
                 self.stalls += 1
             if cpu_lag >= self.threshold:
                 self.cpu_stalls += 1
+            if lag >= 0.005:
+                for index, limit in enumerate(OVER_MS):
+                    if lag * 1000 >= limit:
+                        self.over[index] += 1
+                    if cpu_lag * 1000 >= limit:
+                        self.over_cpu[index] += 1
         self.ticks += 1
         self._cpu = cpu
         self._due = now + self.interval
@@ -73,4 +86,10 @@ class LoopStallMonitor:
             ("vaultpbx_loop_longest_cpu_stall_seconds", "gauge", self.longest_cpu,
              "Longest event loop stall since start spent on this thread's CPU"),
             ("vaultpbx_loop_ticks", "counter", self.ticks, "Loop stall monitor ticks"),
+            *[(f"vaultpbx_loop_stalls_over_{ms}ms", "counter", count,
+               f"Event loop stalls of {ms} ms or more (wall clock)")
+              for ms, count in zip(OVER_MS, self.over, strict=True)],
+            *[(f"vaultpbx_loop_cpu_stalls_over_{ms}ms", "counter", count,
+               f"Event loop stalls of {ms} ms or more on this thread's CPU")
+              for ms, count in zip(OVER_MS, self.over_cpu, strict=True)],
         ]
