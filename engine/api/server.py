@@ -163,6 +163,9 @@ class AdminHttpServer:
             shutdown_timeout=3.0,  # SIGTERM's drain is bounded; a download in flight is cut
             # A backstop only: the listener's idle and header clocks close connections first.
             keepalive_timeout=limits.idle_timeout + limits.header_timeout,
+            # After answering a request whose body was not read (a 401 before the body, a 408),
+            # aiohttp drains the rest so the client can read the answer; a body clock bounds it.
+            lingering_time=limits.header_timeout,
             max_line_size=min(8190, limits.max_head_size), max_field_size=8190, max_headers=100)
         await self.runner.setup()
         server = self.runner.server

@@ -67,7 +67,8 @@ def test_loop_stall_monitor_tells_our_cpu_from_the_hosts() -> None:
 
     monitor = uvloop.run(scenario())
     assert monitor.cpu_stalls == 1 and monitor.stalls >= 2
-    assert monitor.longest_cpu >= 0.06 and monitor.longest >= 0.06
+    # A tick falls due at most one interval (5 ms) after a stall starts: it sees the rest.
+    assert monitor.longest_cpu >= 0.055 - 0.001 and monitor.longest >= 0.055 - 0.001
     samples = {name: value for name, _, value, _ in monitor.samples()}
     assert samples["vaultpbx_loop_cpu_stalls_over_50ms"] == 1
     assert samples["vaultpbx_loop_cpu_stalls_over_100ms"] == 0
