@@ -11,6 +11,12 @@ Invariants:
 - At most `max_connections` admitted connections at once, at most `max_per_source` from one
   address; a connection counts from its accept (TLS handshake included) to its close, and is
   released exactly once.
+- At most `max_new_per_second` new connections are admitted per second in all, and
+  `max_new_per_source_per_second` from one address (token buckets, bursts of two seconds'
+  worth): a TLS handshake costs the event loop about a millisecond of CPU, so this bounds what a
+  storm of short connections can take from SIP. When the total runs out, the listener stops
+  accepting until the next token (the kernel queues the rest, at no cost to the loop); a
+  source over its own rate is refused at accept.
 - A connection with no request in progress and no bytes arriving is closed after
   `idle_timeout`; once a request head has begun it must be complete within `header_timeout`
   and within `max_head_size` bytes, or the connection is cut (slowloris, oversized heads).
@@ -39,25 +45,68 @@ class ListenerLimits:
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_head_size: int = 16 * 1024
+    max_new_per_second: float = 200.0
+    max_new_per_source_per_second: float = 100.0
+
+
+class _Bucket:
+    """A token bucket: `rate` tokens a second, at most `burst` kept."""
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.burst = 2.0 * rate
+        self.tokens = self.burst
+        self.stamp = now
+
+    def take(self, now: float) -> bool:
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True
+        self.tokens = tokens
+        return False
+
+    def full(self, now: float) -> bool:
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
 
 class ConnectionBudget:
-    """Admission bookkeeping, no I/O: how many connections are open, in all and per source."""
+    """Admission bookkeeping, no I/O: how many connections are open and how fast new ones come,
+    in all and per source. Time is an argument."""
 
-    __slots__ = ("limits", "open", "by_source")
+    __slots__ = ("limits", "open", "by_source", "_rate", "_source_rates")
 
-    def __init__(self, limits: ListenerLimits) -> None:
+    SOURCES_KEPT = 10_000  # past this many source buckets, full ones are forgotten
+
+    def __init__(self, limits: ListenerLimits, now: float = 0.0) -> None:
         self.limits = limits
         self.open = 0
         self.by_source: dict[str, int] = {}
+        self._rate = _Bucket(limits.max_new_per_second, now)
+        self._source_rates: dict[str, _Bucket] = {}
 
-    def admit(self, source: str) -> str | None:
-        """None when admitted (and counted), else the reason: "budget" or "per_source"."""
+    def admit(self, source: str, now: float) -> str | None:
+        """None when admitted (and counted), else the reason: "budget", "per_source", "rate"
+        or "source_rate"."""
         if self.open >= self.limits.max_connections:
             return "budget"
         held = self.by_source.get(source, 0)
         if held >= self.limits.max_per_source:
             return "per_source"
+        bucket = self._source_rates.get(source)
+        if bucket is None:
+            if len(self._source_rates) >= self.SOURCES_KEPT:
+                self._source_rates = {k: b for k, b in self._source_rates.items()
+                                      if not b.full(now)}
+            bucket = self._source_rates[source] = _Bucket(
+                self.limits.max_new_per_source_per_second, now)
+        if not bucket.take(now):
+            return "source_rate"
+        if not self._rate.take(now):
+            return "rate"
         self.open += 1
         self.by_source[source] = held + 1
         return None
@@ -190,11 +239,12 @@ class BudgetedListener:
         self.protocol_factory = protocol_factory
         self.limits = limits
         self.loop = loop
-        self.budget = ConnectionBudget(limits)
+        self.budget = ConnectionBudget(limits, loop.time())
         self.connections: dict[asyncio.Protocol, _Connection] = {}
         self.counters: dict[str, int] = {
             "connections_accepted_total": 0, "connections_refused_budget_total": 0,
-            "connections_refused_per_source_total": 0, "tls_handshake_failures_total": 0,
+            "connections_refused_per_source_total": 0, "connections_refused_rate_total": 0,
+            "connections_refused_source_rate_total": 0, "tls_handshake_failures_total": 0,
             "header_timeouts_total": 0, "idle_timeouts_total": 0, "heads_too_large_total": 0,
             "accept_errors_total": 0,
         }
@@ -238,15 +288,18 @@ class BudgetedListener:
             except OSError as exc:
                 self.counters["accept_errors_total"] += 1
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: stop accepting for a moment instead of spinning.
-                    self.loop.remove_reader(sock.fileno())
-                    self._paused = self.loop.call_later(0.1, self._resume_accepting)
+                    self._pause(0.1)  # out of descriptors: wait instead of spinning
                 return
             source = str(address[0])
-            refused = self.budget.admit(source)
+            refused = self.budget.admit(source, self.loop.time())
             if refused is not None:
                 self.counters[f"connections_refused_{refused}_total"] += 1
                 conn.close()
+                if refused == "rate":
+                    # Out of tokens for everyone: stop accepting until the next one. What
+                    # arrives meanwhile waits in the kernel's accept queue, at no cost here.
+                    self._pause(1.0 / self.limits.max_new_per_second)
+                    return
                 continue
             self.counters["connections_accepted_total"] += 1
             conn.setblocking(False)
@@ -254,6 +307,11 @@ class BudgetedListener:
             task = self.loop.create_task(self._connect(conn, source))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+
+    def _pause(self, seconds: float) -> None:
+        if self._sock is not None and self._paused is None:
+            self.loop.remove_reader(self._sock.fileno())
+            self._paused = self.loop.call_later(seconds, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
         self._paused = None

@@ -327,7 +327,9 @@ class Engine:
             max_connections=admin.max_connections,
             max_per_source=admin.max_connections_per_source,
             header_timeout=admin.header_timeout, idle_timeout=admin.idle_timeout,
-            max_head_size=admin.max_head_size)
+            max_head_size=admin.max_head_size,
+            max_new_per_second=admin.max_new_connections_per_second,
+            max_new_per_source_per_second=admin.max_new_connections_per_source_per_second)
         self.http = AdminHttpServer(
             [*self._routes(), *acd_routes, *self.admin_api.routes()],
             middlewares=self.admin_api.middlewares(), limits=limits,

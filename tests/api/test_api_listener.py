@@ -16,17 +16,47 @@ from vaultpbx.runtime.loopstall import LoopStallMonitor
 
 def test_budget_counts_in_all_and_per_source() -> None:
     budget = ConnectionBudget(ListenerLimits(max_connections=5, max_per_source=2))
-    assert [budget.admit("127.0.0.2") for _ in range(3)] == [None, None, "per_source"]
-    assert [budget.admit("127.0.0.3") for _ in range(2)] == [None, None]
-    assert budget.admit("127.0.0.4") is None
-    assert budget.admit("127.0.0.5") == "budget"  # five open: the total wins over the source
+    assert [budget.admit("127.0.0.2", 0.0) for _ in range(3)] == [None, None, "per_source"]
+    assert [budget.admit("127.0.0.3", 0.0) for _ in range(2)] == [None, None]
+    assert budget.admit("127.0.0.4", 0.0) is None
+    assert budget.admit("127.0.0.5", 0.0) == "budget"  # five open: the total wins
     assert budget.open == 5 and budget.by_source == {"127.0.0.2": 2, "127.0.0.3": 2,
                                                      "127.0.0.4": 1}
     budget.release("127.0.0.2")
-    assert budget.admit("127.0.0.2") is None
+    assert budget.admit("127.0.0.2", 0.0) is None
     for source in ("127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3", "127.0.0.4"):
         budget.release(source)
     assert budget.open == 0 and budget.by_source == {}  # no empty entries left behind
+
+
+def test_new_connections_are_rate_limited_in_all_and_per_source() -> None:
+    budget = ConnectionBudget(ListenerLimits(max_connections=10_000, max_per_source=10_000,
+                                             max_new_per_second=50,
+                                             max_new_per_source_per_second=5))
+    # One source: a burst of two seconds' worth, then what the rate refills.
+    one = [budget.admit("127.0.0.2", 0.0) for _ in range(12)]
+    assert one == [None] * 10 + ["source_rate"] * 2
+    assert budget.admit("127.0.0.2", 0.1) == "source_rate"  # half a token so far
+    assert budget.admit("127.0.0.2", 0.2) is None
+    # Many sources: the total's burst (100) runs out whatever the sources.
+    many = [budget.admit(f"127.1.{n // 250}.{n % 250 + 1}", 0.2) for n in range(200)]
+    assert many.count(None) == 100 - 1 and set(many) == {None, "rate"}  # 0.2 s refilled 10
+    assert budget.admit("127.2.0.1", 0.2 + 1.0) is None  # a second later: 50 more tokens
+    # Refusals open nothing.
+    assert budget.open == 10 + 1 + 99 + 1
+
+
+def test_source_buckets_stay_bounded() -> None:
+    class Small(ConnectionBudget):
+        SOURCES_KEPT = 100
+
+    budget = Small(ListenerLimits(max_connections=10**6, max_per_source=10,
+                                  max_new_per_second=10**6, max_new_per_source_per_second=1))
+    for n in range(1000):
+        source = f"127.0.{n // 250}.{n % 250 + 1}"
+        assert budget.admit(source, float(n)) is None
+        budget.release(source)
+    assert len(budget._source_rates) <= 100
 
 
 @pytest.mark.parametrize(("yaml", "message"), [
