@@ -21,9 +21,16 @@ role's mask policy, four-eyes recording export, and the audit log for auditors.
   GET  /audit?after=SEQ&limit=N           audit records                      audit.read
   GET  /audit/verify                      chain, Merkle roots, signatures    audit.verify
 
+Transport is aiohttp's (server.py); the checks every route shares are three aiohttp middlewares
+of this class, in this order: `audit` (the API_REQUEST record of every answer), `authenticate`
+(bearer token → session, else 401), `authorize` (the route's permission in the role's matrix,
+else 403; also answers a refusal raised inside a handler). Handlers keep only what is theirs.
+
 Invariants:
 - Every request passes HookPoint.API_REQUEST exactly once, after it is answered (method, route,
   status, peer, user, role); never a header or a body, so tokens and passwords cannot leak.
+- CPU-heavy work never runs on the event loop (it is the SIP loop too): the argon2 check of a
+  login runs in `workers`, an export's decryption and a verify in worker threads.
 - A route names one permission of the RBAC matrix (security.access); the matrix is the only
   source of truth, and it cannot grant agents/QA an export nor auditors anything but audit.*.
   Missing/expired session → 401; a permission the role lacks → 403 with a JSON error and an
@@ -43,6 +50,8 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -51,11 +60,13 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from aiohttp import web
 from argon2 import PasswordHasher
 
 from ..hooks.maskers import DEFAULT_MASKER, TextMasker, mask_phone_number, mask_value
@@ -71,8 +82,9 @@ from ..security.sessions import Session, SessionStore
 from ..security.throttle import CredentialThrottle
 from ..security.users import Authenticator, UserStore
 from .erasure import ErasureApi, ErasureRefused
-from .http import HttpRequest, HttpResponse
+from .messages import HttpRequest, HttpResponse
 from .recordings import RecordingAccess
+from .server import OPEN, SESSION, Route, head_of, route_of, to_web
 
 P = Permission
 ANY_SESSION = "session"  # a route any logged-in user may call, whatever the role
@@ -104,7 +116,8 @@ ROUTES: tuple[tuple[str, str, str, str], ...] = (
 PARTY_FIELDS = frozenset({"caller", "callee", "caller_number", "callee_number"})
 _PARTY_USER_RE = re.compile(r"(?P<head>^|sips?:|tel:|<)(?P<number>\+?\d{7,})(?=$|[@;>])")
 _log = logging.getLogger("vaultpbx.api.admin")
-_SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+T = TypeVar("T")
+WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class CallRecordSource(Protocol):
@@ -140,7 +153,8 @@ class _Denied(Exception):
 
 
 class AdminApi:
-    """Handlers for HttpServer: `HttpServer(api.routes())` (merge with the engine's own routes)."""
+    """Routes and middlewares for AdminHttpServer:
+    `AdminHttpServer([*engine_routes, *api.routes()], middlewares=api.middlewares())`."""
 
     def __init__(
         self,
@@ -183,6 +197,9 @@ class AdminApi:
         self.login_attempts = login_attempts
         self.login_window = login_window
         self._login_sources: dict[str, _LoginWindow] = {}
+        # Two threads for argon2 (64 MiB each at the default cost): logins beyond that queue
+        # instead of taking memory, and never hold the event loop.
+        self.workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vaultpbx-admin")
         self.counters: dict[str, int] = {
             "admin_requests_total": 0, "admin_logins_total": 0, "admin_login_failures_total": 0,
             "admin_login_rate_limited_total": 0, "admin_login_throttled_total": 0,
@@ -221,20 +238,26 @@ class AdminApi:
 
     # -- routing --------------------------------------------------------------------------------
 
-    def routes(self) -> dict[tuple[str, str], Callable[[HttpRequest], HttpResponse]]:
-        return {(method, path): self._guarded(method, path, permission, getattr(self, name))
-                for method, path, permission, name in ROUTES}
+    def routes(self) -> list[Route]:
+        return [Route(method=method, path=path, permission=permission,
+                      handler=getattr(self, name))
+                for method, path, permission, name in ROUTES]
+
+    def middlewares(self) -> list[Callable[[web.Request, WebHandler], Awaitable[
+            web.StreamResponse]]]:
+        """For AdminHttpServer, outermost first."""
+        return [self.audit, self.authenticate, self.authorize]
 
     def guard_routes(self, routes: Mapping[tuple[str, str], Callable[[HttpRequest], Any]],
                      permissions: Mapping[str, str], *,
                      own_agent_only: Collection[tuple[str, str]] = ()
-                     ) -> dict[tuple[str, str], Any]:
+                     ) -> list[Route]:
         """Put another component's routes (the ACD's agent controls) behind the same sessions,
         permission matrix, audit and API_REQUEST hook: `permissions` maps a method to the
         permission it needs. On the `own_agent_only` routes a session without `queue.manage`
         may name (JSON field `agent`) only its own user's `extension`; anything else is a 403,
         audited like any refusal."""
-        guarded: dict[tuple[str, str], Any] = {}
+        guarded: list[Route] = []
         for (method, path), handler in routes.items():
             def with_session(request: HttpRequest, session: Session | None,
                              _handler: Callable[[HttpRequest], Any] = handler,
@@ -244,8 +267,8 @@ class AdminApi:
                 result: HttpResponse = _handler(request)
                 return result
             with_session.__name__ = getattr(handler, "__name__", "route")
-            guarded[(method, path)] = self._guarded(method, path, permissions[method],
-                                                    with_session)
+            guarded.append(Route(method=method, path=path, permission=permissions[method],
+                                 handler=with_session))
         return guarded
 
     def _check_own_agent(self, request: HttpRequest, session: Session) -> None:
@@ -264,44 +287,78 @@ class AdminApi:
             raise _Denied(f"user {session.user} may change only its own agent "
                           f"({own or 'none configured'})", permission=P.QUEUE_MANAGE)
 
-    def _guarded(self, method: str, path: str, permission: str,
-                 handler: Callable[[HttpRequest, Session | None], HttpResponse]
-                 ) -> Callable[[HttpRequest], HttpResponse]:
-        def serve(request: HttpRequest) -> HttpResponse:
-            self.counters["admin_requests_total"] += 1
-            session: Session | None = None
-            try:
-                if permission != PUBLIC:
-                    session = self._session(request)
-                    if session is None:
-                        self.counters["admin_unauthenticated_total"] += 1
-                        response = _error(401, "authentication required",
-                                          headers={"WWW-Authenticate": 'Bearer realm="vaultpbx"'})
-                        return self._finish(request, path, session, response)
-                    if permission != ANY_SESSION and not self.policy.allows(session.role,
-                                                                            permission):
-                        raise _Denied(f"role {session.role} may not {permission}",
-                                      permission=permission)
-                response = handler(request, session)
-            except _Denied as denied:
-                response = self._deny(request, path, session, denied)
-            except Exception:
-                self.counters["admin_errors_total"] += 1
-                _log.exception("admin api handler failed: %s %s", method, path)
-                response = _error(500, "internal error")
-            return self._finish(request, path, session, response)
-        serve.__name__ = f"admin_{handler.__name__}"
-        return serve
+    # -- middlewares ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def audit(self, request: web.Request, handler: WebHandler) -> web.StreamResponse:
+        """The API_REQUEST record of every answer of an admin route, whatever answered it."""
+        route = route_of(request)
+        if route is None or route.permission == OPEN:
+            return await handler(request)
+        self.counters["admin_requests_total"] += 1
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except Exception:
+            self.counters["admin_errors_total"] += 1
+            _log.exception("admin api handler failed: %s %s", request.method, route.path)
+            response = to_web(_error(500, "internal error"))
+        finally:
+            self._finish(head_of(request), route.path, request.get(SESSION), status)
+        return response
+
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: WebHandler
+                           ) -> web.StreamResponse:
+        """Bearer token → request[SESSION]; none or a dead one on a route that needs it: 401."""
+        route = route_of(request)
+        if route is None or route.permission in (OPEN, PUBLIC):
+            return await handler(request)
+        session = self._session(head_of(request))
+        if session is None:
+            self.counters["admin_unauthenticated_total"] += 1
+            return to_web(_error(401, "authentication required",
+                                 headers={"WWW-Authenticate": 'Bearer realm="vaultpbx"'}))
+        request[SESSION] = session
+        return await handler(request)
+
+    @web.middleware
+    async def authorize(self, request: web.Request, handler: WebHandler) -> web.StreamResponse:
+        """The route's permission in the role's matrix, else 403 and ACCESS_DENIED; also the
+        refusals handlers raise (`_Denied`), answered and audited the same way."""
+        route = route_of(request)
+        session: Session | None = request.get(SESSION)
+        if route is None or session is None:
+            return await handler(request)
+        try:
+            if route.permission not in (ANY_SESSION, PUBLIC, OPEN) and not self.policy.allows(
+                    session.role, route.permission):
+                raise _Denied(f"role {session.role} may not {route.permission}",
+                              permission=route.permission)
+            return await handler(request)
+        except _Denied as denied:
+            return to_web(self._deny(head_of(request), route.path, session, denied))
+
+    async def run_blocking(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`function` in one of `workers`' threads (argon2): the event loop carries SIP."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.workers,
+                                          functools.partial(function, *args, **kwargs))
+
+    def close(self) -> None:
+        self.workers.shutdown(wait=False, cancel_futures=True)
 
     def _finish(self, request: HttpRequest, route: str, session: Session | None,
-                response: HttpResponse) -> HttpResponse:
+                status: int) -> None:
         self.hooks.notify(HookPoint.API_REQUEST, {
             "actor": session.user if session else "-", "action": "api.request",
             "target": f"{request.method} {route}",
-            "details": {"path": request.path, "status": response.status, "peer": request.peer,
+            "details": {"path": request.path, "status": status, "peer": request.peer,
                         "role": session.role if session else None}})
-        response.headers.update(_SECURITY_HEADERS)
-        return response
 
     def _deny(self, request: HttpRequest, route: str, session: Session | None,
               denied: _Denied) -> HttpResponse:
@@ -333,7 +390,7 @@ class AdminApi:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def login(self, request: HttpRequest, _: Session | None) -> HttpResponse:
+    async def login(self, request: HttpRequest, _: Session | None) -> HttpResponse:
         body = _json_object(request)
         if body is None:
             return _error(400, "expected a JSON object {user, password, otp}")
@@ -349,7 +406,13 @@ class AdminApi:
         if not self._login_admitted(request.peer, now):
             return _error(429, "too many login attempts", headers={
                 "Retry-After": str(int(self.login_window))})
-        result = self.auth.login(name, password, otp, source_ip=request.peer, now=now)
+        if self.auth.throttle.check(name, request.peer, now) > 0.0:
+            password_ok = False  # throttled: answered before any hashing (users.py)
+        else:
+            # The argon2 check (tens of ms of CPU) in a worker thread; the rest on the loop.
+            password_ok = await self.run_blocking(self.users.check_password, name, password)
+        result = self.auth.login(name, password, otp, source_ip=request.peer, now=now,
+                                 password_ok=password_ok)
         if result.throttled:  # the same for every account name, known or not (users.py)
             self.counters["admin_login_throttled_total"] += 1
             return _error(429, "too many failed attempts", headers={
@@ -554,7 +617,8 @@ class AdminApi:
                         "kind": P.RECORDING_EXPORT.value}})
         return HttpResponse.of_json(_approval_json(approval))
 
-    def export_recording(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+    async def export_recording(self, request: HttpRequest, session: Session | None
+                               ) -> HttpResponse:
         assert session is not None
         recording_id = request.params.get("id", "")
         request_id = (request.query.get("request") or [""])[0]
@@ -577,23 +641,25 @@ class AdminApi:
         self._recording_accessed(session, "export", recording_id, allowed=True,
                                  request=request_id)
         try:
-            wav = recordings.export(recording_id, actor=session.user)
+            wav = await recordings.export(recording_id, actor=session.user)
         except UnknownRecordingError:
             return _error(404, "no such recording")
         except RecordingError as exc:
             return _error(409, f"recording cannot be exported: {type(exc).__name__}")
         self.counters["admin_exports_total"] += 1
-        return HttpResponse(body=wav, content_type="audio/wav", headers={
+        return HttpResponse(stream=wav, content_type="audio/wav", headers={
             "Content-Disposition": f'attachment; filename="{recording_id}.wav"'})
 
-    def verify_recording(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+    async def verify_recording(self, request: HttpRequest, session: Session | None
+                               ) -> HttpResponse:
         assert session is not None
         recording_id = request.params.get("id", "")
         recordings = self._recording_store()
         if not recordings.exists(recording_id):
             return _error(404, "no such recording")
         self._recording_accessed(session, "verify", recording_id, allowed=True)
-        return HttpResponse.of_json(dict(recordings.verify(recording_id, actor=session.user)))
+        return HttpResponse.of_json(dict(await recordings.verify(recording_id,
+                                                                 actor=session.user)))
 
     # -- erasure (logic in erasure.py) ----------------------------------------------------------
 

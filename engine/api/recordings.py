@@ -3,10 +3,12 @@
 Invariants:
 - The API never opens a keystore itself: it goes through `RecordingAccess` (list, exists,
   export, verify), so tests and other stores plug in the same way.
-- `KeystoreRecordings.export` decrypts into a 0600 file with a random name in `scratch_dir`
-  (default /dev/shm, a RAM file system, so no plaintext audio touches the disk) and removes it
-  before returning, also on error. (A memfd would be tidier, but export_wav removes its output
-  by path on failure, which a /proc/self/fd path refuses.)
+- `KeystoreRecordings.export` streams: the keystore is read on the caller's thread (its SQLite
+  handle belongs to the event loop), then every chunk is authenticated in a worker thread
+  before the answer starts, and the WAV is decrypted again block by block as the client reads
+  it (recording.stream). Memory stays flat whatever the call's length, and no plaintext audio
+  is ever written anywhere, not even to a RAM file system.
+- `verify` decrypts every chunk too: it runs in a worker thread, never on the event loop.
 - The listing carries no key material and no file paths; the caller's number is returned raw
   and masked by the API for the asking role.
 - Access decisions and the RECORDING_ACCESSED audit record are the API's (it knows the role and
@@ -16,16 +18,17 @@ Invariants:
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Protocol
+import asyncio
+from collections.abc import Iterator, Mapping
+from typing import Protocol, cast
 
 from ..hooks.registry import HookRegistry
-from ..recording.errors import UnknownRecordingError
-from ..recording.export import export_wav, verify_recording
+from ..recording.errors import RecordingError, UnknownRecordingError
+from ..recording.export import check_access, verify_recording
 from ..recording.keystore import Keystore
+from ..recording.keystore import RecordingRow as KeyRow
+from ..recording.stream import WavStream
+from .messages import BodyStream
 
 
 class RecordingAccess(Protocol):
@@ -35,14 +38,28 @@ class RecordingAccess(Protocol):
 
     def exists(self, recording_id: str) -> bool: ...
 
-    def export(self, recording_id: str, *, actor: str) -> bytes:
-        """The recording as a 16-bit stereo WAV; raises RecordingError when it cannot."""
+    async def export(self, recording_id: str, *, actor: str) -> BodyStream:
+        """The recording as a 16-bit stereo WAV of known length, ready to stream; raises
+        RecordingError (before any byte is sent) when it cannot be exported."""
 
-    def verify(self, recording_id: str, *, actor: str) -> Mapping[str, object]:
+    async def verify(self, recording_id: str, *, actor: str) -> Mapping[str, object]:
         """{"recording_id", "state", "passed", "problems": [str, ...]}."""
 
 
-DEFAULT_SCRATCH = "/dev/shm"
+class BytesStream:
+    """A body already in memory, as a BodyStream (small answers, test stores)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.length = len(data)
+
+    def blocks(self) -> Iterator[bytes]:
+        yield self.data
+
+    def close(self) -> None:
+        pass
+
+
 _QUIET = HookRegistry()  # see the module invariants: the API writes the access record
 
 
@@ -50,16 +67,31 @@ def _allow(actor: str, action: str, recording_id: str) -> bool:
     return True
 
 
+class _Fetched:
+    """One recording's row and data key read from the keystore up front, standing in for it
+    where a worker thread needs them (verify_recording asks for nothing else)."""
+
+    def __init__(self, store: Keystore, recording_id: str) -> None:
+        self.hooks = _QUIET
+        self._row = store.get(recording_id)
+        self._key: bytes | RecordingError
+        try:
+            self._key = store.data_key(recording_id)
+        except RecordingError as exc:  # shredded, or a KEK that is gone: verify reports it
+            self._key = exc
+
+    def get(self, recording_id: str) -> KeyRow:
+        return self._row
+
+    def data_key(self, recording_id: str) -> bytes:
+        if isinstance(self._key, RecordingError):
+            raise self._key
+        return self._key
+
+
 class KeystoreRecordings:
-    def __init__(self, store: Keystore, *, scratch_dir: str | os.PathLike[str] | None = None
-                 ) -> None:
+    def __init__(self, store: Keystore) -> None:
         self.store = store
-        if scratch_dir is None:
-            if not os.access(DEFAULT_SCRATCH, os.W_OK):
-                raise ValueError(f"{DEFAULT_SCRATCH} is not writable: give a scratch_dir on a "
-                                 "RAM file system (plaintext audio must not reach the disk)")
-            scratch_dir = DEFAULT_SCRATCH
-        self.scratch_dir = Path(scratch_dir)
 
     def list_recordings(self) -> list[dict[str, object]]:
         return [
@@ -77,18 +109,23 @@ class KeystoreRecordings:
             return False
         return True
 
-    def export(self, recording_id: str, *, actor: str) -> bytes:
-        self.scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self.scratch_dir / f"vaultpbx-export-{secrets.token_hex(16)}.wav"
+    async def export(self, recording_id: str, *, actor: str) -> BodyStream:
+        check_access(self.store, actor=actor, action="export", recording_id=recording_id,
+                     hooks=_QUIET, authorize=_allow)
+        row = self.store.get(recording_id)
+        stream = WavStream(row.path, self.store.data_key(recording_id), recording_id,
+                           allow_incomplete=row.state in ("recording", "incomplete"))
         try:
-            export_wav(self.store, recording_id, path, actor=actor, hooks=_QUIET,
-                       authorize=_allow)
-            return path.read_bytes()
-        finally:
-            path.unlink(missing_ok=True)
+            await asyncio.to_thread(stream.measure)  # every tag checked before the first byte
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
-    def verify(self, recording_id: str, *, actor: str) -> Mapping[str, object]:
-        check = verify_recording(self.store, recording_id, actor=actor, hooks=_QUIET,
-                                 authorize=_allow)
+    async def verify(self, recording_id: str, *, actor: str) -> Mapping[str, object]:
+        known = _Fetched(self.store, recording_id)  # the keystore is read here, on the loop
+        check = await asyncio.to_thread(
+            verify_recording, cast(Keystore, known), recording_id, actor=actor, hooks=_QUIET,
+            authorize=_allow)
         return {"recording_id": recording_id, "state": check.state, "passed": check.passed,
                 "problems": [str(problem) for problem in check.report.problems]}

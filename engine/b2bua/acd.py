@@ -55,7 +55,7 @@ from ..routing.states import PRESENCE_TRANSITIONS, AgentState, Presence, Presenc
 
 if TYPE_CHECKING:
     # Types only: the admin API's server is asyncio; this module stays free of it.
-    from ..api.http import HttpRequest, HttpResponse
+    from ..api.messages import HttpRequest, HttpResponse
     from ..api.metrics import Sample
     from .b2bua import B2BUA
     from .call import Call
@@ -669,6 +669,6 @@ class AcdBridge:
 
 
 def _json(value: object, status: int = 200) -> HttpResponse:
-    from ..api.http import HttpResponse
+    from ..api.messages import HttpResponse
 
     return HttpResponse.of_json(value, status)

@@ -25,8 +25,9 @@ from pathlib import Path
 import structlog
 
 from .. import __version__
-from ..api.http import HttpRequest, HttpResponse, HttpServer
+from ..api.messages import HttpRequest, HttpResponse
 from ..api.metrics import Sample, make_registry, render
+from ..api.server import AdminHttpServer, Route
 from ..b2bua.acd import AcdBridge
 from ..b2bua.b2bua import B2BUA
 from ..hooks.builtins import register_builtins
@@ -47,6 +48,7 @@ from ..sip.endpoint import Flow, TransactionLayer
 from .cdr import CdrStore
 from .config import Config, ConfigError, LoadedConfig, load_config
 from .logs import configure_logging
+from .loopstall import LoopStallMonitor
 from .recording import CallRecorder
 
 log = structlog.get_logger("vaultpbx")
@@ -147,7 +149,8 @@ class Engine:
         self.acd: AcdBridge | None = None  # set in start() when the config has `routing:`
         self.recorder: CallRecorder | None = None  # set in start() when recording is enabled
         self._next_expiry = 0.0  # wall-clock time of the next retention run
-        self.http: HttpServer | None = None
+        self.http: AdminHttpServer | None = None
+        self.loop_stalls = LoopStallMonitor(loop)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._stopping = asyncio.Event()
@@ -267,6 +270,7 @@ class Engine:
         # live calls (TESTING.md), are replaced by one every GC_FULL_INTERVAL from housekeeping.
         gc.set_threshold(5_000, 10, 1_000_000_000)
         gc.callbacks.append(self.gc_pauses)
+        self.loop_stalls.start()
         self.hooks.notify(HookPoint.CONFIG_CHANGE, {
             "actor": "system", "action": "engine.start", "target": str(self.loaded.path),
             "details": {"version": __version__}})
@@ -353,7 +357,12 @@ class Engine:
             log.warning("recording.needs_anchored_media")
 
     async def _start_admin(self) -> None:
+        """The admin API on aiohttp, in this process: it shares the engine's state (sessions,
+        ACD presence, live calls, the audit chain) directly. Its listener has its own
+        connection budget and timeouts, and CPU-heavy work runs in worker threads, so admin
+        load cannot take descriptors or the loop from SIP (docs/admin-api.md, "Limits")."""
         from ..api.admin import AdminApi
+        from ..api.listener import ListenerLimits
         from ..api.recordings import KeystoreRecordings
 
         admin = self.config.admin
@@ -371,13 +380,23 @@ class Engine:
         self.admin_api.erasure = self._erasure_service()
         # The authenticated API's routes (its masked /calls included) win over the open ones.
         # Agent controls and queue statistics need a session like the rest of the API.
-        acd_routes: dict[tuple[str, str], object] = {}
+        acd_routes: list[Route] = []
         if self.acd is not None:
             routes = self.acd.admin_routes()
             acd_routes = self.admin_api.guard_routes(
                 routes, {"GET": "calls.monitor", "POST": "calls.handle"},
                 own_agent_only=[key for key in routes if key[0] == "POST"])
-        self.http = HttpServer({**self._routes(), **acd_routes, **self.admin_api.routes()})
+        limits = ListenerLimits(
+            max_connections=admin.max_connections,
+            max_per_source=admin.max_connections_per_source,
+            header_timeout=admin.header_timeout, idle_timeout=admin.idle_timeout,
+            max_head_size=admin.max_head_size,
+            max_new_per_second=admin.max_new_connections_per_second,
+            max_new_per_source_per_second=admin.max_new_connections_per_source_per_second)
+        self.http = AdminHttpServer(
+            [*self._routes(), *acd_routes, *self.admin_api.routes()],
+            middlewares=self.admin_api.middlewares(), limits=limits,
+            max_body=admin.max_body_size, executor=self.admin_api.workers)
         context = None
         if admin.tls:
             tls = self.config.sip.tls
@@ -516,7 +535,7 @@ class Engine:
             self.audit.checkpoint_if_due(time.time())  # records reach the outside sinks in time
 
     # -- admin API --------------------------------------------------------------------------------
-    def _routes(self) -> dict[tuple[str, str], object]:
+    def _routes(self) -> list[Route]:
         registry = make_registry(self.metric_samples)
 
         def health(request: HttpRequest) -> HttpResponse:
@@ -530,7 +549,7 @@ class Engine:
             return HttpResponse(body=render(registry),
                                 content_type="text/plain; version=0.0.4; charset=utf-8")
 
-        return {("GET", "/health"): health, ("GET", "/metrics"): metrics}
+        return [Route.open("GET", "/health", health), Route.open("GET", "/metrics", metrics)]
 
     def metric_samples(self) -> list[Sample]:
         b = self.b2bua
@@ -595,6 +614,12 @@ class Engine:
                 kind = "counter" if name.endswith("_total") else "gauge"
                 samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
                                 name.replace("_", " ")))
+        if self.http is not None:
+            for name, value in self.http.metric_counters().items():
+                kind = "counter" if name.endswith("_total") else "gauge"
+                samples.append((f"vaultpbx_admin_http_{name.removesuffix('_total')}", kind,
+                                value, f"admin listener: {name.replace('_', ' ')}"))
+        samples.extend(self.loop_stalls.samples())
         samples.append(("vaultpbx_gc_cycles_found", "counter", self.gc_cycles_found,
                         "Objects found in reference cycles by the periodic full collection"))
         for generation in range(3):
@@ -713,7 +738,10 @@ class Engine:
         if self.recorder is not None:
             self.recorder.close()
         if self.http is not None:
-            self.http.close()
+            await self.http.close()
+        if getattr(self, "admin_api", None) is not None:
+            self.admin_api.close()
+        self.loop_stalls.stop()
         self.transports.close()
         self.cdr.close()
         if self.acd is not None:

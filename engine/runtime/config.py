@@ -207,6 +207,37 @@ class AdminConfig:
     """PEM key of that certificate; None: the SIP TLS key."""
     min_version: Literal["1.2", "1.3"] = "1.3"
     """Lowest TLS version the admin API accepts."""
+    max_connections: int = 512
+    """Admin connections open at once, TLS handshakes included; more are closed at accept. The
+    admin listener's own budget: it cannot take the descriptors SIP needs."""
+    max_connections_per_source: int = 32
+    """Admin connections open at once from one address."""
+    header_timeout: float = 10.0
+    """Seconds a client has for the TLS handshake, for a request head once its first byte
+    arrived, and for a request body; then the connection is closed (slowloris)."""
+    idle_timeout: float = 60.0
+    """Close an admin connection with no request in progress after this many seconds."""
+    max_head_size: int = 16384
+    """Largest request head (request line and headers), in bytes; a larger one is cut."""
+    max_body_size: int = 1048576
+    """Largest request body, in bytes (413 beyond)."""
+    max_new_connections_per_second: float = 200.0
+    """New admin connections admitted per second in all (bursts of twice that); more are closed
+    at accept. Each TLS handshake costs the event loop, which carries SIP, about 1 ms of CPU."""
+    max_new_connections_per_source_per_second: float = 100.0
+    """New admin connections admitted per second from one address (bursts of twice that)."""
+
+    def validate(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if not 0 < self.max_connections_per_source <= self.max_connections:
+            raise ValueError("max_connections_per_source must be from 1 to max_connections")
+        for name in ("header_timeout", "idle_timeout", "max_new_connections_per_second",
+                     "max_new_connections_per_source_per_second"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_head_size < 1024 or self.max_body_size < 1024:
+            raise ValueError("max_head_size and max_body_size must be at least 1024")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

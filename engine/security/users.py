@@ -161,8 +161,10 @@ class Authenticator:
             anomaly.on_lock = lambda account, now: self.lock(account, now, float("inf"))
 
     def login(self, name: str, password: str, otp: str | None, *, source_ip: str,
-              now: float) -> LoginResult:
-        result = self._login(name, password, otp, source_ip, now)
+              now: float, password_ok: bool | None = None) -> LoginResult:
+        """`password_ok`: the result of `users.check_password(name, password)` when the caller
+        ran that argon2 check elsewhere (the admin API runs it off the event loop)."""
+        result = self._login(name, password, otp, source_ip, now, password_ok)
         if self.hooks is not None:
             failures = self.hooks.essential_errors
             known = self.users.get(name) is not None
@@ -178,11 +180,12 @@ class Authenticator:
         return result
 
     def _login(self, name: str, password: str, otp: str | None, source_ip: str,
-               now: float) -> LoginResult:
+               now: float, password_ok: bool | None = None) -> LoginResult:
         wait = self.throttle.check(name, source_ip, now)
         if wait > 0.0:  # before any hashing: the same fast answer for every account name
             return LoginResult(ok=False, reason="throttled", retry_after=wait)
-        password_ok = self.users.check_password(name, password)  # always hashed: no timing leak
+        if password_ok is None:
+            password_ok = self.users.check_password(name, password)  # always hashed: no leak
         user = self.users.get(name)
         if user is None:
             self.throttle.failed(name, source_ip, now)  # unknown names count alike

@@ -1,19 +1,33 @@
 """A test harness for the admin API: a manual clock, cheap argon2 parameters, one account per
-role, a call-record store and a recording store in memory, a real audit log, and a client that
-routes like HttpServer but calls the handlers in-process."""
+role, a call-record store and a recording store in memory, a real audit log, and the real aiohttp
+server on 127.0.0.1 (one uvloop in a background thread hosts every harness's server) with a
+keep-alive HTTP client.
+
+Source addresses: a peer in 127.0.0.0/8 is the client socket's real source address. The tests
+also log in "from" documentation networks (192.0.2.0/24, 198.51.100.0/24, ...) that must never
+be used on a socket here: for those alone the harness adds a test-only middleware, in front of
+the API's own, that takes the peer from an `X-Test-Peer` header."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import ipaddress
 import json
 import random
-from dataclasses import dataclass, field, replace
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyotp
+import uvloop
+from aiohttp import web
+from multidict import CIMultiDict
 from vaultpbx.api.admin import AdminApi
-from vaultpbx.api.http import HttpRequest, HttpResponse
-from vaultpbx.api.router import TemplateRouter, is_template
+from vaultpbx.api.recordings import BytesStream
+from vaultpbx.api.server import AdminHttpServer
 from vaultpbx.hooks.maskers import resident_id_check_char
 from vaultpbx.hooks.registry import HookPoint, HookRegistry
 from vaultpbx.security.audit import AuditLog
@@ -95,12 +109,72 @@ class FakeRecordings:
     def exists(self, recording_id: str) -> bool:
         return any(r["recording_id"] == recording_id for r in self.rows)
 
-    def export(self, recording_id: str, *, actor: str) -> bytes:
+    async def export(self, recording_id: str, *, actor: str) -> BytesStream:
         self.exports.append((recording_id, actor))
-        return b"RIFF....WAVE"
+        return BytesStream(b"RIFF....WAVE")
 
-    def verify(self, recording_id: str, *, actor: str) -> dict[str, object]:
+    async def verify(self, recording_id: str, *, actor: str) -> dict[str, object]:
         return {"recording_id": recording_id, "state": "closed", "passed": True, "problems": []}
+
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """One uvloop in a daemon thread, for the whole test session."""
+
+    _instance: ServerThread | None = None
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True, name="api-harness").start()
+
+    @classmethod
+    def get(cls) -> ServerThread:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`function` on the loop's thread: objects the server uses there, such as a Keystore
+        (SQLite handles belong to one thread), must be made and used there too."""
+        async def on_loop() -> T:
+            return function(*args, **kwargs)
+        return self.run(on_loop(), timeout=300)
+
+
+TEST_PEER = "X-Test-Peer"
+
+
+@web.middleware
+async def _test_peer(request: web.Request,
+                     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                     ) -> web.StreamResponse:
+    peer = request.headers.get(TEST_PEER)
+    return await handler(request.clone(remote=peer) if peer else request)
+
+
+@dataclass
+class Reply:
+    """An HTTP answer as read off the socket."""
+
+    status: int
+    body: bytes
+    headers: CIMultiDict[str]
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+
+def _loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer) in ipaddress.ip_network("127.0.0.0/8")
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -111,36 +185,61 @@ class Harness:
     audit: AuditLog
     recordings: FakeRecordings
     cdr: FakeCdr
-    router: TemplateRouter[Any] = field(init=False)
+    server: AdminHttpServer = field(init=False)
+    port: int = field(init=False)
+    _clients: dict[str, http.client.HTTPConnection] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.routes = self.api.routes()
-        self.router = TemplateRouter(self.routes.items())
+        self.server = AdminHttpServer(self.api.routes(),
+                                      middlewares=[_test_peer, *self.api.middlewares()],
+                                      executor=self.api.workers)
+        _, self.port = ServerThread.get().run(self.server.start("127.0.0.1", 0))
+        OPEN_HARNESSES.append(self)
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        ServerThread.get().run(self.server.close())
+        self.api.close()
+        self.audit.close()
 
     # -- requests -------------------------------------------------------------------------------
 
     def request(self, method: str, target: str, *, token: str | None = None,
-                body: object = None, peer: str = OFFICE) -> HttpResponse:
-        """Route like HttpServer._dispatch (exact, then templates) and call the handler."""
-        path, _, query = target.partition("?")
-        params: dict[str, list[str]] = {}
-        for pair in filter(None, query.split("&")):
-            key, _, value = pair.partition("=")
-            params.setdefault(key, []).append(value)
-        headers = {"authorization": f"Bearer {token}"} if token else {}
-        request = HttpRequest(method=method, path=path, query=params, headers=headers,
-                              body=b"" if body is None else json.dumps(body).encode(), peer=peer)
-        handler = None if is_template(path) else self.routes.get((method, path))
-        if handler is None:
-            handler, found, _ = self.router.match(method, path)
-            assert handler is not None, f"no route for {method} {path}"
-            request = replace(request, params=found)
-        response = handler(request)
-        assert isinstance(response, HttpResponse)
-        return response
+                body: object = None, peer: str = OFFICE, raw: bytes | None = None) -> Reply:
+        """One request over the harness's keep-alive connection for `peer`."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if not _loopback(peer):
+            headers[TEST_PEER] = peer
+        data = raw if raw is not None else b"" if body is None else json.dumps(body).encode()
+        for attempt in range(2):
+            client = self._clients.get(peer)
+            if client is None:
+                source = (peer, 0) if _loopback(peer) else None
+                client = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30,
+                                                    source_address=source)
+                self._clients[peer] = client
+            try:
+                client.request(method, target, body=data, headers=headers)
+                answer = client.getresponse()
+                payload = answer.read()
+            except (ConnectionError, http.client.BadStatusLine) as exc:
+                client.close()
+                del self._clients[peer]
+                if attempt:
+                    raise AssertionError(f"{method} {target}: {exc!r}") from exc
+                continue
+            if answer.will_close:
+                client.close()
+                del self._clients[peer]
+            # Date changes with the second; the tests compare everything else.
+            kept = CIMultiDict((k, v) for k, v in answer.getheaders() if k.lower() != "date")
+            return Reply(status=answer.status, body=payload, headers=kept)
+        raise AssertionError("unreachable")
 
     def login(self, name: str, *, otp: str | None | bool = True, password: str = PASSWORD,
-              peer: str = OFFICE) -> HttpResponse:
+              peer: str = OFFICE) -> Reply:
         """otp=True: a fresh valid code (the clock moves one TOTP step first, so codes are
         never replayed); a string: that code; None/False: no code."""
         if otp is True:
@@ -161,7 +260,10 @@ class Harness:
                 if p is point and (action is None or e.get("action") == action)]
 
 
-def body(response: HttpResponse) -> Any:
+OPEN_HARNESSES: list[Harness] = []
+
+
+def body(response: Reply) -> Any:
     return json.loads(response.body)
 
 

@@ -1,6 +1,7 @@
 """Four-eyes export: requester cannot approve, a second admin can, an approval is used once;
 agents never export; 501 downloads within 10 minutes lock the account; a real sealed recording
-exported through the keystore adapter."""
+exported through the keystore adapter, streamed byte for byte as the offline exporter writes it,
+and a tampered one refused before any audio is sent."""
 
 from __future__ import annotations
 
@@ -9,11 +10,30 @@ from pathlib import Path
 import pytest
 from vaultpbx.api.recordings import KeystoreRecordings
 from vaultpbx.hooks.registry import HookPoint, HookRegistry
+from vaultpbx.recording.container import Codec, Direction, RecordingMetadata
+from vaultpbx.recording.export import export_wav
 from vaultpbx.recording.kek import LocalFileKek
 from vaultpbx.recording.keystore import Keystore
+from vaultpbx.recording.recorder import start_recording
+from vaultpbx.recording.stream import WavStream
 
-from ..recording.recording_helpers import write_recording
-from .api_helpers import RECORDING_ID, FakeRecordings, Harness, body, make_harness
+from ..recording.recording_helpers import (
+    FRAME,
+    T0,
+    WALL,
+    flip_bit,
+    frame_offsets,
+    write_recording,
+)
+from .api_helpers import (
+    RECORDING_ID,
+    FakeRecordings,
+    Harness,
+    Reply,
+    ServerThread,
+    body,
+    make_harness,
+)
 
 EXPORT_REQUESTS = f"/recordings/{RECORDING_ID}/export-requests"
 
@@ -150,41 +170,94 @@ def test_lower_download_threshold_from_config(tmp_path: Path) -> None:
     h.audit.close()
 
 
-def test_export_of_a_real_sealed_recording(tmp_path: Path) -> None:
-    store = Keystore(tmp_path / "keystore.db", LocalFileKek(tmp_path / "kek.key"),
-                     hooks=HookRegistry())
-    recording_id, _, _, _ = write_recording(store, tmp_path / "recordings", seconds=1.0,
-                                            caller="+8613812345678")
-    access = KeystoreRecordings(store, scratch_dir=tmp_path / "scratch")
-    h = make_harness(tmp_path / "api", recordings=access)  # type: ignore[arg-type]
+def _keystore(tmp_path: Path) -> Keystore:
+    # Made on the server's thread: the API reads the keystore there, as on the engine's loop.
+    return ServerThread.get().call(Keystore, tmp_path / "keystore.db",
+                                   LocalFileKek(tmp_path / "kek.key"), hooks=HookRegistry())
+
+
+def _approved_export(h: Harness, recording_id: str) -> Reply:
     alice, bob = h.token("admin"), h.token("admin2")
+    request_id = body(h.request("POST", f"/recordings/{recording_id}/export-requests",
+                                token=alice))["id"]
+    assert h.request("POST", f"/export-requests/{request_id}/approve", token=bob).status == 200
+    return h.request("GET", f"/recordings/{recording_id}/export?request={request_id}",
+                     token=alice)
+
+
+def test_export_of_a_real_sealed_recording(tmp_path: Path) -> None:
+    store = _keystore(tmp_path)
+    recording_id, _, _, _ = ServerThread.get().call(
+        write_recording, store, tmp_path / "recordings", seconds=1.0, caller="+8613812345678")
+    access = KeystoreRecordings(store)
+    h = make_harness(tmp_path / "api", recordings=access)  # type: ignore[arg-type]
     listed = body(h.request("GET", "/recordings", token=h.token("qa")))["recordings"]
     assert [r["recording_id"] for r in listed] == [recording_id]
     assert listed[0]["caller"] == "+86138****5678"
     assert "path" not in listed[0] and "key_id" not in listed[0]
-    request_id = body(h.request("POST", f"/recordings/{recording_id}/export-requests",
-                                token=alice))["id"]
-    h.request("POST", f"/export-requests/{request_id}/approve", token=bob)
-    response = h.request("GET", f"/recordings/{recording_id}/export?request={request_id}",
-                         token=alice)
+    response = _approved_export(h, recording_id)
     assert response.status == 200 and response.content_type == "audio/wav"
     assert response.body[:4] == b"RIFF" and response.body[8:12] == b"WAVE"
     assert len(response.body) == 44 + 8000 * 2 * 2  # one second, stereo, 16-bit
-    assert list((tmp_path / "scratch").iterdir()) == []  # nothing left behind
-    verified = body(h.request("GET", f"/recordings/{recording_id}/verify", token=alice))
+    assert response.headers["Content-Length"] == str(len(response.body))
+    # The stream is the very file the offline exporter writes.
+    ServerThread.get().call(export_wav, store, recording_id, tmp_path / "offline.wav",
+                            actor="test")
+    assert response.body == (tmp_path / "offline.wav").read_bytes()
+    verified = body(h.request("GET", f"/recordings/{recording_id}/verify",
+                              token=h.token("admin")))
     assert verified["passed"] is True
     # One access record per export (the API's), none from the recording layer.
     exports = h.heard(HookPoint.RECORDING_ACCESSED, "recording.export")
     assert [e["details"]["allowed"] for e in exports] == [True]
-    h.audit.close()
-    store.close()
+    ServerThread.get().call(store.close)
 
 
-def test_default_scratch_is_ram_backed(tmp_path: Path) -> None:
-    store = Keystore(tmp_path / "keystore.db", LocalFileKek(tmp_path / "kek.key"),
-                     hooks=HookRegistry())
-    assert str(KeystoreRecordings(store).scratch_dir) == "/dev/shm"
-    store.close()
+def test_streamed_export_matches_the_file_export_across_gaps_and_blocks(tmp_path: Path) -> None:
+    """A recording with a PCI pause (a gap on both channels), one-way audio at the end and
+    blocks smaller than a chunk: byte for byte what export_wav writes."""
+    store = _keystore(tmp_path)
+
+    def record() -> str:
+        writer = start_recording(store, tmp_path / "recordings", codec=Codec.PCMA, now=T0,
+                                 wall_time=WALL, metadata=RecordingMetadata(caller="1"))
+        for i in range(400):  # 8 s of 20 ms frames
+            now = T0 + i * 0.02
+            writer.append(Direction.FROM_CALLER, bytes([i % 256]) * FRAME, now)
+            if i < 300:
+                writer.append(Direction.FROM_CALLEE, bytes([(i * 7) % 256]) * FRAME, now)
+            if i == 100:
+                writer.sensitive_start(now)
+            if i == 150:
+                writer.sensitive_end(now)
+            writer.maybe_seal(now)
+        writer.close(T0 + 8)
+        return writer.recording_id.hex()
+
+    recording_id = ServerThread.get().call(record)
+    ServerThread.get().call(export_wav, store, recording_id, tmp_path / "offline.wav",
+                            actor="test")
+    row = ServerThread.get().call(store.get, recording_id)
+    key = ServerThread.get().call(store.data_key, recording_id)
+    stream = WavStream(row.path, key, recording_id, allow_incomplete=False, block_size=5000)
+    assert stream.measure() == (tmp_path / "offline.wav").stat().st_size
+    blocks = list(stream.blocks())
+    assert len(blocks) >= 5  # the header, then audio as it is decrypted: never all at once
+    assert b"".join(blocks) == (tmp_path / "offline.wav").read_bytes()
+    ServerThread.get().call(store.close)
+
+
+def test_a_tampered_recording_is_refused_before_any_audio(tmp_path: Path) -> None:
+    store = _keystore(tmp_path)
+    recording_id, path, _, _ = ServerThread.get().call(
+        write_recording, store, tmp_path / "recordings", seconds=6.0)
+    offset, length = frame_offsets(path)[-2]  # the second-to-last chunk: late in the file
+    flip_bit(path, offset + length - 1)
+    h = make_harness(tmp_path / "api", recordings=KeystoreRecordings(store))  # type: ignore[arg-type]
+    response = _approved_export(h, recording_id)
+    assert response.status == 409 and response.content_type == "application/json"
+    assert body(response) == {"error": "recording cannot be exported: ChunkAuthenticationError"}
+    ServerThread.get().call(store.close)
 
 
 def test_no_recording_store_is_404(tmp_path: Path) -> None:

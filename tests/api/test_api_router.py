@@ -1,20 +1,23 @@
-"""Path templates in HttpServer: exact paths first, `{name}` matches one non-empty segment,
-404 for an unknown path, 405 for a known path under another method; and the users: section."""
+"""Path templates in the admin HTTP server (a real one on 127.0.0.1): exact paths first, `{name}`
+matches one non-empty segment, 404 for an unknown path, 405 for a known path under another
+method, JSON either way; and the users: section."""
 
 from __future__ import annotations
 
-import asyncio
+import http.client
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from vaultpbx.api.admin import load_users
-from vaultpbx.api.http import HttpRequest, HttpResponse, HttpServer
-from vaultpbx.api.router import TemplateRouter
+from vaultpbx.api.messages import HttpRequest, HttpResponse
+from vaultpbx.api.server import AdminHttpServer, Route
 from vaultpbx.runtime.cdr import CdrStore
 from vaultpbx.security.config import SecurityConfig
 from vaultpbx.security.users import UserStore
 
-from .api_helpers import HASHER, PASSWORD_HASH, USERS, body, make_harness
+from .api_helpers import HASHER, PASSWORD_HASH, USERS, ServerThread, body, make_harness
 
 
 def _echo(tag: str):  # type: ignore[no-untyped-def]
@@ -23,10 +26,17 @@ def _echo(tag: str):  # type: ignore[no-untyped-def]
     return handler
 
 
-def _dispatch(server: HttpServer, method: str, path: str) -> HttpResponse:
-    request = HttpRequest(method=method, path=path, query={}, headers={}, body=b"",
-                          peer="127.0.0.1")
-    return asyncio.run(server._dispatch(request))
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[int]:
+    server = AdminHttpServer([
+        Route.open("GET", "/recordings/{id}/export", _echo("export")),
+        Route.open("GET", "/recordings/{id}", _echo("one")),
+        Route.open("GET", "/recordings", _echo("list")),
+        Route.open("GET", "/recordings/special", _echo("special")),
+    ])
+    _, port = ServerThread.get().run(server.start("127.0.0.1", 0))
+    yield port
+    ServerThread.get().run(server.close())
 
 
 @pytest.mark.parametrize(("method", "path", "status", "tag", "params"), [
@@ -41,24 +51,26 @@ def _dispatch(server: HttpServer, method: str, path: str) -> HttpResponse:
     ("POST", "/recordings", 405, None, None),
     ("GET", "/recordings/{id}/export", 200, "export", {"id": "{id}"}),
 ])
-def test_templates_in_http_server(method: str, path: str, status: int, tag: str | None,
-                                  params: dict[str, str] | None) -> None:
-    server = HttpServer({
-        ("GET", "/recordings"): _echo("list"),
-        ("GET", "/recordings/special"): _echo("special"),
-        ("GET", "/recordings/{id}"): _echo("one"),
-        ("GET", "/recordings/{id}/export"): _echo("export"),
-    })
-    response = _dispatch(server, method, path)
+def test_templates_in_http_server(echo_port: int, method: str, path: str, status: int,
+                                  tag: str | None, params: dict[str, str] | None) -> None:
+    client = http.client.HTTPConnection("127.0.0.1", echo_port, timeout=10)
+    client.request(method, path)
+    response = client.getresponse()
+    payload = json.loads(response.read())
+    client.close()
     assert response.status == status
+    assert response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Cache-Control") == "no-store"
     if tag is not None:
-        assert body(response) == {"tag": tag, "params": params}
+        assert payload == {"tag": tag, "params": params}
+    else:
+        assert payload == {"error": {404: "not found", 405: "method not allowed"}[status]}
 
 
 @pytest.mark.parametrize("bad", ["/a/{id", "/a/x{id}", "/a/{}"])
 def test_bad_templates_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="whole segment"):
-        TemplateRouter([(("GET", bad), 1)])
+        AdminHttpServer([Route.open("GET", bad, _echo("bad"))])
 
 
 def test_users_from_config_and_from_dicts() -> None:

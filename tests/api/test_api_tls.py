@@ -17,7 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from vaultpbx.api.http import HttpServer
+from vaultpbx.api.server import AdminHttpServer
 
 from .api_helpers import PASSWORD, RECORDING_ID, SECRETS, Harness, make_harness
 
@@ -68,7 +68,8 @@ class Client:
 
 
 async def _scenario(h: Harness, server_ctx: ssl.SSLContext, cert: Path) -> None:
-    server = HttpServer(h.api.routes())  # type: ignore[arg-type]
+    server = AdminHttpServer(h.api.routes(), middlewares=h.api.middlewares(),
+                             executor=h.api.workers)
     host, port = await server.start("127.0.0.1", 0, server_ctx)
     try:
         client_ctx = ssl.create_default_context(cafile=str(cert))
@@ -108,7 +109,7 @@ async def _scenario(h: Harness, server_ctx: ssl.SSLContext, cert: Path) -> None:
         with pytest.raises((ssl.SSLError, ConnectionError)):  # alert or reset, by timing
             await asyncio.open_connection(host, port, ssl=old)
     finally:
-        server.close()
+        await server.close()
 
 
 def test_admin_api_over_tls13(tmp_path: Path) -> None:

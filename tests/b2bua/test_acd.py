@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vaultpbx.api.http import HttpRequest
+from vaultpbx.api.messages import HttpRequest
 from vaultpbx.b2bua.acd import AcdBridge
 from vaultpbx.hooks.registry import HookPoint
 from vaultpbx.routing import (

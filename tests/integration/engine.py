@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -56,8 +57,26 @@ class RunningEngine:
     log_path: Path
     config: dict = field(default_factory=dict)
 
+    @property
+    def admin_url(self) -> str:
+        tls = self.config.get("admin", {}).get("tls", False)
+        return f"{'https' if tls else 'http'}://127.0.0.1:{self.admin_port}"
+
+    def admin_tls_context(self) -> ssl.SSLContext:
+        """A client context that trusts the engine's (self-signed) admin certificate."""
+        admin = self.config.get("admin", {})
+        cert = admin.get("certificate") or self.config["sip"]["tls"]["certificate"]
+        context = ssl.create_default_context(cafile=cert)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        return context
+
+    def _open(self, path: str):  # type: ignore[no-untyped-def]
+        url = self.admin_url + path
+        context = self.admin_tls_context() if url.startswith("https") else None
+        return urllib.request.urlopen(url, timeout=5, context=context)
+
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as r:
+        with self._open("/metrics") as r:
             text = r.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
@@ -67,7 +86,7 @@ class RunningEngine:
         return out
 
     def health(self) -> dict:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/health", timeout=5) as r:
+        with self._open("/health") as r:
             return json.loads(r.read())
 
     def log(self) -> str:
