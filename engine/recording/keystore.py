@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -211,7 +212,12 @@ class Keystore:
         self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()
-        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+        # One connection, usable from any thread (the admin API reads from worker threads, its
+        # test harness serves from another thread than the one that opened it); transactions
+        # are serialised by `_lock`, so two threads never interleave inside one.
+        self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                   check_same_thread=False)
+        self._lock = threading.RLock()
         if new:
             os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -276,14 +282,15 @@ class Keystore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        self._unsynced += 1
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self._unsynced += 1
 
     def checkpoint(self) -> None:
         """Make every commit so far durable (the WAL is synced before a checkpoint copies it).

@@ -27,6 +27,18 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write, not at configuration: a
+    CLI command run in-process (tests, embedding) may swap and close the stream it started
+    with, and a log line must never fail the call that logged it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str, hooks: HookRegistry, *, stream: TextIO | None = None) -> None:
     def hook_processor(logger: Any, method: str, event: MutableMapping[str, Any]
                        ) -> MutableMapping[str, Any]:
@@ -36,7 +48,7 @@ def configure_logging(level: str, hooks: HookRegistry, *, stream: TextIO | None 
         hooks.notify(HookPoint.LOG_RECORD, event)
         return event
 
-    out = stream if stream is not None else sys.stderr
+    out: Any = stream if stream is not None else _CurrentStderr()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
