@@ -406,7 +406,7 @@ class AdminApi:
         if not self._login_admitted(request.peer, now):
             return _error(429, "too many login attempts", headers={
                 "Retry-After": str(int(self.login_window))})
-        if self.auth.throttle.check(name, request.peer, now) > 0.0:
+        if self.auth.throttle.check(name, request.peer, now, count=False) > 0.0:
             password_ok = False  # throttled: answered before any hashing (users.py)
         else:
             # The argon2 check (tens of ms of CPU) in a worker thread; the rest on the loop.

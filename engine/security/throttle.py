@@ -109,22 +109,23 @@ class CredentialThrottle:
 
     # -- the decision ---------------------------------------------------------------------------
 
-    def check(self, account: str, source: str, now: float) -> float:
+    def check(self, account: str, source: str, now: float, *, count: bool = True) -> float:
         """Seconds before an attempt for `account` from `source` is considered: 0.0 means now;
         math.inf means not until the owner logs in from a remembered source or an admin resets
-        the account. A refused attempt is counted here and must not be verified or reported."""
+        the account. A refused attempt is counted here (unless `count` is False: a look ahead
+        by a caller that will ask again) and must not be verified or reported."""
         pair = self._pairs.get((account, source))
         if pair is not None and now < pair.until:
-            self.throttled_source += 1
+            self.throttled_source += count
             return pair.until - now
         entry = self._accounts.get(account)
         if entry is not None and entry.failures >= self.config.account_delay_after and (
                 not self._is_proven(account, source, now)):
             if entry.failures >= self.config.account_max_failures:
-                self.throttled_account += 1
+                self.throttled_account += count
                 return math.inf
             if now < entry.until:
-                self.throttled_account += 1
+                self.throttled_account += count
                 return entry.until - now
         return 0.0
 

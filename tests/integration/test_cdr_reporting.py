@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from vaultpbx.runtime.cdr import SCHEMA_VERSION
 
 from tests.integration.engine import RunningEngine, start_engine
 from tests.integration.sipp import SIPP, SippProcess, SippRunner
@@ -297,7 +298,7 @@ def test_written_records_survive_a_sigkill_and_the_restarted_engine_exports_them
         assert query(restarted, "SELECT * FROM queue_events ORDER BY id", 4) == events_before
         db = sqlite3.connect(f"file:{restarted.data_dir / 'cdr.db'}?mode=ro", uri=True)
         try:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
             db.close()
