@@ -69,15 +69,15 @@ class ShredLog:
             raise ValueError(f"unknown shred log kind {kind!r}")
         with self._locked() as fd:
             last = self._last_line(fd)
+            seq = 0 if last is None else last[0] + 1
             body: dict[str, object] = {
-                "seq": 0 if last is None else int(last["seq"]) + 1,
-                "prev": GENESIS if last is None else str(last["hash"]),
+                "seq": seq, "prev": GENESIS if last is None else last[1],
                 "time": now, "kind": kind, "ids": list(ids), "reason": reason,
                 "actor": actor}
             body["hash"] = hashlib.sha256(_canonical(body)).hexdigest()
             os.write(fd, _canonical(body) + b"\n")
             os.fsync(fd)
-        return ShredEntry(seq=int(body["seq"]), time=now, kind=kind,  # type: ignore[call-overload]
+        return ShredEntry(seq=seq, time=now, kind=kind,
                           ids=tuple(ids), reason=reason, actor=actor)
 
     def read(self) -> list[ShredEntry]:
@@ -92,7 +92,8 @@ class ShredLog:
         entries = self.read()
         return entries[-1].seq if entries else -1
 
-    def _last_line(self, fd: int) -> dict[str, object] | None:
+    def _last_line(self, fd: int) -> tuple[int, str] | None:
+        """(seq, hash) of the last entry."""
         # Only the tail is read: an append costs the same with a million lines before it
         # (`read` checks the whole chain; an entry is far below the 64 KiB read here).
         size = os.fstat(fd).st_size
@@ -103,12 +104,11 @@ class ShredLog:
         tail = os.read(fd, size - start)
         line = tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]
         try:
-            last: dict[str, object] = json.loads(line)
-            int(last["seq"]), str(last["hash"])  # type: ignore[call-overload]
+            last = json.loads(line)
+            return int(last["seq"]), str(last["hash"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ShredLogError(f"shred log {self.path}: last line unreadable ({exc}); "
                                 "nothing can be shredded until it is repaired") from None
-        return last
 
     def _read_fd(self, fd: int) -> list[tuple[ShredEntry, str]]:
         os.lseek(fd, 0, os.SEEK_SET)

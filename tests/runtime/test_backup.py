@@ -265,3 +265,26 @@ def test_a_broken_shred_log_stops_the_restore(
     code, _, err = cli(capsys, "restore", str(tmp_path / "set"), "--into", str(into),
                        "-c", str(site.config))
     assert code == 1 and "shred-log.jsonl line 1: altered" in err, err
+
+
+def test_a_shred_whose_log_entry_cannot_be_written_does_not_happen(
+        site: Site, tmp_path: Path) -> None:
+    rid = site.record(ALICE, 1)
+    (site.apart / "shred-log.jsonl").mkdir(parents=True)  # unwritable: a directory
+    with site.store() as store, pytest.raises(IsADirectoryError):
+        store.shred(rid, reason="manual", actor="ops", now=5.0)
+    with site.store() as store:
+        assert store.get(rid).state == "closed" and store.data_key(rid)
+    assert (site.data / "recordings" / f"{rid}.vrec").exists()
+
+
+def test_a_removed_shred_log_line_breaks_the_chain(tmp_path: Path) -> None:
+    log = ShredLog(tmp_path / "shred-log.jsonl")
+    for n in range(3):
+        log.append(kind="recordings", ids=[f"{n:032x}"], reason="expired", actor="engine",
+                   now=float(n))
+    assert [e.seq for e in log.read()] == [0, 1, 2] and log.last_seq() == 2
+    lines = log.path.read_text().splitlines(keepends=True)
+    log.path.write_text(lines[0] + lines[2])
+    with pytest.raises(ShredLogError, match="line 2: the chain is broken"):
+        log.read()
