@@ -38,6 +38,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -357,8 +358,10 @@ def _backup_key(element: Element, kek: KekProvider) -> bytes:
     manifest = element.manifest
     try:
         return kek.unwrap(str(manifest["kek_id"]), bytes.fromhex(str(manifest["wrapped_key"])))
-    except RecordingError:
-        raise
+    except RecordingError as exc:
+        raise BackupError(f"{element.directory / MANIFEST}: sealed under KEK "
+                          f"{manifest.get('kek_id')}, which {kek.where} does not hold ({exc}); "
+                          "restore that KEK from its own backup (docs/keys.md)") from None
     except Exception as exc:
         raise BackupError(f"{element.directory / MANIFEST}: its backup key does not unwrap "
                           f"under KEK {manifest.get('kek_id')} ({type(exc).__name__})") from None
@@ -459,7 +462,7 @@ def _is_empty(directory: Path) -> bool:
 
 def restore(backup_set: Path, config: Config, *, data_dir: Path, kek: KekProvider,
             shred_log: ShredLog | None, force: bool = False,
-            audit_from: Path | None = None) -> RestoreResult:
+            audit_from: Path | None = None, accept_audit_gap: bool = False) -> RestoreResult:
     if not _is_empty(data_dir) and not force:
         raise BackupError(f"{data_dir}: not empty; restore only into an empty data directory "
                           "(or --force to write over what is there)")
@@ -471,7 +474,6 @@ def restore(backup_set: Path, config: Config, *, data_dir: Path, kek: KekProvide
     keys = {e.name: _backup_key(e, kek) for e in chain}
     result = RestoreResult(element=newest.name)
     audit_dir = audit_paths(data_dir, config.security).directory
-    data_dir.mkdir(parents=True, exist_ok=True)
     by_name = {e.name: e for e in chain}
     # An audit log already at the target (security.audit.dir outside data_dir survived) is
     # kept when it continues the backup's: its records after the backup are not lost.
@@ -481,6 +483,9 @@ def restore(backup_set: Path, config: Config, *, data_dir: Path, kek: KekProvide
         audit_from = audit_dir
     if audit_from is not None:
         _check_extends(audit_from / "audit.jsonl", head)
+    elif not accept_audit_gap:
+        _check_audit_current(newest, keys[newest.name], config, data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
     for rel, entry in sorted(newest.files.items()):
         holder = by_name[entry.element]
         if rel.startswith("audit/") and audit_from is not None:
@@ -518,6 +523,29 @@ def restore(backup_set: Path, config: Config, *, data_dir: Path, kek: KekProvide
     result.shred_entries_newer = sum(1 for e in entries if e.seq > since)
     _replay(entries, data_dir, kek, result)
     return result
+
+
+def _check_audit_current(element: Element, key: bytes, config: Config, data_dir: Path) -> None:
+    """Refuse (nothing written) when the backup's audit log is behind the outside checkpoints:
+    records written after the backup would be lost, and continuing the log would fork it in
+    the outside copy for good. The caller offers --audit-from or --accept-audit-gap."""
+    from ..security.audit import verify as audit_verify
+
+    paths = audit_paths(data_dir, config.security)
+    if paths.sink is None or not paths.sink.exists():
+        return
+    with tempfile.TemporaryDirectory(prefix="vaultpbx-audit-check-") as scratch:
+        for rel in element.files:
+            if rel.startswith("audit/"):
+                _write_new(Path(scratch) / rel.split("/", 1)[1], _open(
+                    key, rel, (element.directory / (rel + SEALED_SUFFIX)).read_bytes()))
+        report = audit_verify(scratch, paths.sink, public_key=paths.config.public_key)
+    if not report.ok:
+        raise BackupError(
+            "the backup's audit log is behind its outside checkpoints (records written after "
+            f"the backup are not in it): {report.problems[0]}; nothing restored. Give "
+            "--audit-from with the surviving audit directory, or --accept-audit-gap to restore "
+            "anyway (the log then shows the gap for good: docs/backup-and-restore.md)")
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -619,6 +647,9 @@ def add_backup_commands(sub: Any) -> None:
     rest.add_argument("--audit-from", type=Path,
                       help="a surviving newer copy of the audit directory that extends the "
                       "backup's log (so the log verifies across the restore)")
+    rest.add_argument("--accept-audit-gap", action="store_true",
+                      help="restore although the backup's audit log is behind its outside "
+                      "checkpoints (records after the backup lost; the log shows the gap)")
     rest.add_argument("--actor", help="who is restoring (default cli:<OS user>)")
     rest.set_defaults(handler=_cmd_restore)
 
@@ -724,7 +755,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     try:
         result = restore(args.set, config, data_dir=data_dir, kek=kek,
                          shred_log=ShredLog(shred_path) if shred_path else None,
-                         force=args.force, audit_from=args.audit_from)
+                         force=args.force, audit_from=args.audit_from,
+                         accept_audit_gap=args.accept_audit_gap)
         with Keystore(data_dir / "keystore.db", kek) as store:
             for row in store.rows():
                 if row.state == "shredded":
@@ -737,13 +769,17 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                     result.recordings_verified += 1
                 else:
                     result.recordings_failed.append(row.recording_id)
+        paths = audit_paths(data_dir, config.security)
+        # Checked before the restore's own record goes in: records written after the backup,
+        # covered by outside checkpoints but not restored, show here as what they are (the log
+        # truncated after a checkpoint); the record below would then fork the history.
+        before = audit_verify(paths.directory, paths.sink, public_key=paths.config.public_key)
         _auditor(config, data_dir, actor)(action="backup.restore", target=result.element,
                details={"files": result.files, "recordings": result.recordings,
                         "replayed_shreds": result.replayed_recordings,
                         "replayed_subject_keys": result.replayed_subject_keys,
                         "shred_entries_newer": result.shred_entries_newer,
                         "into": str(data_dir)})
-        paths = audit_paths(data_dir, config.security)
         audit = audit_verify(paths.directory, paths.sink, public_key=paths.config.public_key)
     except (BackupError, RecordingError, ShredLogError, OutsideSinkInDataDir, OSError) as exc:
         print(f"vaultpbx restore: {exc}", file=sys.stderr)
@@ -763,12 +799,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         print("recordings that do not verify: " + ", ".join(result.recordings_failed),
               file=sys.stderr)
         failed = True
-    if not audit.ok:
+    if not before.ok and args.accept_audit_gap:
+        print(f"audit log: continued after a gap (accepted): {before.problems[0]}",
+              file=sys.stderr)
+    elif not audit.ok:
         for problem in audit.problems[:10]:
             print(f"audit log: {problem}", file=sys.stderr)
-        if result.audit_from is None:
-            print("audit log: records written after the backup are not in it; give "
-                  "--audit-from with the surviving audit directory if there is one",
-                  file=sys.stderr)
         failed = True
     return 1 if failed else 0

@@ -35,6 +35,7 @@ class Site:
         self.keys = root / "keys"
         self.apart = root / "apart"
         self.config = root / "vaultpbx.yaml"
+        root.mkdir(parents=True, exist_ok=True)
         self.write_config(self.data)
 
     def write_config(self, data_dir: Path, path: Path | None = None,
@@ -288,3 +289,74 @@ def test_a_removed_shred_log_line_breaks_the_chain(tmp_path: Path) -> None:
     log.path.write_text(lines[0] + lines[2])
     with pytest.raises(ShredLogError, match="line 2: the chain is broken"):
         log.read()
+
+
+def test_a_backup_does_not_open_under_another_kek(
+        site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "backup", "-o", str(tmp_path / "set"), "-c", str(site.config))[0] == 0
+    # A thief with the backup and some other node's key file gets nothing.
+    other = Site(tmp_path / "other")
+    other.record(BOB, 5)
+    stolen = site.write_config(tmp_path / "empty", tmp_path / "thief.yaml",
+                               kek=other.keys / "kek.key")
+    code, _, err = cli(capsys, "backup", "verify", str(tmp_path / "set"), "-c", str(stolen))
+    assert code == 1 and "0001-full/manifest.json: sealed under KEK local-0001-" in err, err
+    assert f"which key file {other.keys / 'kek.key'} does not hold" in err
+    code, _, err = cli(capsys, "restore", str(tmp_path / "set"), "-c", str(stolen))
+    assert code == 1 and not (tmp_path / "empty").exists(), err
+
+
+def test_audit_records_after_the_backup_are_kept_or_reported_lost(
+        site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    backup_set = tmp_path / "set"
+    assert cli(capsys, "backup", "-o", str(backup_set), "-c", str(site.config))[0] == 0
+    # Audited work after the backup, covered by a checkpoint in the outside copy.
+    assert cli(capsys, "recordings", "list", "-c", str(site.config))[0] == 0
+    # Without the newer log the restore says so: the records after the backup are gone, and
+    # the outside checkpoints prove it.
+    # Continuing that log would fork it in the outside copy for good: refused, nothing written.
+    lost = tmp_path / "lost"
+    code, out, err = cli(capsys, "restore", str(backup_set), "--into", str(lost),
+                         "-c", str(site.config))
+    assert code == 1 and "behind its outside checkpoints" in err and "truncated" in err, err
+    assert "--audit-from" in err and "--accept-audit-gap" in err
+    assert not lost.exists()
+    # A copy that does not continue the backup's log is refused.
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    (forged / "audit.jsonl").write_text('{"seq":0,"hash":"00"}\n')
+    code, _, err = cli(capsys, "restore", str(backup_set), "--into", str(tmp_path / "f"),
+                       "--audit-from", str(forged), "-c", str(site.config))
+    assert code == 1 and "does not continue the backup's audit log" in err, err
+    # With the surviving log it verifies across the restore.
+    kept = tmp_path / "kept"
+    code, out, err = cli(capsys, "restore", str(backup_set), "--into", str(kept),
+                         "--audit-from", str(site.data / "audit"), "-c", str(site.config))
+    assert code == 0 and "audit log: intact" in out, err
+    actions = [line.split('"action":"')[1].split('"')[0] for line in
+               (kept / "audit" / "audit.jsonl").read_text().splitlines()]
+    assert actions[-3:] == ["backup.create", "recording.list", "backup.restore"]
+    # With nothing newer, an operator may accept the gap; the log then shows it for good.
+    gap = tmp_path / "gap"
+    code, out, err = cli(capsys, "restore", str(backup_set), "--into", str(gap),
+                         "--accept-audit-gap", "-c", str(site.config))
+    assert code == 0 and "continued after a gap (accepted)" in err, err
+    assert '"action":"backup.restore"' in (gap / "audit" / "audit.jsonl").read_text()
+
+
+def test_an_audit_directory_kept_outside_data_dir_is_continued_not_replaced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = Site(tmp_path)
+    config = yaml.safe_load(site.config.read_text())
+    config["security"]["audit"]["dir"] = str(tmp_path / "audit-apart")
+    site.config.write_text(yaml.safe_dump(config))
+    site.record(ALICE, 1)
+    assert cli(capsys, "recordings", "list", "-c", str(site.config))[0] == 0
+    assert cli(capsys, "backup", "-o", str(tmp_path / "set"), "-c", str(site.config))[0] == 0
+    assert cli(capsys, "recordings", "list", "-c", str(site.config))[0] == 0
+    before = (tmp_path / "audit-apart" / "audit.jsonl").read_text()
+    shutil.rmtree(site.data)  # the data directory is lost; the audit log was kept apart
+    code, out, err = cli(capsys, "restore", str(tmp_path / "set"), "-c", str(site.config))
+    assert code == 0 and "audit log: intact" in out, err
+    after = (tmp_path / "audit-apart" / "audit.jsonl").read_text()
+    assert after.startswith(before) and '"action":"backup.restore"' in after[len(before):]
