@@ -13,6 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -203,3 +204,54 @@ def test_restore_drill(tmp_path: Path) -> None:
                (restored / "audit" / "audit.jsonl").read_text().splitlines()]
     assert actions.index("backup.create") < actions.index("erasure.execute") < \
         actions.index("backup.restore")
+
+
+def test_backups_taken_while_calls_are_recorded_are_consistent(tmp_path: Path) -> None:
+    """A full backup and two incrementals taken while calls are being set up, recorded and
+    hung up: each element verifies, no recording is copied twice, and the newest restores
+    with every recording it holds verifying (none half-written, none without its key)."""
+    keys = tmp_path / "keys"
+    callee, caller = RawUa(), RawUa()
+    engine = start_engine(tmp_path, _overrides(callee, keys))
+    backup_set = tmp_path / "backups"
+    errors: list[BaseException] = []
+
+    def calls() -> None:
+        try:
+            for n in range(1, 7):
+                _recorded_call(engine, caller, callee, BOB if n % 2 else CAROL,
+                               f"busy-{n}", n)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=calls)
+    started = lambda: engine.metrics().get("vaultpbx_recordings_started_total", 0)  # noqa: E731
+    try:
+        worker.start()
+        # A full backup while the second call is being recorded, an incremental during the
+        # fourth, and one after the last has been closed.
+        for when, extra in ((2, []), (4, ["--incremental"])):
+            _wait(lambda n=when: started() >= n, f"call {when} recorded", timeout=60)
+            done = _cli(engine.config_path, "backup", "-o", str(backup_set), *extra)
+            assert done.returncode == 0, done.stderr
+        worker.join(timeout=120)
+        assert not worker.is_alive() and not errors, errors
+        _wait(lambda: [r["state"] for r in _listing(engine.config_path)] == ["closed"] * 6,
+              "six closed recordings")
+        done = _cli(engine.config_path, "backup", "-o", str(backup_set), "--incremental")
+        assert done.returncode == 0, done.stderr
+    finally:
+        _close(caller, callee)
+        assert engine.stop() == 0
+    done = _cli(engine.config_path, "backup", "verify", str(backup_set))
+    assert done.returncode == 0 and "3 element(s)" in done.stdout, done.stderr
+    copied = {e.name: [p.stem for p in e.rglob("*.vrec")] for e in sorted(backup_set.iterdir())}
+    everything = [rid for rids in copied.values() for rid in rids]
+    assert len(everything) == len(set(everything)) == 6, copied  # none copied twice
+    assert all(copied.values()), copied  # each incremental brought new recordings
+    restored = tmp_path / "restored"
+    done = _cli(engine.config_path, "restore", str(backup_set), "--into", str(restored),
+                "--audit-from", str(engine.data_dir / "audit"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "recordings verified: 6, failed: 0, being written at backup time (not in it): 0" \
+        in done.stdout, done.stdout
