@@ -360,3 +360,17 @@ def test_an_audit_directory_kept_outside_data_dir_is_continued_not_replaced(
     assert code == 0 and "audit log: intact" in out, err
     after = (tmp_path / "audit-apart" / "audit.jsonl").read_text()
     assert after.startswith(before) and '"action":"backup.restore"' in after[len(before):]
+
+
+def test_check_config_warns_when_the_shred_log_is_not_kept_apart(
+        site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = yaml.safe_load(site.config.read_text())
+    config["recording"]["shred_log"] = "var/shred-log.jsonl"
+    site.config.write_text(yaml.safe_dump(config))
+    code, _, err = cli(capsys, "check-config", "-c", str(site.config))
+    assert code == 0 and f"recording.shred_log: {site.data / 'shred-log.jsonl'} is inside " \
+        "data_dir" in err, err
+    config["recording"]["shred_log"] = None
+    site.config.write_text(yaml.safe_dump(config))
+    code, _, err = cli(capsys, "check-config", "-c", str(site.config))
+    assert code == 0 and "recording.shred_log: none: a restored backup would bring back" in err
