@@ -52,6 +52,7 @@ from .kek import KekProvider, LocalFileKek, NoKek, open_kek
 from .keystore import Keystore
 from .recorder import FILE_SUFFIX, recover_if_idle
 from .retention import RetentionManager
+from .shredlog import ShredLog
 
 Handler = Callable[[argparse.Namespace, Path], int]
 AuditOpener = Callable[[argparse.Namespace, Path], AuditLog]
@@ -69,6 +70,15 @@ def open_store(
 ) -> Keystore:
     return Keystore(data_dir / "keystore.db", kek or LocalFileKek(data_dir / "kek.key"),
                     hooks=hooks, country=country)
+
+
+def _shred_log(args: argparse.Namespace | None, data_dir: Path) -> ShredLog | None:
+    """The shred log kept apart that the configuration names (docs/backup-and-restore.md)."""
+    config = getattr(args, "engine_config", None) if args is not None else None
+    if config is None:
+        return None
+    path = RecordingConfig.from_dict(config.recording).shred_log_path(data_dir)
+    return None if path is None else ShredLog(path)
 
 
 def _security(args: argparse.Namespace) -> SecurityConfig:
@@ -167,6 +177,7 @@ def add_recording_commands(
         country = _security(args).privacy.default_country if args else DEFAULT_COUNTRY
         try:
             with open_store(data_dir, kek=kek, hooks=hooks, country=country) as store:
+                store.outside_log = _shred_log(args, data_dir)
                 yield store
         finally:
             kek.close()

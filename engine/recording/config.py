@@ -84,6 +84,15 @@ class RecordingConfig:
     """Seconds between the engine's retention runs, which shred recordings past their expiry
     (`vaultpbx recordings expire` runs one at once)."""
 
+    shred_log: str | None = "audit-outside/shred-log.jsonl"
+    """The shred log kept apart: every shred and erasure is appended here first, and
+    `vaultpbx restore` replays it so a restored backup never brings back what was destroyed
+    after it was taken (docs/backup-and-restore.md). Keep it outside data_dir, beside the
+    audit log's outside copy; `var/...` means under data_dir (warned about). null: none."""
+
+    def shred_log_path(self, data_dir: str | os.PathLike[str]) -> Path | None:
+        return None if self.shred_log is None else data_path(self.shred_log, data_dir)
+
     def __post_init__(self) -> None:
         if self.retention_days < 1:
             raise ValueError("retention_days must be at least 1")
@@ -122,4 +131,11 @@ def kek_warnings(config: RecordingConfig, data_dir: str | os.PathLike[str]) -> l
         if _inside(pin, Path(data_dir)):
             out.append(f"recording.kek.pkcs11.pin_file: {pin} is inside data_dir {data_dir}: "
                        "keep the PIN apart from the data (docs/keys.md)")
+    shred_log = config.shred_log_path(data_dir)
+    if shred_log is None:
+        out.append("recording.shred_log: none: a restored backup would bring back recordings "
+                   "and callers destroyed after it was taken (docs/backup-and-restore.md)")
+    elif _inside(shred_log, Path(data_dir)):
+        out.append(f"recording.shred_log: {shred_log} is inside data_dir {data_dir}: it is "
+                   "lost with the data it must correct after a restore; keep it apart")
     return out

@@ -177,7 +177,12 @@ class ErasureService:
         results = tuple(store.erase_subject(subject, actor=actor, now=now)
                         for store in self.stores)
         kept = any(result.kept for result in results)
-        destroyed = subjects.destroy(subject, keep=(fresh,) if kept else ())
+        keep = (fresh,) if kept else ()
+        if self.keystore.outside_log is not None:  # write-ahead: a restore replays it
+            self.keystore.outside_log.append(
+                kind="subject_keys", ids=[k for k in subjects.key_ids(subject) if k not in keep],
+                reason="erasure", actor=actor, now=now)
+        destroyed = subjects.destroy(subject, keep=keep)
         report = ErasureReport(request_id=request_id, actor=actor, stores=results,
                                keys_destroyed=destroyed)
         with self.keystore.transaction() as db:

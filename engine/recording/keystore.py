@@ -24,6 +24,8 @@ Invariants:
   at a few hundred calls/s. A SIGKILL still loses nothing (WAL); a power cut loses at most the
   index changes of the last second, as it loses the audio not yet fsynced. A shred is made
   durable at once either way (shredding checkpoints the WAL).
+- With an `outside_log` (the shred log kept apart, shredlog.py), every shred is appended there
+  first; a shred whose entry cannot be written does not happen (a restore replays that log).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from .container import DATA_KEY_SIZE
 from .errors import KeyShreddedError, RecordingError, RecordingKeyError, UnknownRecordingError
 from .kek import KekProvider
 from .keyring import KekRegistry, RewrapReport
+from .shredlog import ShredLog
 from .subjects import SubjectKeyring
 
 DEFAULT_RETENTION_DAYS = 180
@@ -201,8 +204,10 @@ class Keystore:
         clock: Callable[[], float] = time.time,
         sync_commits: bool = True,
         country: str = DEFAULT_COUNTRY,
+        outside_log: ShredLog | None = None,
     ) -> None:
         self.path = Path(path)
+        self.outside_log = outside_log
         self.sync_commits = sync_commits
         self._unsynced = 0  # commits since the last checkpoint, without sync_commits
         self.kek = kek
@@ -444,6 +449,9 @@ class Keystore:
     ) -> ShredRecord:
         """Destroy the data key, erase the caller number, delete the file, log and notify."""
         at = self._clock() if now is None else now
+        if self.outside_log is not None:  # write-ahead (shredlog.py)
+            self.outside_log.append(kind="recordings", ids=[recording_id], reason=reason,
+                                    actor=actor, now=at)
         with self._transaction() as db:
             values = db.execute(
                 "SELECT path, key_id FROM recordings WHERE recording_id = ?", (recording_id,)

@@ -336,6 +336,11 @@ class Engine:
                                      retention=retention, hooks=self.hooks,
                                      sync_commits=False,  # housekeeping checkpoints it
                                      country=self.security.privacy.default_country)
+            shred_log = settings.shred_log_path(self.data_dir)
+            if shred_log is not None:  # the shred log kept apart (docs/backup-and-restore.md)
+                from ..recording.shredlog import ShredLog
+
+                self.keystore.outside_log = ShredLog(shred_log)
         return self.keystore
 
     def _start_recording(self) -> None:

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cdr_commands(sub)
     _with_data_dir(sub.choices["cdr"])
+    from .backup_cli import add_backup_commands
+
+    add_backup_commands(sub)
     return parser
 
 
