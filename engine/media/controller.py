@@ -9,7 +9,8 @@ API (asyncio, every call non-blocking for the event loop; `leg` is "caller" or "
   await answer_locally(call_id) -> LocalAnswer: answer the leg that offered from the media plane
       alone (music on hold while queued): one codec the player can send; the other leg's offer
       is narrowed to it, and the other leg's answer later returns this same SDP (RFC 6337 §3.1)
-  await play(call_id, source) / await stop_play(call_id): music to the locally answered leg
+  await play(call_id, source, prompts=()) / await stop_play(call_id): music (after prompts, or
+      prompts interrupting the music) to the locally answered leg
   await delete(call_id) -> dict | None: BYE/CANCEL/failure; frees ports, returns final counters
   await query(call_id) -> dict;  await stats() -> dict  (per worker and totals)
   on_calls_lost(call_ids, reason): a worker died; end those calls (their media is gone).
@@ -497,20 +498,22 @@ class MediaController:
             encoding=chosen.encoding.upper(),
         )
 
-    async def play(self, call_id: str, source: str) -> None:
-        """Music from `source` (a WAV path the worker reads) to the locally answered leg."""
+    async def play(self, call_id: str, source: str | None,
+                   prompts: tuple[str, ...] = ()) -> None:
+        """Music from `source` (a WAV path the worker reads) to the locally answered leg, after
+        `prompts` (WAV paths played once). With `source` None the prompts interrupt the music
+        already playing, which resumes after them (or, with none playing, they play alone)."""
         call = self._call(call_id)
         local = call.local
         if local is None:
             raise SdpNegotiationError(f"call {call_id} was not answered locally")
+        fields: dict[str, Any] = {"encoding": local.encoding, "payload-type": local.payload_type}
+        if source is not None:
+            fields["source"] = source
+        if prompts:
+            fields["prompts"] = list(prompts)
         await call.worker.request(
-            "play",
-            session=call.session_id,
-            leg=local.pending.offerer,
-            source=source,
-            encoding=local.encoding,
-            **{"payload-type": local.payload_type},
-        )
+            "play", session=call.session_id, leg=local.pending.offerer, **fields)
         local.playing = True
 
     async def stop_play(self, call_id: str) -> bool:
