@@ -139,9 +139,10 @@ class AgentPresenceStore:
 
 class Announcer(Protocol):
     """The media plane as announcements need it: play prompts (by name) to a queued caller,
-    interrupting its music, which resumes after them."""
+    interrupting its music, which resumes after them (`resume` False: it does not)."""
 
-    def play_prompts(self, call_id: str, prompts: tuple[str, ...]) -> None: ...
+    def play_prompts(self, call_id: str, prompts: tuple[str, ...], *,
+                     resume: bool = True) -> None: ...
 
 
 class RouterTimer:
@@ -448,7 +449,7 @@ class AcdBridge:
             return
         if not prompt_playing:
             assert self.announcer is not None
-            self.announcer.play_prompts(call_id, (PROMPT_NO_ONE_AVAILABLE,))
+            self.announcer.play_prompts(call_id, (PROMPT_NO_ONE_AVAILABLE,), resume=False)
         at = now + length + PROMPT_GRACE
         self._leaving[call_id] = at
         self._push(at, "end", call_id)

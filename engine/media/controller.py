@@ -499,10 +499,11 @@ class MediaController:
         )
 
     async def play(self, call_id: str, source: str | None,
-                   prompts: tuple[str, ...] = ()) -> None:
+                   prompts: tuple[str, ...] = (), *, resume: bool = True) -> None:
         """Music from `source` (a WAV path the worker reads) to the locally answered leg, after
         `prompts` (WAV paths played once). With `source` None the prompts interrupt the music
-        already playing, which resumes after them (or, with none playing, they play alone)."""
+        already playing, which resumes after them unless `resume` is False (or, with none
+        playing, they play alone)."""
         call = self._call(call_id)
         local = call.local
         if local is None:
@@ -512,6 +513,8 @@ class MediaController:
             fields["source"] = source
         if prompts:
             fields["prompts"] = list(prompts)
+        if not resume:
+            fields["resume"] = False
         await call.worker.request(
             "play", session=call.session_id, leg=local.pending.offerer, **fields)
         local.playing = True

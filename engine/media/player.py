@@ -302,11 +302,12 @@ class Players:
         self._next_tick = 0.0  # on the `clock`: ticks keep a fixed 20 ms grid, no drift
 
     def play(self, session_id: str, index: int, path: str | None, payload_type: int,
-             encoding: str, prompts: tuple[str, ...] = ()) -> None:
+             encoding: str, prompts: tuple[str, ...] = (), *, resume: bool = True) -> None:
         """Start (or restart with another file) music to leg `index` of the session, after
         `prompts` (files played once, in order). Without `path`: when the leg plays already,
         the prompts interrupt its music, which then resumes where it was (same RTP stream);
-        otherwise the prompts alone play, then nothing (the leg stays quiet until `stop`)."""
+        otherwise the prompts alone play, then nothing (the leg stays quiet until `stop`).
+        `resume` False: the music does not come back after these prompts (a last word)."""
         if encoding not in ENCODINGS:
             raise ValueError(f"cannot play {encoding!r}; the player sends {', '.join(ENCODINGS)}")
         if index not in (0, 1):
@@ -327,6 +328,8 @@ class Players:
             if current.playback.payload_type != payload_type:
                 raise ValueError("the prompts' payload type differs from what the leg plays")
             current.playback.interrupt(spoken)
+            if not resume:
+                current.playback.frames = ()
             self.prompts_played += len(prompts)
             return
         music = self.library.get(path).frames[encoding] if path is not None else ()

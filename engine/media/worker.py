@@ -191,7 +191,8 @@ class _Worker:
                     raise ValueError("prompts: a list of file paths")
                 self.players.play(str(message["session"]), int(message["leg"]),
                                   None if source is None else str(source), payload_type,
-                                  str(encoding).upper(), tuple(prompts))
+                                  str(encoding).upper(), tuple(prompts),
+                                  resume=bool(message.get("resume", True)))
                 return {"result": "ok"}
             if command == "stop-play":
                 stopped = self.players.stop(str(message["session"]), int(message["leg"]))

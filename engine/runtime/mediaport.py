@@ -61,15 +61,16 @@ class AsyncMediaPort:
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._music_started(t, done))
 
-    def play_prompts(self, call_id: str, prompts: tuple[str, ...]) -> None:
+    def play_prompts(self, call_id: str, prompts: tuple[str, ...], *,
+                     resume: bool = True) -> None:
         """The ACD bridge's `Announcer`: prompts interrupt the caller's music."""
         files = self._files(prompts)
         if files:
-            self._spawn(self._play_prompts(call_id, files), None)
+            self._spawn(self._play_prompts(call_id, files, resume), None)
 
-    async def _play_prompts(self, call_id: str, files: tuple[str, ...]) -> None:
+    async def _play_prompts(self, call_id: str, files: tuple[str, ...], resume: bool) -> None:
         try:
-            await self.controller.play(call_id, None, files)
+            await self.controller.play(call_id, None, files, resume=resume)
         except Exception as exc:  # noqa: BLE001 - the caller keeps its music: counted, logged
             if call_id in self.controller.calls:
                 self.prompt_errors += 1
