@@ -307,6 +307,7 @@ class AcdBridge:
     def agent_answered(self, call: Call, agent: str, now: float) -> None:
         held = self.calls.get(call.id)
         ringing = self._ringing.pop(call.id, None)
+        self._next_announce.pop(call.id, None)  # never a prompt over the agent's voice
         if held is not None:
             self._estimates.setdefault(held.queue, WaitEstimate()).record(now - held.enqueued_at)
             rang = now - ringing[1] if ringing is not None else 0.0
@@ -480,15 +481,22 @@ class AcdBridge:
         self._arm()
 
     def _position(self, call_id: str, queue: str) -> int:
-        """1 + the waiting (not ringing) callers of `queue` who entered before this one; the
-        bridge's dict is in arrival order. O(callers held) per announcement."""
+        """1 + the waiting callers of `queue` (not ringing an agent, not connected) who entered
+        before this one; the bridge's dict is in arrival order. O(callers held) per
+        announcement."""
         ahead = 0
         for other, held in self.calls.items():
             if other == call_id:
                 break
-            if held.queue == queue and other not in self._ringing:
+            if held.queue == queue and self._waiting(other):
                 ahead += 1
         return ahead + 1
+
+    def _waiting(self, call_id: str) -> bool:
+        try:
+            return self.router.call_agent(call_id) is None
+        except RoutingError:
+            return False
 
     def _run_agenda(self, now: float) -> None:
         agenda = self._agenda
@@ -510,7 +518,7 @@ class AcdBridge:
         if held is None or config is None or not config.announce.periodic:
             return
         rules = config.announce
-        if call_id in self._ringing or self.announcer is None:
+        if not self._waiting(call_id) or self.announcer is None:
             self._schedule_announcement(call_id, now + rules.period)  # not over an agent's ring
             return
         estimate = self._estimates.get(held.queue)

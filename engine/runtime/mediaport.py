@@ -70,7 +70,7 @@ class AsyncMediaPort:
 
     async def _play_prompts(self, call_id: str, files: tuple[str, ...], resume: bool) -> None:
         try:
-            await self.controller.play(call_id, None, files, resume=resume)
+            await self.controller.interrupt(call_id, files, resume=resume)
         except Exception as exc:  # noqa: BLE001 - the caller keeps its music: counted, logged
             if call_id in self.controller.calls:
                 self.prompt_errors += 1
