@@ -6,6 +6,11 @@ until an agent's media replaces it. Three layers, so the packet logic is testabl
   and PCMA in 20 ms frames (the last frame padded with silence); `MusicLibrary` caches sources per
   worker by path, size and modification time, so a thousand queued callers share one copy and an
   edited file is picked up by the next `play`.
+- Prompts (queue greetings and announcements, docs/prompts.md) ride the same stream: `play`
+  with prompts plays them once before the music (or alone); `play` with prompts and no file
+  while music plays interrupts it, and the music resumes where it was (`Playback.interrupt`).
+  A prompt file is read and encoded once per worker like music; a sequence is one tuple of
+  those cached frames, built once per command, so the per-packet path is unchanged.
 - `Playback` (no I/O, time as an argument): one outgoing stream — its own SSRC, sequence and
   timestamp (random starts, RFC 3550 §5.1), marker on the first packet (the start of a talkspurt,
   RFC 3551 §4.1), the file looping with timestamps running on, frames due every 20 ms from the

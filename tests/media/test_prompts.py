@@ -177,3 +177,48 @@ def test_a_truncated_or_missing_sounds_directory_is_refused(tmp_path: Path) -> N
         PromptLibrary.load(tmp_path)
     with pytest.raises(PromptError, match="not a directory"):
         PromptLibrary.load(tmp_path / "missing")
+
+
+# --- through the controller and a real media worker process ----------------------------------
+
+
+@pytest.mark.integration
+def test_controller_interrupts_only_music_that_plays(tmp_path: Path) -> None:
+    from vaultpbx.media.controller import MediaController
+
+    from tests.media.test_worker import PLAIN, Events, run
+
+    music = str(write_wav(tmp_path / "music.wav", tone(8000, 37)))
+    greeting = str(write_wav(tmp_path / "greeting.wav", tone(4 * FRAME_SAMPLES, 91)))
+    words = str(write_wav(tmp_path / "words.wav", tone(6 * FRAME_SAMPLES, 53)))
+    frames = {p: MusicSource.load(p).frames["PCMU"] for p in (music, greeting, words)}
+
+    async def scenario(controller: MediaController, events: Events) -> None:
+        caller, agent = RtpPeer(ssrc=0xA), RtpPeer(ssrc=0xB)
+        await controller.offer("p1", "caller", caller.sdp(), policy=PLAIN, other_policy=PLAIN)
+        assert not await controller.interrupt("p1", (words,))  # nothing plays yet
+        local = await controller.answer_locally("p1")
+        caller.learn(local.answer)
+        await controller.play("p1", music, (greeting,))
+        heard = [p[12:] for p in await caller.receive(4 + 5, 3.0)]
+        assert heard[:9] == [*frames[greeting], *frames[music][:5]]
+        assert await controller.interrupt("p1", (words,))
+        heard += [p[12:] for p in await caller.receive(20, 3.0)]
+        start = heard.index(frames[words][0], 9)
+        assert heard[start:start + 6] == list(frames[words])
+        assert heard[start + 6] == frames[music][start - 4]  # the music where it was
+        # The agent answers: the music stops, and an announcement that comes late is dropped.
+        await controller.answer("p1", "callee", agent.answer_to(local.offer))
+        assert not await controller.interrupt("p1", (words,))
+        caller.drain()
+        agent.send(1)
+        [speech] = await caller.receive(1, 2.0)
+        assert speech[12:] not in frames[words]
+        assert await caller.quiet(0.2) == []
+        stats = (await controller.stats())["workers"][0]
+        assert stats["prompts-played"] == 2 and stats["players"] == 0
+        caller.close()
+        agent.close()
+        await controller.delete("p1")
+
+    run(scenario)
