@@ -222,3 +222,21 @@ def test_controller_interrupts_only_music_that_plays(tmp_path: Path) -> None:
         await controller.delete("p1")
 
     run(scenario)
+
+
+def test_the_committed_prompts_are_what_the_script_makes_with_this_espeak_ng(
+        tmp_path: Path) -> None:
+    """scripts/make_prompts.py reproduces sounds/prompts/ byte for byte (espeak-ng is installed
+    by scripts/setup.sh; another espeak-ng version may speak differently: this test says so)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_prompts.py"
+    result = subprocess.run([sys.executable, str(script), "--check", "--out", str(BUILTIN_PROMPTS)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # And it notices a changed file.
+    (tmp_path / "digit-7.wav").write_bytes((BUILTIN_PROMPTS / "digit-8.wav").read_bytes())
+    result = subprocess.run([sys.executable, str(script), "--check", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "digit-7" in result.stderr
