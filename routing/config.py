@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -71,6 +72,30 @@ class OverflowTarget:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AnnounceConfig:
+    """A queue's announcements and empty-queue rules (the YAML `routing.queues.<q>.announce`)."""
+
+    greeting: str | None = None
+    """Prompt played once when the caller enters the queue, before the music; None: none."""
+    position: bool = False
+    """Announce the caller's position every `period` seconds."""
+    estimated_wait: bool = False
+    """Announce the estimated wait every `period` seconds."""
+    period: float = 30.0
+    """Seconds of music between two periodic announcements."""
+    join_empty: bool = True
+    """False: a caller into a queue no signed-in agent can serve is refused at once (it hears
+    the no-one-available prompt, then 480) instead of waiting for `max_wait`."""
+    leave_when_empty: bool = False
+    """True: waiting callers leave the same way when the queue's last agent signs out (and a
+    caller arriving at an empty queue is refused, as with `join_empty: false`)."""
+
+    @property
+    def periodic(self) -> bool:
+        return self.position or self.estimated_wait
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueConfig:
     """One queue: who may answer its calls, in what order, and what happens on long waits."""
 
@@ -97,6 +122,8 @@ class QueueConfig:
     music_on_hold: str | None = None
     """WAV file waiting callers hear (the engine checks the file); None: `media.music_on_hold`;
     empty: none."""
+    announce: AnnounceConfig = field(default_factory=lambda: AnnounceConfig())
+    """Greeting, periodic position/wait announcements and empty-queue rules (docs/prompts.md)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,8 +239,13 @@ _ROUTER_KEYS = frozenset({"skills", "agents", "queues"})
 _AGENT_KEYS = frozenset({"skills", "capacity", "queues"})
 _QUEUE_KEYS = frozenset({
     "skills", "priority", "strategy", "service_level", "max_wait", "overflow", "relaxation",
-    "wrap_up", "ring_timeout", "music_on_hold",
+    "wrap_up", "ring_timeout", "music_on_hold", "announce",
 })
+_ANNOUNCE_KEYS = frozenset({
+    "greeting", "position", "estimated_wait", "period", "join_empty", "leave_when_empty",
+})
+PROMPT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+"""A prompt's name: its file is <name>.wav in the `sounds:` directory or sounds/prompts/."""
 _SERVICE_LEVEL_KEYS = frozenset({"answer_within", "target_share"})
 _STEP_KEYS = frozenset({"after", "min_proficiency", "drop_skills"})
 _OVERFLOW_KEYS = frozenset({"queue", "destination"})
@@ -353,6 +385,37 @@ def _parse_queue(name: str, raw: Any, path: str, catalogue: frozenset[str],
         wrap_up=_seconds(m.get("wrap_up", 0.0), f"{path}.wrap_up", positive=False),
         ring_timeout=_seconds(m.get("ring_timeout", 15.0), f"{path}.ring_timeout", positive=True),
         music_on_hold=_optional_text(m.get("music_on_hold"), f"{path}.music_on_hold"),
+        announce=_parse_announce(m.get("announce"), f"{path}.announce"),
+    )
+
+
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(path, f"must be true or false, got {value!r}")
+    return value
+
+
+def _parse_announce(raw: Any, path: str) -> AnnounceConfig:
+    m = _mapping(_or_empty(raw), path, _ANNOUNCE_KEYS)
+    greeting: str | None = None
+    raw_greeting = m.get("greeting", False)
+    if raw_greeting is True:
+        greeting = "queue-welcome"
+    elif isinstance(raw_greeting, str):
+        if not PROMPT_NAME.fullmatch(raw_greeting):
+            raise _fail(f"{path}.greeting", "must be true, false or a prompt name (lower-case "
+                        f"letters, digits, - and _; the file is <name>.wav), got {raw_greeting!r}")
+        greeting = raw_greeting
+    elif raw_greeting is not False and raw_greeting is not None:
+        raise _fail(f"{path}.greeting", f"must be true, false or a prompt name, got "
+                    f"{raw_greeting!r}")
+    return AnnounceConfig(
+        greeting=greeting,
+        position=_bool(m.get("position", False), f"{path}.position"),
+        estimated_wait=_bool(m.get("estimated_wait", False), f"{path}.estimated_wait"),
+        period=_seconds(m.get("period", 30.0), f"{path}.period", positive=True),
+        join_empty=_bool(m.get("join_empty", True), f"{path}.join_empty"),
+        leave_when_empty=_bool(m.get("leave_when_empty", False), f"{path}.leave_when_empty"),
     )
 
 

@@ -151,6 +151,18 @@ class Router:
         self._drop_if_retired(q)
         return out
 
+    def caller_left_empty(self, *, call_id: str, now: float) -> list[RouterEvent]:
+        """The engine takes a waiting call out because its queue has no agent left to serve it
+        (`announce.leave_when_empty`). Not an abandon (the caller did not hang up) and not an
+        overflow (no max_wait passed): no queue counter moves; the bridge counts it."""
+        call = self._call(call_id)
+        if call.state is not CallState.WAITING:
+            raise RoutingError(f"call {call_id!r} is not waiting")
+        self._leave_waiting(call)
+        del self._calls[call_id]
+        self._drop_if_retired(call.queue)
+        return []
+
     def agent_answered(self, *, call_id: str, agent_id: str, now: float) -> list[RouterEvent]:
         """The agent picked up the call they were offered."""
         seat = self._ringing_seat(call_id, agent_id)

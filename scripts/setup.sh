@@ -12,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 [ -f /usr/share/zoneinfo/Asia/Shanghai ] || need_apt+=(tzdata)
 # fail2ban-regex checks that the auth-failure log line matches fail2ban's stock SIP filter.
 command -v fail2ban-regex >/dev/null 2>&1 || need_apt+=(fail2ban)
+# scripts/make_prompts.py speaks the queue prompts (sounds/prompts/) with espeak-ng.
+command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

@@ -27,18 +27,29 @@ Invariants:
   (`counters["errors"]`) and the call carries on. Agent control refusals raise `RoutingError`
   to the caller (the admin API answers 409).
 
+- Announcements (docs/prompts.md): a queued caller with media hears its queue's greeting before
+  the music (`opening_prompts`, asked by the media port when it starts the music), then every
+  `announce.period` seconds of music its position and estimated wait (`Announcer`). The
+  deadlines share the router's one heap entry (`_agenda`, lazily invalidated: an entry whose
+  call left or was rescheduled is dropped when it comes up). A caller refused by an empty queue
+  (`join_empty: false`, `leave_when_empty: true`) hears the no-one-available prompt and is ended
+  with 480 when the prompt's length has passed; without media, at once.
+- The estimated wait is the mean of the queue's last 20 answered waits (enqueue -> agent answer,
+  `WaitEstimate`) minus what the caller has waited already.
+
 No asyncio, socket or clock here: time comes in as `now` (or from the injected `clock` in the
 admin handlers); SQLite is the one I/O, at agent-control rate, never per message.
 """
 
 from __future__ import annotations
 
+import heapq
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..hooks.registry import HookPoint
 from ..routing import (
@@ -51,6 +62,13 @@ from ..routing import (
     RouterEvent,
     RoutingError,
 )
+from ..routing.announce import (
+    PROMPT_NO_ONE_AVAILABLE,
+    WaitEstimate,
+    compose_periodic,
+    queue_staffed,
+)
+from ..routing.config import QueueConfig
 from ..routing.states import PRESENCE_TRANSITIONS, AgentState, Presence, PresenceInput
 
 if TYPE_CHECKING:
@@ -66,6 +84,12 @@ RESTORED_NOT_RESPONDING_REASON = "not-responding"
 """Break reason given on restart to an agent who had stopped answering: the router has no way
 in to not-responding but a missed offer, and a break keeps the same meaning (no offers until
 the agent says ready)."""
+
+QUEUE_EMPTY_STATUS = 480
+"""What a caller refused by an empty queue gets, after the no-one-available prompt."""
+PROMPT_GRACE = 0.2
+"""Seconds added to a prompt's length before the call that follows it ends (the prompt starts
+a round trip to the media worker after the decision)."""
 
 
 SCHEMA = """
@@ -109,6 +133,14 @@ class AgentPresenceStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+class Announcer(Protocol):
+    """The media plane as announcements need it: play prompts (by name) to a queued caller,
+    interrupting its music, which resumes after them (`resume` False: it does not)."""
+
+    def play_prompts(self, call_id: str, prompts: tuple[str, ...], *,
+                     resume: bool = True) -> None: ...
 
 
 class RouterTimer:
@@ -201,13 +233,55 @@ class AcdBridge:
         self._draining = False
         self._timer = RouterTimer(self)
         self._armed_at: float | None = None
+        # Announcements and empty-queue endings (set by the runtime when media is anchored).
+        self.announcer: Announcer | None = None
+        self.prompt_seconds: Mapping[str, float] = {}
+        self._estimates: dict[str, WaitEstimate] = {}
+        self._agenda: list[tuple[float, int, str, str]] = []  # (at, seq, kind, call id)
+        self._agenda_seq = 0
+        self._next_announce: dict[str, float] = {}  # call -> when its next announcement is due
+        self._leaving: dict[str, float] = {}  # call -> when it ends (after the prompt)
+        self._opened: dict[str, bool] = {}  # call -> refused at its opening (media port asked)
+        self.counters.update({"refused_empty": 0, "left_empty": 0, "announcements": 0})
         self._restore(now)
 
     # -- QueueRouter (called by the B2BUA) ------------------------------------------------------
     def handles(self, queue: str) -> bool:
         return queue in self.router.config.queues
 
+    def opening_prompts(self, call_id: str) -> tuple[tuple[str, ...], bool]:
+        """What a queued caller hears first, asked when its music starts: (prompt names, whether
+        the music follows them). The greeting, then music; or, when the queue is empty and its
+        rules refuse the caller, the no-one-available prompt alone (`enqueue` then ends it)."""
+        call = self.b2bua.calls.get(call_id)
+        config = self.router.config.queues.get(call.acd_queue or "") if call else None
+        if config is None:
+            return (), True
+        refused = self._refuses(config)
+        self._opened[call_id] = refused
+        if refused:
+            return (PROMPT_NO_ONE_AVAILABLE,), False
+        greeting = config.announce.greeting
+        return ((greeting,) if greeting else ()), True
+
+    def _refuses(self, config: QueueConfig) -> bool:
+        rules = config.announce
+        if rules.join_empty and not rules.leave_when_empty:
+            return False
+        return not queue_staffed(config, self.router.config.agents, self.presence)
+
     def enqueue(self, call: Call, queue: str, now: float) -> None:
+        config = self.router.config.queues.get(queue)
+        has_media = call.early_sdp is not None
+        decided = self._opened.pop(call.id, None)
+        refused = decided if decided is not None else (
+            config is not None and self._refuses(config))
+        if refused:
+            self.counters["refused_empty"] += 1
+            self._log(now, call.id, queue, "NONE", "EXITEMPTY", "1", "1", "0")
+            self._leave(call.id, now, has_media=has_media, prompt_playing=decided is True)
+            self._arm()
+            return
         try:
             q = self.router.queue_stats(queue, now)
             events = self.router.enqueue_call(call_id=call.id, queue=queue, now=now,
@@ -221,12 +295,19 @@ class AcdBridge:
         # data2 of Asterisk's ENTERQUEUE is the caller id: left empty, so that the caller's
         # number lives only in the calls row (where erasure and masking act on it).
         self._log(now, call.id, queue, "NONE", "ENTERQUEUE", "", "", str(position))
+        if has_media and config is not None and config.announce.periodic:
+            greeting = config.announce.greeting
+            self._schedule_announcement(
+                call.id, now + self._length((greeting,) if greeting else ())
+                + config.announce.period)
         self._run(events, now)
 
     def agent_answered(self, call: Call, agent: str, now: float) -> None:
         held = self.calls.get(call.id)
         ringing = self._ringing.pop(call.id, None)
+        self._next_announce.pop(call.id, None)  # never a prompt over the agent's voice
         if held is not None:
+            self._estimates.setdefault(held.queue, WaitEstimate()).record(now - held.enqueued_at)
             rang = now - ringing[1] if ringing is not None else 0.0
             b_leg = call.b.dialog.call_id if call.b is not None else ""
             self._log(now, call.id, held.queue, agent, "CONNECT", _secs(now - held.enqueued_at),
@@ -239,6 +320,9 @@ class AcdBridge:
         self._drain(now)
 
     def call_ended(self, call: Call, answered: bool, now: float) -> None:
+        self._next_announce.pop(call.id, None)
+        self._leaving.pop(call.id, None)
+        self._opened.pop(call.id, None)
         held = self.calls.pop(call.id, None)
         if held is None:
             return  # overflowed out of the router, or never in it
@@ -301,6 +385,8 @@ class AcdBridge:
         # The router accepted it (it raises before changing anything), so the mirror may follow.
         self._mirror(agent, action, reason, now)
         self._run(events, now)
+        if action is PresenceInput.LOGOUT:
+            self._leave_empty_queues(now)
         self._flush()
 
     # -- configuration -------------------------------------------------------------------------
@@ -314,6 +400,7 @@ class AcdBridge:
             if agent not in config.agents:
                 self._set_presence(agent, Presence.OFFLINE, None, now)  # the router signed out
         self._run(events, now)
+        self._leave_empty_queues(now)
         self._flush()
 
     def close(self) -> None:
@@ -324,10 +411,14 @@ class AcdBridge:
     # -- timers --------------------------------------------------------------------------------
     def on_timer(self, now: float) -> None:
         self._armed_at = None
+        self._run_agenda(now)
         self._run(self.router.handle_timer(now), now)
 
     def _arm(self) -> None:
         at = self.router.get_timer()
+        if self._agenda:
+            head = self._agenda[0][0]
+            at = head if at is None else min(at, head)
         layer = self.b2bua.layer
         if at is None or layer is None:
             return
@@ -335,6 +426,106 @@ class AcdBridge:
             return  # an entry at or before `at` is pending; it re-arms when it fires
         layer.schedule(self._timer, at)
         self._armed_at = at
+
+    # -- announcements and empty queues --------------------------------------------------------
+    def _length(self, prompts: tuple[str, ...]) -> float:
+        return sum(self.prompt_seconds.get(name, 0.0) for name in prompts)
+
+    def _push(self, at: float, kind: str, call_id: str) -> None:
+        self._agenda_seq += 1
+        heapq.heappush(self._agenda, (at, self._agenda_seq, kind, call_id))
+
+    def _schedule_announcement(self, call_id: str, at: float) -> None:
+        self._next_announce[call_id] = at
+        self._push(at, "announce", call_id)
+
+    def _leave(self, call_id: str, now: float, *, has_media: bool, prompt_playing: bool) -> None:
+        """End a caller the queue will not hold: the no-one-available prompt first when it has
+        media (and the prompt is known), then 480."""
+        length = self._length((PROMPT_NO_ONE_AVAILABLE,))
+        if not has_media or length == 0.0 or (self.announcer is None and not prompt_playing):
+            self.b2bua.end_queued_call(call_id, QUEUE_EMPTY_STATUS, "queue_empty", now)
+            return
+        if not prompt_playing:
+            assert self.announcer is not None
+            self.announcer.play_prompts(call_id, (PROMPT_NO_ONE_AVAILABLE,), resume=False)
+        at = now + length + PROMPT_GRACE
+        self._leaving[call_id] = at
+        self._push(at, "end", call_id)
+
+    def _leave_empty_queues(self, now: float) -> None:
+        """`leave_when_empty`: waiting callers of queues no signed-in agent can serve leave."""
+        queues = self.router.config.queues
+        empty = {name for name, config in queues.items()
+                 if config.announce.leave_when_empty and not queue_staffed(
+                     config, self.router.config.agents, self.presence)}
+        if not empty:
+            return
+        for call_id, held in list(self.calls.items()):
+            if held.queue not in empty or call_id in self._ringing:
+                continue
+            try:
+                self.router.caller_left_empty(call_id=call_id, now=now)
+            except RoutingError:
+                continue  # ringing or connected after all: an agent has it
+            del self.calls[call_id]
+            self._next_announce.pop(call_id, None)
+            self.counters["left_empty"] += 1
+            self._log(now, call_id, held.queue, "NONE", "EXITEMPTY", str(held.position),
+                      str(held.position), _secs(now - held.enqueued_at))
+            call = self.b2bua.calls.get(call_id)
+            self._leave(call_id, now, has_media=call is not None and call.early_sdp is not None,
+                        prompt_playing=False)
+        self._arm()
+
+    def _position(self, call_id: str, queue: str) -> int:
+        """1 + the waiting callers of `queue` (not ringing an agent, not connected) who entered
+        before this one; the bridge's dict is in arrival order. O(callers held) per
+        announcement."""
+        ahead = 0
+        for other, held in self.calls.items():
+            if other == call_id:
+                break
+            if held.queue == queue and self._waiting(other):
+                ahead += 1
+        return ahead + 1
+
+    def _waiting(self, call_id: str) -> bool:
+        try:
+            return self.router.call_agent(call_id) is None
+        except RoutingError:
+            return False
+
+    def _run_agenda(self, now: float) -> None:
+        agenda = self._agenda
+        while agenda and agenda[0][0] <= now:
+            at, _, kind, call_id = heapq.heappop(agenda)
+            if kind == "end":
+                if self._leaving.get(call_id) == at:
+                    del self._leaving[call_id]
+                    self.b2bua.end_queued_call(call_id, QUEUE_EMPTY_STATUS, "queue_empty", now)
+                continue
+            if self._next_announce.get(call_id) != at:
+                continue  # the call left, or its announcement moved
+            del self._next_announce[call_id]
+            self._announce(call_id, now)
+
+    def _announce(self, call_id: str, now: float) -> None:
+        held = self.calls.get(call_id)
+        config = self.router.config.queues.get(held.queue) if held is not None else None
+        if held is None or config is None or not config.announce.periodic:
+            return
+        rules = config.announce
+        if not self._waiting(call_id) or self.announcer is None:
+            self._schedule_announcement(call_id, now + rules.period)  # not over an agent's ring
+            return
+        estimate = self._estimates.get(held.queue)
+        prompts = compose_periodic(
+            rules, position=self._position(call_id, held.queue),
+            estimate=estimate.remaining(now - held.enqueued_at) if estimate else None)
+        self.announcer.play_prompts(call_id, prompts)
+        self.counters["announcements"] += 1
+        self._schedule_announcement(call_id, now + self._length(prompts) + rules.period)
 
     # -- carrying out router events ------------------------------------------------------------
     def _router_call(self, call: Callable[[], list[RouterEvent]], now: float) -> None:

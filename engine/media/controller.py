@@ -9,7 +9,8 @@ API (asyncio, every call non-blocking for the event loop; `leg` is "caller" or "
   await answer_locally(call_id) -> LocalAnswer: answer the leg that offered from the media plane
       alone (music on hold while queued): one codec the player can send; the other leg's offer
       is narrowed to it, and the other leg's answer later returns this same SDP (RFC 6337 §3.1)
-  await play(call_id, source) / await stop_play(call_id): music to the locally answered leg
+  await play(call_id, source, prompts=()) / await stop_play(call_id): music (after prompts) to
+      the locally answered leg;  await interrupt(call_id, prompts): prompts over that music
   await delete(call_id) -> dict | None: BYE/CANCEL/failure; frees ports, returns final counters
   await query(call_id) -> dict;  await stats() -> dict  (per worker and totals)
   on_calls_lost(call_ids, reason): a worker died; end those calls (their media is gone).
@@ -497,21 +498,39 @@ class MediaController:
             encoding=chosen.encoding.upper(),
         )
 
-    async def play(self, call_id: str, source: str) -> None:
-        """Music from `source` (a WAV path the worker reads) to the locally answered leg."""
+    async def play(self, call_id: str, source: str | None,
+                   prompts: tuple[str, ...] = ()) -> None:
+        """Music from `source` (a WAV path the worker reads) to the locally answered leg, after
+        `prompts` (WAV paths played once); with `source` None the prompts alone, then quiet."""
         call = self._call(call_id)
         local = call.local
         if local is None:
             raise SdpNegotiationError(f"call {call_id} was not answered locally")
+        fields: dict[str, Any] = {"encoding": local.encoding, "payload-type": local.payload_type}
+        if source is not None:
+            fields["source"] = source
+        if prompts:
+            fields["prompts"] = list(prompts)
         await call.worker.request(
-            "play",
-            session=call.session_id,
-            leg=local.pending.offerer,
-            source=source,
-            encoding=local.encoding,
-            **{"payload-type": local.payload_type},
-        )
+            "play", session=call.session_id, leg=local.pending.offerer, **fields)
         local.playing = True
+
+    async def interrupt(self, call_id: str, prompts: tuple[str, ...], *,
+                        resume: bool = True) -> bool:
+        """`prompts` (WAV paths) interrupt the music playing to the locally answered leg; it
+        resumes after them unless `resume` is False. False, and nothing sent, when no music
+        plays (e.g. an agent answered meanwhile: prompts must never reach a connected call)."""
+        call = self.calls.get(call_id)
+        local = call.local if call is not None else None
+        if call is None or local is None or not local.playing or not prompts:
+            return False
+        fields: dict[str, Any] = {"encoding": local.encoding, "payload-type": local.payload_type,
+                                  "prompts": list(prompts)}
+        if not resume:
+            fields["resume"] = False
+        await call.worker.request(
+            "play", session=call.session_id, leg=local.pending.offerer, **fields)
+        return True
 
     async def stop_play(self, call_id: str) -> bool:
         call = self.calls.get(call_id)

@@ -6,6 +6,11 @@ until an agent's media replaces it. Three layers, so the packet logic is testabl
   and PCMA in 20 ms frames (the last frame padded with silence); `MusicLibrary` caches sources per
   worker by path, size and modification time, so a thousand queued callers share one copy and an
   edited file is picked up by the next `play`.
+- Prompts (queue greetings and announcements, docs/prompts.md) ride the same stream: `play`
+  with prompts plays them once before the music (or alone); `play` with prompts and no file
+  while music plays interrupts it, and the music resumes where it was (`Playback.interrupt`).
+  A prompt file is read and encoded once per worker like music; a sequence is one tuple of
+  those cached frames, built once per command, so the per-packet path is unchanged.
 - `Playback` (no I/O, time as an argument): one outgoing stream — its own SSRC, sequence and
   timestamp (random starts, RFC 3550 §5.1), marker on the first packet (the start of a talkspurt,
   RFC 3551 §4.1), the file looping with timestamps running on, frames due every 20 ms from the
@@ -152,10 +157,17 @@ class MusicLibrary:
 
 
 class Playback:
-    """One outgoing RTP stream of pre-encoded frames, looping; time comes in as `now`."""
+    """One outgoing RTP stream of pre-encoded frames; time comes in as `now`.
+
+    `frames` loop (the music; may be empty: nothing after the prompts). `interrupt` puts prompts
+    ahead of it: they play once, then the music resumes where it was, in the same stream. While
+    there is nothing to send the clock still runs (timestamp and due time move on, no packets),
+    and the next frame sent starts a new talkspurt (marker bit)."""
 
     __slots__ = (
         "frames",
+        "prompts",
+        "prompt_position",
         "payload_type",
         "ssrc",
         "sequence",
@@ -165,6 +177,7 @@ class Playback:
         "marker",
         "frames_sent",
         "frames_skipped",
+        "prompt_frames_sent",
     )
 
     def __init__(
@@ -176,10 +189,13 @@ class Playback:
         sequence: int,
         timestamp: int,
         now: float,
+        prompts: tuple[bytes, ...] = (),
     ) -> None:
-        if not frames:
+        if not frames and not prompts:
             raise ValueError("nothing to play")
         self.frames = frames
+        self.prompts = prompts
+        self.prompt_position = 0
         self.payload_type = payload_type
         self.ssrc = ssrc
         self.sequence = sequence & 0xFFFF
@@ -189,29 +205,70 @@ class Playback:
         self.marker = True
         self.frames_sent = 0
         self.frames_skipped = 0
+        self.prompt_frames_sent = 0
+
+    def interrupt(self, prompts: tuple[bytes, ...]) -> None:
+        """Play `prompts` next (replacing prompts still playing), then the music again."""
+        self.prompts = prompts
+        self.prompt_position = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.frames and not self.prompts
+
+    def _advance(self, count: int) -> None:
+        """Skip `count` frames: unplayed prompts first, then music."""
+        if self.prompts:
+            left = len(self.prompts) - self.prompt_position
+            if count < left:
+                self.prompt_position += count
+                return
+            count -= left
+            self.prompts = ()
+        if self.frames:
+            self.position = (self.position + count) % len(self.frames)
 
     def next_packet(self, now: float) -> bytes | None:
         """The next RTP packet if one is due at `now`, else None. Call until None."""
         if now < self.next_due:
             return None
         behind = now - self.next_due
+        if self.idle:
+            # Silence: no packets, but the media clock runs on, so what comes next carries the
+            # timestamp of its real time and a marker (RFC 3551 §4.1: a new talkspurt).
+            steps = int(behind / FRAME_SECONDS + 1e-6) + 1  # float sums of 0.02 drift a hair
+            self.timestamp = (self.timestamp + steps * FRAME_SAMPLES) & 0xFFFFFFFF
+            self.next_due += steps * FRAME_SECONDS
+            self.marker = True
+            return None
         if behind > MAX_LATE:
             skipped = int(behind / FRAME_SECONDS)
-            self.position = (self.position + skipped) % len(self.frames)
+            self._advance(skipped)
             self.timestamp = (self.timestamp + skipped * FRAME_SAMPLES) & 0xFFFFFFFF
             self.next_due += skipped * FRAME_SECONDS
             self.frames_skipped += skipped
+            if self.idle:
+                return self.next_packet(now)
+        prompts = self.prompts
+        if prompts:
+            frame = prompts[self.prompt_position]
+            self.prompt_position += 1
+            self.prompt_frames_sent += 1
+            if self.prompt_position == len(prompts):
+                self.prompts = ()
+        else:
+            frame = self.frames[self.position]
+            self.position += 1
+            if self.position == len(self.frames):
+                self.position = 0
         second = self.payload_type | 0x80 if self.marker else self.payload_type
         self.marker = False
         packet = (
             _RTP_HEADER.pack(_RTP_VERSION_BYTE, second, self.sequence, self.timestamp, self.ssrc)
-            + self.frames[self.position]
+            + frame
         )
         self.sequence = (self.sequence + 1) & 0xFFFF
         self.timestamp = (self.timestamp + FRAME_SAMPLES) & 0xFFFFFFFF
-        self.position += 1
-        if self.position == len(self.frames):
-            self.position = 0
         self.next_due += FRAME_SECONDS
         self.frames_sent += 1
         return packet
@@ -242,15 +299,20 @@ class Players:
         self.library = MusicLibrary()
         self.playing: dict[tuple[str, int], _Playing] = {}
         self.started = 0
+        self.prompts_played = 0
         self.frames_sent = 0  # of playbacks that ended; live ones add their own
         self.frames_skipped = 0
         self.send_failures = 0
         self._timer: asyncio.TimerHandle | None = None
         self._next_tick = 0.0  # on the `clock`: ticks keep a fixed 20 ms grid, no drift
 
-    def play(self, session_id: str, index: int, path: str, payload_type: int,
-             encoding: str) -> None:
-        """Start (or restart with another file) music to leg `index` of the session."""
+    def play(self, session_id: str, index: int, path: str | None, payload_type: int,
+             encoding: str, prompts: tuple[str, ...] = (), *, resume: bool = True) -> None:
+        """Start (or restart with another file) music to leg `index` of the session, after
+        `prompts` (files played once, in order). Without `path`: when the leg plays already,
+        the prompts interrupt its music, which then resumes where it was (same RTP stream);
+        otherwise the prompts alone play, then nothing (the leg stays quiet until `stop`).
+        `resume` False: the music does not come back after these prompts (a last word)."""
         if encoding not in ENCODINGS:
             raise ValueError(f"cannot play {encoding!r}; the player sends {', '.join(ENCODINGS)}")
         if index not in (0, 1):
@@ -261,11 +323,29 @@ class Players:
         if session is None:
             raise RelayError(f"no session {session_id}")
         leg = session.legs[index]
-        source = self.library.get(path)
+        # Each file is read and encoded once per worker (the library); a sequence is one tuple
+        # of those frames, built once per command: nothing is decoded per packet.
+        spoken: tuple[bytes, ...] = ()
+        for prompt in prompts:
+            spoken += self.library.get(prompt).frames[encoding]
+        current = self.playing.get((session_id, index))
+        if path is None and current is not None:
+            if current.playback.payload_type != payload_type:
+                raise ValueError("the prompts' payload type differs from what the leg plays")
+            current.playback.interrupt(spoken)
+            if not resume:
+                current.playback.frames = ()
+            self.prompts_played += len(prompts)
+            return
+        music = self.library.get(path).frames[encoding] if path is not None else ()
+        if not music and not spoken:
+            raise ValueError("nothing to play: no source and no prompts")
         self.stop(session_id, index)
         start = self.random_bytes(10)
+        self.prompts_played += len(prompts)
         playback = Playback(
-            source.frames[encoding],
+            music,
+            prompts=spoken,
             payload_type=payload_type,
             ssrc=int.from_bytes(start[:4], "big"),
             sequence=int.from_bytes(start[4:6], "big"),
@@ -316,6 +396,7 @@ class Players:
         return {
             "players": len(live),
             "players-started": self.started,
+            "prompts-played": self.prompts_played,
             "player-frames": self.frames_sent + sum(p.frames_sent for p in live),
             "player-frames-skipped": self.frames_skipped + sum(p.frames_skipped for p in live),
             "player-send-failures": self.send_failures,

@@ -194,8 +194,14 @@ class _Worker:
                 encoding = message.get("encoding") or static_encoding(payload_type)
                 if encoding is None:
                     raise ValueError(f"say the encoding of payload type {payload_type}")
+                source = message.get("source")
+                prompts = message.get("prompts") or []
+                if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+                    raise ValueError("prompts: a list of file paths")
                 self.players.play(str(message["session"]), int(message["leg"]),
-                                  str(message["source"]), payload_type, str(encoding).upper())
+                                  None if source is None else str(source), payload_type,
+                                  str(encoding).upper(), tuple(prompts),
+                                  resume=bool(message.get("resume", True)))
                 return {"result": "ok"}
             if command == "stop-play":
                 stopped = self.players.stop(str(message["session"]), int(message["leg"]))

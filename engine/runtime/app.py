@@ -46,7 +46,7 @@ from ..security.floodguard import FloodGuard
 from ..security.observer import AuditObserver
 from ..sip.endpoint import Flow, TransactionLayer
 from .cdr import CdrStore
-from .config import Config, ConfigError, LoadedConfig, load_config
+from .config import Config, ConfigError, LoadedConfig, load_config, prompt_library
 from .logs import configure_logging
 from .loopstall import LoopStallMonitor
 from .recording import CallRecorder
@@ -317,6 +317,21 @@ class Engine:
         port = AsyncMediaPort(controller, self.loop, self.flush)
         self.media_port = port
         self.b2bua.media = port
+        self._wire_prompts()
+
+    def _wire_prompts(self) -> None:
+        """Queue announcements: the media port plays prompts by name, the ACD times them."""
+        from .mediaport import AsyncMediaPort
+
+        port = self.media_port
+        if not isinstance(port, AsyncMediaPort):
+            return
+        library = prompt_library(self.config)
+        port.prompts = library
+        if self.acd is not None:
+            port.opening = self.acd.opening_prompts
+            self.acd.announcer = port
+            self.acd.prompt_seconds = library.seconds
 
     def _open_keystore(self) -> Keystore:
         if self.keystore is None:
@@ -690,6 +705,7 @@ class Engine:
             self.acd.apply_config(loaded.config.routing, self.loop.time())
         elif loaded.config.routing and self.layer is not None:
             self._start_acd()  # routing added by this reload (its admin routes need a restart)
+        self._wire_prompts()  # a changed `sounds:` directory
         self.hooks.notify(HookPoint.CONFIG_CHANGE, {
             "actor": "system", "action": "config.reload", "target": str(loaded.path),
             "details": {}})

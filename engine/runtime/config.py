@@ -10,12 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..io.connlimits import ConnectionLimitsConfig
 from ..security.throttle import ThrottleConfig
 from ..sip.timers import TimerConfig
 from .typedyaml import MAX_CONFIG_BYTES, ConfigError, LineMap, build, load_yaml
+
+if TYPE_CHECKING:
+    from ..media.prompts import PromptLibrary
 
 Transport = Literal["udp", "tcp", "tls"]
 
@@ -316,6 +319,9 @@ class Config:
     """Masking, audit, users and abuse defence (validated by vaultpbx.security)."""
     cdr: CdrConfig = field(default_factory=CdrConfig)
     """Call records and queue events (docs/cdr.md)."""
+    sounds: str | None = None
+    """Directory of the operator's recorded prompts: `<name>.wav` there replaces the built-in
+    prompt of that name (sounds/prompts/, docs/prompts.md); each file 8 kHz mono 16-bit WAV."""
 
     def validate(self) -> None:
         for index, rule in enumerate(self.dialplan):
@@ -371,6 +377,42 @@ def check_sections(loaded: LoadedConfig) -> None:
             raise ConfigError(path, loaded.lines.line_of(path),
                               message.split(":", 1)[-1].strip(), str(loaded.path)) from exc
     check_music_files(loaded)
+    check_prompts(loaded)
+
+
+def prompt_library(config: Config) -> PromptLibrary:
+    """The prompts the engine plays: built-in, with the `sounds:` directory's replacements."""
+    from ..media.prompts import PromptLibrary
+
+    return PromptLibrary.load(config.sounds)
+
+
+def check_prompts(loaded: LoadedConfig) -> None:
+    """Every file in `sounds:` is a playable WAV, and every prompt a queue's `announce:` names
+    exists, so a bad recording is a load (or SIGHUP) error naming its path and line."""
+    from ..media.prompts import PromptError
+    from ..routing.announce import prompts_needed
+
+    try:
+        library = prompt_library(loaded.config)
+    except PromptError as exc:
+        raise ConfigError("sounds", loaded.lines.line_of("sounds"), str(exc),
+                          str(loaded.path)) from exc
+    routed = loaded.config.routing.get("queues") if isinstance(loaded.config.routing,
+                                                                dict) else None
+    if not routed:
+        return
+    from ..routing.config import RouterConfig
+
+    router = RouterConfig.from_dict(loaded.config.routing)  # checked above: builds
+    for name, queue in router.queues.items():
+        path = f"routing.queues.{name}.announce"
+        try:
+            library.require(prompts_needed(queue.announce))
+        except PromptError as exc:
+            key = f"{path}.greeting" if queue.announce.greeting else path
+            raise ConfigError(key, loaded.lines.line_of(key), str(exc),
+                              str(loaded.path)) from exc
 
 
 def music_on_hold_settings(config: Config) -> dict[str, str]:

@@ -16,6 +16,7 @@ import structlog
 
 from ..b2bua.b2bua import MediaDone, MusicDone
 from ..media.controller import LocalAnswer, MediaController
+from ..media.prompts import PromptError, PromptLibrary
 from ..sdp import MediaPolicy
 
 log = structlog.get_logger("vaultpbx.media")
@@ -29,6 +30,11 @@ class AsyncMediaPort:
         self.after = after  # the engine's flush
         self._tasks: set[asyncio.Task[Any]] = set()
         self.errors = 0
+        # Announcements (set by the engine): prompt files by name, and what a queued caller
+        # hears before its music (the ACD bridge's `opening_prompts`).
+        self.prompts: PromptLibrary | None = None
+        self.opening: Callable[[str], tuple[tuple[str, ...], bool]] | None = None
+        self.prompt_errors = 0
 
     @staticmethod
     def _policy(srtp: str | None) -> MediaPolicy | None:
@@ -46,14 +52,45 @@ class AsyncMediaPort:
         self._spawn(self.controller.delete(call_id), None)
 
     def play_music(self, call_id: str, source: str, done: MusicDone) -> None:
-        task = asyncio.ensure_future(self._answer_and_play(call_id, source), loop=self.loop)
+        # Decided now, before the queue sees the call: the greeting (or the refusal) and the
+        # music go to the worker in one command, so the caller hears no music before them.
+        names, music = self.opening(call_id) if self.opening is not None else ((), True)
+        prompts = self._files(names)
+        task = asyncio.ensure_future(
+            self._answer_and_play(call_id, source if music else None, prompts), loop=self.loop)
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._music_started(t, done))
 
-    async def _answer_and_play(self, call_id: str, source: str) -> LocalAnswer:
+    def play_prompts(self, call_id: str, prompts: tuple[str, ...], *,
+                     resume: bool = True) -> None:
+        """The ACD bridge's `Announcer`: prompts interrupt the caller's music."""
+        files = self._files(prompts)
+        if files:
+            self._spawn(self._play_prompts(call_id, files, resume), None)
+
+    async def _play_prompts(self, call_id: str, files: tuple[str, ...], resume: bool) -> None:
+        try:
+            await self.controller.interrupt(call_id, files, resume=resume)
+        except Exception as exc:  # noqa: BLE001 - the caller keeps its music: counted, logged
+            if call_id in self.controller.calls:
+                self.prompt_errors += 1
+                log.error("media.prompts_failed", error=repr(exc))
+
+    def _files(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        if not names or self.prompts is None:
+            return ()
+        try:
+            return self.prompts.files(names)
+        except PromptError as exc:  # the config check makes this unlikely (a file removed)
+            self.prompt_errors += 1
+            log.error("media.prompt_missing", error=str(exc))
+            return ()
+
+    async def _answer_and_play(self, call_id: str, source: str | None,
+                               prompts: tuple[str, ...] = ()) -> LocalAnswer:
         local = await self.controller.answer_locally(call_id)
         try:
-            await self.controller.play(call_id, source)
+            await self.controller.play(call_id, source, prompts)
         except Exception as exc:  # noqa: BLE001 - the caller is answered: silence, not failure
             if call_id in self.controller.calls:  # else the call ended meanwhile: nothing lost
                 self.errors += 1
