@@ -39,6 +39,8 @@ from ..security.config import SecurityConfig
 from ..security.floodguard import FloodGuard
 from ..security.observer import AuditObserver
 from ..sip.endpoint import Flow, TransactionLayer
+from ..sip.errors import SipFramingError
+from ..sip.message import Request
 from .cdr import CdrStore
 from .config import Config, ConfigError, LoadedConfig, load_config
 from .logs import configure_logging
@@ -108,7 +110,7 @@ class Engine:
                            digest_secret=os.urandom(32))
         self.b2bua.on_auth_failure = self._auth_failed
         self.transports = TransportManager(
-            loop, self.deliver, admit=self._admit,
+            loop, self.deliver, admit=self._admit, reject=self.reject_unframable,
             max_message_size=self.config.sip.max_message_size,
             idle_timeout=self.config.sip.tcp_idle_timeout,
         )
@@ -157,7 +159,14 @@ class Engine:
         return self.guard.check(host, now) if data is None else self.guard.admit(host, data, now)
 
     def _internal_error(self, exc: BaseException, message: object) -> None:
-        log.error("sip.internal_error", error=repr(exc), message=repr(message))
+        log.error("sip.internal_error", error=repr(exc)[:300], message=repr(message)[:300])
+
+    def _rejected(self, request: Request | None, status: int, flow: Flow, reason: str) -> None:
+        # One line per rejected request (the peer's text cut short): a bad packet is visible
+        # to the operator without flooding the log with a traceback.
+        log.info("sip.rejected", status=status, reason=reason[:200],
+                 method=request.method if request is not None else None,
+                 source=f"{flow.host}:{flow.port}", transport=flow.transport)
 
     def _auth_failed(self, username: str, why: str, flow: Flow) -> None:
         self.guard.auth_failed(flow.host, self.loop.time())
@@ -194,6 +203,7 @@ class Engine:
         )
         self.b2bua.attach(self.layer)
         self.layer.on_internal_error = self._internal_error
+        self.layer.on_rejected = self._rejected
         self._start_acd()
         await self._start_media()
         self._start_recording()
@@ -345,6 +355,14 @@ class Engine:
         if layer is None:
             return
         layer.receive(data, flow, self.loop.time())
+        self.flush()
+
+    def reject_unframable(self, head: bytes, error: SipFramingError, flow: Flow) -> None:
+        """A TCP/TLS frame the framer gave up on: answered (413/400) before the close."""
+        layer = self.layer
+        if layer is None:
+            return
+        layer.reject_unframable(head, error, flow)
         self.flush()
 
     def flush(self) -> None:
