@@ -23,7 +23,9 @@ KNOWN_METHODS = frozenset(
 )
 ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO"
 ACCEPTED_BODY_TYPES = frozenset({"application/sdp"})
-_SCALAR = re.compile(r"\s*[0-9]{1,10}\s*\Z")
+# LWS is SP and HTAB only: `\s` also matches \x1c-\x1f, which int() refuses, so "7\x1d" passed
+# the check and raised ValueError in it (found by fuzzing).
+_SCALAR = re.compile(r"[ \t]*([0-9]{1,10})[ \t]*\Z")
 MAX_EXPIRES = 2**32 - 1
 
 ErrorAnswer = tuple[int, str, list[tuple[str, str]]]
@@ -56,10 +58,10 @@ def check_request(request: Request) -> ErrorAnswer | None:
     if cseq.method != request.method:
         return 400, "CSeq method does not match the request", []
     mf = headers.get("max-forwards")
-    if mf is not None and (_SCALAR.match(mf[0]) is None or int(mf[0]) > 255):
+    if mf is not None and not _scalar_at_most(mf[0], 255):
         return 400, "Bad Max-Forwards", []
     expires = headers.get("expires")
-    if expires is not None and (_SCALAR.match(expires[0]) is None or int(expires[0]) > MAX_EXPIRES):
+    if expires is not None and not _scalar_at_most(expires[0], MAX_EXPIRES):
         return 400, "Bad Expires", []
     if request.method not in KNOWN_METHODS:
         return 501, "Not Implemented", [("allow", ALLOWED_METHODS)]
@@ -93,8 +95,13 @@ def _check_contact(value: str) -> None:
     addr = parse_name_addr(value)
     parse_uri(addr.uri)  # a binding the registrar stores must be one it can route to later
     expires = addr.params.get("expires")
-    if expires is not None and (_SCALAR.match(expires) is None or int(expires) > MAX_EXPIRES):
+    if expires is not None and not _scalar_at_most(expires, MAX_EXPIRES):
         raise SipParseError(f"Contact expires out of range: {expires[:20]!r}")
+
+
+def _scalar_at_most(value: str, limit: int) -> bool:
+    match = _SCALAR.match(value)
+    return match is not None and int(match.group(1)) <= limit
 
 
 def warning_header(text: str) -> tuple[str, str]:

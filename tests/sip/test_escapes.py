@@ -237,3 +237,18 @@ def test_cancel_from_another_source_does_not_end_someone_elses_invite() -> None:
     out = engine.receive(cancel, trusted)
     to_caller = [parse_message(d) for d, f in out if f == trusted]
     assert sorted(r.status for r in to_caller if isinstance(r, Response)) == [200, 487]
+
+
+# -- found by the long fuzz run (bench/results/fuzz.md) -----------------------------------------
+@FLOWS
+@pytest.mark.parametrize("extra", ["Max-Forwards: 7\x1d\r\n", "Expires: \x1e0\r\n"],
+                         ids=["max-forwards", "expires"])
+def test_scalar_with_a_control_character_is_400(extra: str, flow: Flow) -> None:
+    """`\\s` matched \\x1c-\\x1f, which int() refuses: check_request raised ValueError."""
+    engine = InMemoryEngine()
+    before = engine.layer.counters.as_dict()
+    data = message("REGISTER", "sip:vaultpbx.test", extra=extra).replace(
+        b"Max-Forwards: 70\r\n", b"" if extra.startswith("Max") else b"Max-Forwards: 70\r\n")
+    assert only_response(send(engine, data, flow), flow).status == 400
+    assert_counted_once(engine, before)
+    assert_still_answers(engine, flow)
