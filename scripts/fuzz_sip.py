@@ -181,15 +181,17 @@ def run_network(args: argparse.Namespace, findings: Findings) -> int:
     executions = reconnects = 0
     recent: list[bytes] = []
 
-    def drain(sock: socket.socket | None) -> None:
+    def drain(sock: socket.socket | None) -> bool:
+        """Read what the engine answered; False when it closed the connection."""
         while sock is not None:
             try:
                 if not sock.recv(65536):
-                    return
+                    return False
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError:
-                return
+                return False
+        return True
 
     def probe() -> bool:
         nonlocal tcp
@@ -234,10 +236,12 @@ def run_network(args: argparse.Namespace, findings: Findings) -> int:
                     reconnects += 1
                 try:
                     _send_all(tcp, data)
+                    alive = drain(tcp)
                 except OSError:
+                    alive = False
+                if not alive:  # closed after a frame it could not delimit: a new connection
                     tcp.close()
                     tcp = None
-                drain(tcp)
             executions += 1
             if executions % args.probe_every == 0:
                 if engine.process.poll() is not None or not probe():
