@@ -280,6 +280,13 @@ class SessionDescription:
     lines: tuple[SdpLine, ...] = (SdpLine(type="t", value="0 0"),)  # i u e p b t r z k, unknown
     attributes: tuple[Attribute, ...] = ()
     media: tuple[MediaDescription, ...] = field(default=())
+    # The session-level direction attribute, read once: answering reads it for every m= line,
+    # and rescanning every session attribute per m= line made media x attributes work.
+    _session_direction: Direction | None = field(default=None, init=False, repr=False,
+                                                 compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_session_direction", _direction_of(self.attributes))
 
     def connection_for(self, index: int) -> Connection | None:
         """The connection data that applies to media `index` (its own c=, else the session's)."""
@@ -287,7 +294,7 @@ class SessionDescription:
 
     def direction_for(self, index: int) -> Direction:
         """The direction of media `index`: its attribute, else the session's, else sendrecv."""
-        return self.media[index].direction or _direction_of(self.attributes) or Direction.SENDRECV
+        return self.media[index].direction or self._session_direction or Direction.SENDRECV
 
     def with_media(self, index: int, media: MediaDescription) -> SessionDescription:
         streams = list(self.media)

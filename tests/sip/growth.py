@@ -1,9 +1,11 @@
 """How the cost of a function grows with its input, measured so that a noisy machine cannot
 make a linear function look quadratic (or the reverse).
 
-Never an absolute time: the fastest of a few runs at sizes n and 8n, and the ratio between them
-(other processes on a shared machine only ever add time to a run, so the fastest run is the
-steadiest estimate of the work itself; a median moved with the load in our measurements).
+Never an absolute time: the fastest of a few runs at sizes n and 8n, and the ratio between them.
+Time is this thread's CPU time, not the wall clock: on a shared 2-core machine a 10 ms run of
+the large input is often preempted and a 1 ms run of the small one rarely, which made linear
+code look quadratic under load; CPU time does not count the time the thread was not running.
+The fastest run is taken because interference (caches, interrupts) only ever adds time.
 Linear work gives about 8, quadratic about 64; the limit (24 by default, three times linear)
 sits far from both, so that load on a shared machine neither fails a linear function nor lets a
 quadratic one through. A failed measurement is repeated (up to `attempts` times) before it
@@ -12,6 +14,7 @@ counts: noise makes single runs slow, never consistently 64 times slower.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 
@@ -19,11 +22,21 @@ MAX_MESSAGE = 65535  # the engine's default sip.max_message_size
 
 
 def _fastest_time(run: Callable[[], object], repeats: int) -> float:
+    # The cyclic garbage collector is off while timing, as in `timeit`: a full collection costs
+    # in proportion to every live object of the process, not to the work measured, and would
+    # show a large input as slower per byte than it is.
     samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            start = time.thread_time()
+            run()
+            samples.append(time.thread_time() - start)
+    finally:
+        if enabled:
+            gc.enable()
     return min(samples)
 
 
