@@ -252,3 +252,24 @@ def test_scalar_with_a_control_character_is_400(extra: str, flow: Flow) -> None:
     assert only_response(send(engine, data, flow), flow).status == 400
     assert_counted_once(engine, before)
     assert_still_answers(engine, flow)
+
+
+def test_ack_copied_from_another_source_does_not_confirm_someone_elses_invite() -> None:
+    """ACK matches the INVITE's server transaction (§17.2.3) only from the INVITE's source: a
+    copied ACK from elsewhere must not stop Timer G retransmitting the final response to the
+    real caller, and the real caller's ACK still confirms it."""
+    engine = InMemoryEngine()
+    invite = message("INVITE", "sip:1001@vaultpbx.test", branch="z9hG4bKack", call_id="ack-1")
+    out = engine.receive(invite, UDP)
+    # From the trunk's address, so no challenge; 1001 is not registered: 480, a final error.
+    assert [r.status for r in responses(out)] == [100, 480]
+    assert {f for _, f in out} == {UDP}
+    (txn,) = engine.layer.server_transactions.values()
+    assert txn.state.value == "Completed"
+    ack = message("ACK", "sip:1001@vaultpbx.test", branch="z9hG4bKack", call_id="ack-1")
+    assert engine.receive(ack, ATTACKER_UDP) == []
+    assert txn.state.value == "Completed"
+    retransmitted = engine.advance(0.6)  # Timer G (T1) fires: the 407 again, to the caller
+    assert [f for _, f in retransmitted] == [UDP]
+    assert engine.receive(ack, UDP) == []
+    assert txn.state.value == "Confirmed"
