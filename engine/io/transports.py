@@ -7,7 +7,9 @@ Invariants:
   connection to that peer when there is one (RFC 3261 §18.2.2, RFC 5923's intent), else a new
   one is opened and the message waits for it.
 - CRLF keep-alive pings get their pong (RFC 5626 §3.5.1); a frame that cannot be delimited or
-  exceeds the maximum size closes its connection and is counted; idle connections are closed.
+  exceeds the maximum size is handed to `reject` (which answers it, e.g. 413 or 400, when it is
+  a request), is counted, and closes its connection after that answer; idle connections are
+  closed.
 - Inbound connections are admitted before any byte is read (and before a TLS handshake): by
   the flood guard, then by the listener's budget and the process's descriptor reserve
   (connlimits.py). Each admitted connection holds one unit until it is gone, released once.
@@ -31,6 +33,8 @@ from ..sip.parser import KEEPALIVE_PONG, KeepAlivePing, StreamFramer
 from .connlimits import ConnectionLimitsConfig, DescriptorBudget, ListenerBudget, Refusal
 
 Deliver = Callable[[bytes, Flow], None]
+# A stream frame that cannot be delimited: (its first bytes, the error with its status, flow).
+Reject = Callable[[bytes, SipFramingError, Flow], None]
 # Asked before anything is parsed: (source host, the datagram or frame, or None on connect).
 Admit = Callable[[str, bytes | None], bool]
 # Told when an inbound connection exceeded a limit: (source host, listener, why).
@@ -129,15 +133,13 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         manager = self.manager
         now = self.last_activity = manager.loop.time()
+        flow = self.flow
+        assert flow is not None
         try:
             frames = self.framer.feed(data)
         except SipFramingError:
-            manager.counters.framing_errors += 1
-            if self.transport is not None:
-                self.transport.close()
+            self._unframable(flow)
             return
-        flow = self.flow
-        assert flow is not None
         if not self.outbound:
             if self.framer.pending_bytes:
                 if self.partial_since is None or frames:
@@ -155,9 +157,18 @@ class StreamConnection(asyncio.Protocol):
                 continue
             manager.deliver(frame, flow)
         if self.framer.error is not None:
-            manager.counters.framing_errors += 1
-            if self.transport is not None:
-                self.transport.close()
+            self._unframable(flow)
+
+    def _unframable(self, flow: Flow) -> None:
+        """Answer the frame that broke the stream, then close (asyncio writes what is queued
+        before it closes, so the answer goes out first)."""
+        manager = self.manager
+        manager.counters.framing_errors += 1
+        error = self.framer.error
+        if error is not None and not self.outbound:
+            manager.reject(self.framer.error_head, error, flow)
+        if self.transport is not None:
+            self.transport.close()
 
     def write(self, data: bytes) -> None:
         if self.transport is None:
@@ -195,7 +206,8 @@ class TransportManager:
     """Owns the listeners and connections; `send(data, flow)` is the core's way out."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Deliver, *,
-                 admit: Admit | None = None, max_message_size: int = 65535,
+                 admit: Admit | None = None, reject: Reject | None = None,
+                 max_message_size: int = 65535,
                  idle_timeout: float = 600.0,
                  client_tls: ssl.SSLContext | None = None,
                  limits: ConnectionLimitsConfig | None = None,
@@ -205,6 +217,7 @@ class TransportManager:
         self.loop = loop
         self.deliver = deliver
         self.admit: Admit = admit or (lambda host, data: True)
+        self.reject: Reject = reject or (lambda head, error, flow: None)
         self.max_message_size = max_message_size
         self.idle_timeout = idle_timeout
         self.limits = limits or ConnectionLimitsConfig()

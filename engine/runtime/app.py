@@ -45,6 +45,8 @@ from ..security.config import SecurityConfig
 from ..security.floodguard import FloodGuard
 from ..security.observer import AuditObserver
 from ..sip.endpoint import Flow, TransactionLayer
+from ..sip.errors import SipFramingError
+from ..sip.message import Request
 from .cdr import CdrStore
 from .config import Config, ConfigError, LoadedConfig, load_config, prompt_library
 from .logs import configure_logging
@@ -131,7 +133,7 @@ class Engine:
                                             self.config.descriptors.reserve)
         self.refusal_log = RefusalLog()
         self.transports = TransportManager(
-            loop, self.deliver, admit=self._admit,
+            loop, self.deliver, admit=self._admit, reject=self.reject_unframable,
             max_message_size=self.config.sip.max_message_size,
             idle_timeout=self.config.sip.tcp_idle_timeout,
             limits=self.config.sip.connections, descriptors=self.descriptors,
@@ -185,7 +187,14 @@ class Engine:
         return self.guard.check(host, now) if data is None else self.guard.admit(host, data, now)
 
     def _internal_error(self, exc: BaseException, message: object) -> None:
-        log.error("sip.internal_error", error=repr(exc), message=repr(message))
+        log.error("sip.internal_error", error=repr(exc)[:300], message=repr(message)[:300])
+
+    def _rejected(self, request: Request | None, status: int, flow: Flow, reason: str) -> None:
+        # One line per rejected request (the peer's text cut short): a bad packet is visible
+        # to the operator without flooding the log with a traceback.
+        log.info("sip.rejected", status=status, reason=reason[:200],
+                 method=request.method if request is not None else None,
+                 source=f"{flow.host}:{flow.port}", transport=flow.transport)
 
     def _auth_failed(self, username: str, why: str, flow: Flow) -> None:
         self.guard.auth_failed(flow.host, self.loop.time())
@@ -256,6 +265,7 @@ class Engine:
         )
         self.b2bua.attach(self.layer)
         self.layer.on_internal_error = self._internal_error
+        self.layer.on_rejected = self._rejected
         self._start_acd()
         await self._start_media()
         self._start_recording()
@@ -466,6 +476,14 @@ class Engine:
         if self.log_sip_messages:
             _log_sip_message("sip.received", data, flow)
         layer.receive(data, flow, self.loop.time())
+        self.flush()
+
+    def reject_unframable(self, head: bytes, error: SipFramingError, flow: Flow) -> None:
+        """A TCP/TLS frame the framer gave up on: answered (413/400) before the close."""
+        layer = self.layer
+        if layer is None:
+            return
+        layer.reject_unframable(head, error, flow)
         self.flush()
 
     def flush(self) -> None:

@@ -7,18 +7,26 @@
 Invariants: key material is kept as bytes exactly as decoded; its length is not checked here
 (that depends on the suite, and unknown suites must still parse). Lifetimes are integers
 (`2^31` is read as 2**31 and written back in that form). Formatting what was parsed gives an
-equivalent attribute value.
+equivalent attribute value. Numbers are bounded before they are computed: a lifetime is at most
+2^64 (RFC 4568 §6.1 allows 2^48 for SRTP), so "2^999999999" is a parse error, not a
+gigabyte-sized integer; every other number is a short ASCII digit string.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 
 from .errors import SdpParseError
 
 __all__ = ["SDES_SUITES", "SUPPORTED_SUITES", "CryptoAttribute", "CryptoKey", "SdesSuite"]
+
+
+_MAX_LIFETIME_POWER = 64
+
+
+def _short_number(text: str, max_digits: int) -> bool:
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +98,7 @@ class CryptoAttribute:
         if len(fields) < 3:
             raise fail("expected '<tag> <crypto-suite> <key-params>'")
         tag_text, suite, key_params, *session_params = fields
-        if not tag_text.isdigit() or len(tag_text) > 9:
+        if not _short_number(tag_text, 9):
             raise fail(f"tag {tag_text!r} is not 1 to 9 digits")
         keys = []
         for key_param in key_params.split(";"):
@@ -100,18 +108,20 @@ class CryptoAttribute:
             key_salt, *extras = info.split("|")
             try:
                 material = base64.b64decode(key_salt, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a non-ASCII character (found by fuzzing)
                 raise fail("inline key is not valid base64") from None
             lifetime = mki = mki_length = None
             for extra in extras:
                 if ":" in extra:
                     mki_text, _, length_text = extra.partition(":")
-                    if not (mki_text.isdigit() and length_text.isdigit()):
+                    if not (_short_number(mki_text, 20) and _short_number(length_text, 3)):
                         raise fail(f"bad MKI {extra!r}")
                     mki, mki_length = int(mki_text), int(length_text)
-                elif extra.startswith("2^") and extra[2:].isdigit():
+                elif extra.startswith("2^") and _short_number(extra[2:], 2):
+                    if int(extra[2:]) > _MAX_LIFETIME_POWER:
+                        raise fail(f"lifetime above 2^{_MAX_LIFETIME_POWER}: {extra!r}")
                     lifetime = 2 ** int(extra[2:])
-                elif extra.isdigit():
+                elif _short_number(extra, 20):
                     lifetime = int(extra)
                 else:
                     raise fail(f"bad lifetime {extra!r}")

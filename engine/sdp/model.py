@@ -9,6 +9,9 @@ Invariants:
   parse → serialise byte for byte, unknown lines and attributes included.
 - The attributes this module gives meaning to are validated at parse time, with the line number
   in the error; the wire form is `bytes` in and `bytes` out, lines ending in CRLF.
+- The body is untrusted: `parse_sdp` raises only `SdpParseError`, and the typed views of a parsed
+  description raise nothing. A number is only converted once it is known to be a short string
+  of ASCII digits ("²".isdigit() is true, int("²") fails; a 5,000-digit port makes int() raise).
 """
 
 from __future__ import annotations
@@ -130,7 +133,9 @@ class RtpMap:
         pt_text, _, encoding_text = value.partition(" ")
         parts = encoding_text.strip().split("/")
         try:
-            if not 2 <= len(parts) <= 3 or not parts[0]:
+            if not 2 <= len(parts) <= 3 or not parts[0] or not all(
+                is_short_number(part, 10) for part in parts[1:]
+            ):
                 raise ValueError
             return cls(
                 payload_type=_payload_type(pt_text),
@@ -172,14 +177,19 @@ class RtcpAttribute:
         return cls(port=int(fields[0]), connection=connection)
 
 
+def is_short_number(text: str, max_digits: int) -> bool:
+    """`text` is 1 to `max_digits` ASCII digits, so that int(text) is cheap and cannot fail."""
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
+
+
 def _payload_type(text: str) -> int:
-    if not text.isdigit() or int(text) > 127:
+    if not is_short_number(text, 3) or int(text) > 127:
         raise ValueError(text)
     return int(text)
 
 
 def _is_port(text: str) -> bool:
-    return text.isdigit() and int(text) <= 65535
+    return is_short_number(text, 5) and int(text) <= 65535
 
 
 def _direction_of(attributes: tuple[Attribute, ...]) -> Direction | None:
@@ -210,7 +220,7 @@ class MediaDescription:
 
     @property
     def payload_types(self) -> tuple[int, ...]:
-        return tuple(int(f) for f in self.formats if f.isdigit())
+        return tuple(int(f) for f in self.formats if is_short_number(f, 3))
 
     def rtpmaps(self) -> dict[int, RtpMap]:
         maps = (RtpMap.parse(value) for value in self.attribute_values("rtpmap"))
@@ -270,6 +280,13 @@ class SessionDescription:
     lines: tuple[SdpLine, ...] = (SdpLine(type="t", value="0 0"),)  # i u e p b t r z k, unknown
     attributes: tuple[Attribute, ...] = ()
     media: tuple[MediaDescription, ...] = field(default=())
+    # The session-level direction attribute, read once: answering reads it for every m= line,
+    # and rescanning every session attribute per m= line made media x attributes work.
+    _session_direction: Direction | None = field(default=None, init=False, repr=False,
+                                                 compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_session_direction", _direction_of(self.attributes))
 
     def connection_for(self, index: int) -> Connection | None:
         """The connection data that applies to media `index` (its own c=, else the session's)."""
@@ -277,7 +294,7 @@ class SessionDescription:
 
     def direction_for(self, index: int) -> Direction:
         """The direction of media `index`: its attribute, else the session's, else sendrecv."""
-        return self.media[index].direction or _direction_of(self.attributes) or Direction.SENDRECV
+        return self.media[index].direction or self._session_direction or Direction.SENDRECV
 
     def with_media(self, index: int, media: MediaDescription) -> SessionDescription:
         streams = list(self.media)
@@ -334,7 +351,7 @@ def _parse_media_line(value: str, line_number: int) -> MediaDescription:
             line_number=line_number,
         )
     port_text, _, count_text = fields[1].partition("/")
-    if not _is_port(port_text) or (count_text and not count_text.isdigit()):
+    if not _is_port(port_text) or (count_text and not is_short_number(count_text, 5)):
         raise SdpParseError(f"m=: bad port {fields[1]!r}", line_number=line_number)
     return MediaDescription(
         media=fields[0],
@@ -358,7 +375,7 @@ def _parse_attribute(value: str, line_number: int) -> Attribute:
             CryptoAttribute.parse(attribute_value, line_number=line_number)
         elif name == "rtcp":
             RtcpAttribute.parse(attribute_value, line_number=line_number)
-        elif name == "ptime" and not attribute_value.strip().isdigit():
+        elif name == "ptime" and not is_short_number(attribute_value.strip(), 9):
             raise SdpParseError(f"a=ptime: not a number: {value!r}", line_number=line_number)
     return attribute
 

@@ -168,15 +168,12 @@ def generate_key_material(suite_name: str, random_bytes: RandomBytes) -> bytes:
     return material
 
 
-def _rtpmap_of(media: MediaDescription, payload_type: int) -> RtpMap | None:
-    return media.rtpmaps().get(payload_type) or STATIC_PAYLOAD_TYPES.get(payload_type)
-
-
 def _matching_codecs(media: MediaDescription, policy: MediaPolicy) -> list[Codec]:
     """Offered codecs we relay, in our order of preference."""
     offered = []
+    rtpmaps = media.rtpmaps()  # once: per payload type it made formats x rtpmaps work
     for payload_type in media.payload_types:
-        rtpmap = _rtpmap_of(media, payload_type)
+        rtpmap = rtpmaps.get(payload_type) or STATIC_PAYLOAD_TYPES.get(payload_type)
         if rtpmap is not None and rtpmap.clock_rate == 8000:
             offered.append(rtpmap)
     wanted = [name.upper() for name in policy.codecs]
@@ -189,8 +186,9 @@ def _matching_codecs(media: MediaDescription, policy: MediaPolicy) -> list[Codec
 
 
 def _telephone_event(media: MediaDescription) -> RtpMap | None:
+    rtpmaps = media.rtpmaps()
     for payload_type in media.payload_types:
-        rtpmap = media.rtpmaps().get(payload_type)
+        rtpmap = rtpmaps.get(payload_type)
         if rtpmap and rtpmap.encoding.lower() == _TELEPHONE_EVENT and rtpmap.clock_rate == 8000:
             return rtpmap
     return None

@@ -99,8 +99,22 @@ _TOKEN = r"[A-Za-z0-9.!%*_+`'~-]+"
 _QUOTED = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
 _SCHEME = re.compile(rf"[ \t]*({_TOKEN})[ \t]+")
 _PARAM = re.compile(rf"[ \t]*({_TOKEN})[ \t]*=[ \t]*({_TOKEN}|{_QUOTED})[ \t]*")
-_FOLD = re.compile(r"[ \t]*\r?\n[ \t]+")  # RFC 3261 §7.3.1: folding reads as one SP
+# RFC 3261 §7.3.1: folding (blanks, a line break, blanks) reads as one SP. The expression starts
+# at the line break, not at the blanks before it: `[ \t]*\r?\n[ \t]+` made every blank of a long
+# run a new start that scanned the rest of the run ("Digest " + 60,000 blanks: ~24 s, quadratic).
+# `_unfold` strips the blanks before each break instead, so every character is read once or twice.
+_FOLD = re.compile(r"\r?\n[ \t]+")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _unfold(text: str) -> str:
+    """Replace each fold, with the blanks before it, by one SP (what `re.sub` of
+    `[ \t]*\r?\n[ \t]+` did, in linear time)."""
+    pieces = _FOLD.split(text)
+    if len(pieces) == 1:
+        return text
+    last = pieces.pop()
+    return " ".join([piece.rstrip(" \t") for piece in pieces] + [last])
 
 
 def parse_digest_params(header_value: str) -> dict[str, str] | None:
@@ -110,7 +124,7 @@ def parse_digest_params(header_value: str) -> dict[str, str] | None:
     credentials value: another scheme, a missing or repeated parameter list element, a
     duplicate name (RFC 3261 §7.3.1), an unterminated quote, stray characters.
     """
-    text = _FOLD.sub(" ", header_value)
+    text = _unfold(header_value) if "\n" in header_value else header_value
     try:
         _wire(text)
     except UnicodeEncodeError:  # a lone surrogate no wire could have carried

@@ -5,9 +5,16 @@ Invariants:
   what must be sent is appended to `outbox` as (bytes, Flow) for the I/O layer to drain.
 - Every request that fails parsing or the §8.2 checks and can be answered gets its 4xx/5xx here,
   statelessly, and is counted; a broken response is dropped and counted. Nothing else changes.
+- `receive` never raises: an exception from a parser or the TU is counted as an internal error,
+  reported once through `on_internal_error`, and the message is answered when it can be. An
+  exception must never reach the I/O layer, where it would kill a TCP connection.
 - Server transactions are matched by (branch, sent-by, method) when the branch has the RFC 3261
   magic cookie (§17.2.3), and by the RFC 2543 fields otherwise; client transactions by
-  (branch, CSeq method) (§17.1.3).
+  (branch, CSeq method) (§17.1.3). A server transaction's key also holds the transport and
+  source address it was created from: a request that copies a live branch and sent-by from
+  another transport or source (sent-by is text any sender can write) is a transaction of its
+  own, so nobody can draw a retransmitted answer, or a CANCEL's effect, onto someone else's
+  transaction. ACK matches the INVITE's transaction; CANCEL is its own (§9.2).
 - The transaction user (the B2BUA, the registrar) receives reports through direct method calls:
   on the per-message path a call costs less than building an event object nobody keeps.
 - One timer heap serves transactions and the TU: anything with `on_timer(now)` may be scheduled.
@@ -81,8 +88,8 @@ class TransactionUser(Protocol):
 class LayerCounters:
     messages_in: int = 0
     messages_out: int = 0
-    parse_errors: int = 0
-    rejected_requests: int = 0
+    parse_errors: int = 0  # unparseable messages, and requests rejected 400 as malformed
+    rejected_requests: int = 0  # requests answered 4xx/5xx by §8.2 checks (malformed or not)
     dropped_responses: int = 0
     retransmissions_sent: int = 0
     retransmissions_received: int = 0
@@ -117,7 +124,7 @@ class TransactionLayer:
         self._seq = itertools.count()
         self.on_rejected: Callable[[Request | None, int, Flow, str], None] | None = None
         # Told about an exception raised by the TU while handling a message (for the log).
-        self.on_internal_error: Callable[[BaseException, SipMessage], None] | None = None
+        self.on_internal_error: Callable[[BaseException, SipMessage | bytes], None] | None = None
 
     # -- output ----------------------------------------------------------------------------
     def send(self, data: bytes, flow: Flow, *, retransmission: bool = False) -> None:
@@ -182,7 +189,24 @@ class TransactionLayer:
             self.counters.parse_errors += 1
             self._answer_unparseable(data, exc, flow)
             return
-        self.receive_message(message, flow, now)
+        except Exception as exc:  # noqa: BLE001 - a parser bug: answer 400, never escape
+            self.counters.parse_errors += 1
+            self._internal_error(exc, data[:200])
+            self._answer_unparseable(data, SipParseError(f"unreadable message ({exc!r:.80})"),
+                                     flow)
+            return
+        try:
+            self.receive_message(message, flow, now)
+        except Exception as exc:  # noqa: BLE001 - the last guard: see the invariants
+            self._internal_error(exc, message)
+
+    def reject_unframable(self, head: bytes, exc: SipParseError, flow: Flow) -> None:
+        """A stream frame the framer could not delimit (`StreamFramer.error_head`): counted as
+        a parse error and answered with the error's status when it was a request; the caller
+        closes the connection afterwards (RFC 3261 §18.3)."""
+        self.counters.messages_in += 1
+        self.counters.parse_errors += 1
+        self._answer_unparseable(head, exc, flow)
 
     def receive_message(self, message: SipMessage, flow: Flow, now: float) -> None:
         if isinstance(message, Request):
@@ -192,10 +216,16 @@ class TransactionLayer:
             self._receive_response(message, flow, now)
 
     def _receive_request(self, request: Request, flow: Flow, now: float) -> None:
-        error = check_request(request)
+        try:
+            error = check_request(request)
+        except Exception as exc:  # noqa: BLE001 - check_request must not raise; if it does,
+            self._internal_error(exc, request)  # the request is still answered, not dropped
+            error = (400, "Bad Request", [])
         if error is not None:
             status, reason, extra = error
             self.counters.rejected_requests += 1
+            if status == 400:
+                self.counters.parse_errors += 1
             if request.method != "ACK" and "via" in request.headers:
                 response = build_response(request, status, reason, to_tag=self.token(),
                                           extra=extra)
@@ -204,7 +234,7 @@ class TransactionLayer:
                 self.on_rejected(request, status, flow, reason)
             return
         method = request.method
-        key = self._server_key(request, "INVITE" if method == "ACK" else method)
+        key = self._server_key(request, "INVITE" if method == "ACK" else method, flow)
         txn = self.server_transactions.get(key)
         if txn is not None:
             if method == "ACK":
@@ -236,7 +266,7 @@ class TransactionLayer:
                 txn.respond(build_response(request, 500, "Server Internal Error",
                                            to_tag=txn.to_tag or self.token()), now)
 
-    def _internal_error(self, exc: BaseException, message: SipMessage) -> None:
+    def _internal_error(self, exc: BaseException, message: SipMessage | bytes) -> None:
         self.counters.internal_errors += 1
         if self.on_internal_error is not None:
             self.on_internal_error(exc, message)
@@ -246,7 +276,7 @@ class TransactionLayer:
         txn = ServerNonInviteTransaction(key, self, flow, cancel)
         self.server_transactions[key] = txn
         self.counters.transactions_created += 1
-        invite = self.server_transactions.get(self._server_key(cancel, "INVITE"))
+        invite = self.server_transactions.get(self._server_key(cancel, "INVITE", flow))
         if not isinstance(invite, ServerInviteTransaction) or invite.state is not (
             State.PROCEEDING
         ):
@@ -255,15 +285,17 @@ class TransactionLayer:
         txn.respond(build_response(cancel, 200, to_tag=invite.to_tag), now)
         self.tu.on_cancel(invite, cancel, now)
 
-    def _server_key(self, request: Request, method: str) -> object:
+    def _server_key(self, request: Request, method: str, flow: Flow) -> object:
         via = request.via
         branch = via.branch
+        # The connection id stays out: (host, port) already names a TCP peer's socket.
+        source = (flow.transport, flow.host, flow.port)
         if branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > 7:
-            return (branch, via.sent_by, method)
+            return (branch, via.sent_by, method, source)
         # RFC 2543 matching (§17.2.3): Request-URI, To tag, From tag, Call-ID, CSeq, top Via.
         return (
             "rfc2543", request.uri, request.from_.tag, request.call_id,
-            request.cseq.number, via.raw, method,
+            request.cseq.number, via.raw, method, source,
         )
 
     def _receive_response(self, response: Response, flow: Flow, now: float) -> None:

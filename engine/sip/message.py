@@ -95,7 +95,10 @@ class SipMessage:
                 raise SipParseError("missing Via")
             first = lines[0]
             if "," in first:
-                first = split_list(first)[0]
+                pieces = split_list(first)
+                if not pieces:  # "Via: ," holds no value at all
+                    raise SipParseError(f"empty Via: {first[:80]!r}")
+                first = pieces[0]
             via = self._via = parse_via(first)
         return via
 

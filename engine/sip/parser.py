@@ -8,7 +8,11 @@ Invariants:
 - On streams, Content-Length is mandatory (RFC 3261 §18.3); the framer closes the connection on
   a frame it cannot delimit, and answers RFC 5626 CRLF keep-alive pings.
 - Scalar fields are range-checked before use (RFC 4475 §3.1.2.4/§3.1.2.5): no overlarge CSeq,
-  Max-Forwards, Expires, status code or Content-Length reaches the rest of the engine.
+  Max-Forwards, Expires, status code or Content-Length reaches the rest of the engine, and no
+  digit string is handed to `int()` before its length is known to be small (a 5,000-digit
+  Content-Length must be a 413, not Python's ValueError for long integer strings).
+- Cost is linear in the input: every expression here starts with a literal or is anchored, and
+  the framer never rescans bytes it has already searched for the end of a header block.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ _DIGITS = re.compile(r"\s*([0-9]+)\s*\Z")
 _FOLD = re.compile(r"\r?\n[ \t]+")
 
 MAX_CONTENT_LENGTH = 2**24  # nothing legitimate in SIP is near 16 MiB
+_MAX_LENGTH_DIGITS = len(str(MAX_CONTENT_LENGTH))  # more significant digits is too large
 
 
 def _split_head(data: bytes) -> tuple[bytes, bytes]:
@@ -107,7 +112,11 @@ def _content_length(lines: list[str]) -> int:
         match = _DIGITS.match(line)
         if match is None:
             raise SipParseError(f"bad Content-Length: {line[:40]!r}")
-        values.add(int(match.group(1)))
+        digits = match.group(1).lstrip("0") or "0"
+        if len(digits) > _MAX_LENGTH_DIGITS:
+            raise SipParseError(f"Content-Length too large: {line[:40]!r}", 413,
+                                "Request Entity Too Large")
+        values.add(int(digits))
     if len(values) != 1:
         raise SipParseError("conflicting Content-Length values")
     length = values.pop()
@@ -156,15 +165,24 @@ class StreamFramer:
     """Cuts a TCP/TLS byte stream into SIP frames by Content-Length.
 
     `feed` returns complete frames (bytes) and keep-alive pings. When the stream cannot be
-    framed any more, the frames before the bad one are still returned and `error` is set; the
-    connection must then be closed (the next `feed` raises it)."""
+    framed any more, the frames before the bad one are still returned, `error` is set and
+    `error_head` holds the start of the bad frame (at most `max_message_size` bytes) so that
+    the caller can still answer it with `error.status` before closing; the connection must
+    then be closed (the next `feed` raises `error`).
 
-    __slots__ = ("_buffer", "max_message_size", "error")
+    Each byte is searched for the end of the header block once and each header block is read
+    for its Content-Length once, however the stream is cut into segments: a peer trickling a
+    64 KiB message one byte per segment costs linear work, not quadratic."""
+
+    __slots__ = ("_buffer", "_scanned", "_total", "max_message_size", "error", "error_head")
 
     def __init__(self, max_message_size: int = 65535) -> None:
         self._buffer = bytearray()
+        self._scanned = 0  # no "\r\n\r\n" starts before this offset of the buffer
+        self._total = 0  # length of the frame at the front once its head is read, else 0
         self.max_message_size = max_message_size
         self.error: SipFramingError | None = None
+        self.error_head = b""
 
     @property
     def pending_bytes(self) -> int:
@@ -179,6 +197,8 @@ class StreamFramer:
             self._frame(data, out)
         except SipFramingError as exc:
             self.error = exc
+            self.error_head = bytes(self._buffer[: self.max_message_size])
+            self._buffer.clear()
             if not out:
                 raise
         return out
@@ -187,6 +207,14 @@ class StreamFramer:
         buffer = self._buffer
         buffer += data
         while buffer:
+            total = self._total
+            if total:
+                if len(buffer) < total:
+                    break
+                out.append(bytes(buffer[:total]))
+                del buffer[:total]
+                self._total = self._scanned = 0
+                continue
             if buffer[:2] == b"\r\n":
                 if buffer[:4] == b"\r\n\r\n":
                     del buffer[:4]
@@ -196,11 +224,12 @@ class StreamFramer:
                     break  # maybe the start of a ping: wait for more
                 del buffer[:2]  # a lone CRLF before a message (RFC 3261 §7.5)
                 continue
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", self._scanned)
             if end < 0:
                 if len(buffer) > self.max_message_size:
                     raise SipFramingError("header block larger than the maximum message size",
                                           513, "Message Too Large")
+                self._scanned = max(0, len(buffer) - 3)
                 break
             head = bytes(buffer[: end + 2])
             lengths = _CL_STREAM.findall(head)
@@ -209,15 +238,12 @@ class StreamFramer:
             try:
                 length = _content_length([v.decode("latin-1") for v in lengths])
             except SipParseError as exc:
-                raise SipFramingError(str(exc)) from exc
+                raise SipFramingError(str(exc), exc.status, exc.reason) from exc
             total = end + 4 + length
             if total > self.max_message_size:
                 raise SipFramingError("message larger than the maximum message size",
                                       513, "Message Too Large")
-            if len(buffer) < total:
-                break
-            out.append(bytes(buffer[:total]))
-            del buffer[:total]
+            self._total = total
 
     @property
     def pending(self) -> int:

@@ -2,6 +2,9 @@
 
 Each check returns None or the error response's (status, reason, extra headers). They run in
 the RFC's order: §8.2.1 method, §8.2.2 headers, §8.2.2.3 Require, §8.2.3 content.
+
+Invariant: `check_request` never raises on what the peer sent. Every header and URI it reads is
+read inside one guard, and whatever fails to parse becomes that request's answer (400, 416...).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import re
 from .errors import SipParseError
 from .headers import SINGLE_HEADERS, parse_name_addr
 from .message import Request
+from .uri import parse_uri
 
 SUPPORTED_OPTIONS = frozenset({"timer", "path", "outbound"})
 KNOWN_METHODS = frozenset(
@@ -19,7 +23,9 @@ KNOWN_METHODS = frozenset(
 )
 ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, UPDATE, INFO"
 ACCEPTED_BODY_TYPES = frozenset({"application/sdp"})
-_SCALAR = re.compile(r"\s*[0-9]{1,10}\s*\Z")
+# LWS is SP and HTAB only: `\s` also matches \x1c-\x1f, which int() refuses, so "7\x1d" passed
+# the check and raised ValueError in it (found by fuzzing).
+_SCALAR = re.compile(r"[ \t]*([0-9]{1,10})[ \t]*\Z")
 MAX_EXPIRES = 2**32 - 1
 
 ErrorAnswer = tuple[int, str, list[tuple[str, str]]]
@@ -38,25 +44,27 @@ def check_request(request: Request) -> ErrorAnswer | None:
     try:
         cseq = request.cseq
         request.via  # noqa: B018 - parses and validates the top Via
-        request.from_  # noqa: B018
-        request.to  # noqa: B018
+        # The URIs every later stage reads (registrar, dialplan, dialogs) are read here, once,
+        # so that a malformed one is this request's 400 and never an exception in the TU.
+        parse_uri(request.from_.uri)
+        parse_uri(request.to.uri)
+        ruri = request.request_uri
         if "contact" in headers and request.method in ("INVITE", "REGISTER", "SUBSCRIBE"):
             for contact in request.values("contact"):
                 if contact != "*":
                     _check_contact(contact)
     except SipParseError as exc:
-        return exc.status, "Bad Request", [warning_header(str(exc))]
+        return exc.status, exc.reason, [warning_header(str(exc))]
     if cseq.method != request.method:
         return 400, "CSeq method does not match the request", []
     mf = headers.get("max-forwards")
-    if mf is not None and (_SCALAR.match(mf[0]) is None or int(mf[0]) > 255):
+    if mf is not None and not _scalar_at_most(mf[0], 255):
         return 400, "Bad Max-Forwards", []
     expires = headers.get("expires")
-    if expires is not None and (_SCALAR.match(expires[0]) is None or int(expires[0]) > MAX_EXPIRES):
+    if expires is not None and not _scalar_at_most(expires[0], MAX_EXPIRES):
         return 400, "Bad Expires", []
     if request.method not in KNOWN_METHODS:
         return 501, "Not Implemented", [("allow", ALLOWED_METHODS)]
-    ruri = request.request_uri
     if not ruri.is_sip and ruri.scheme != "tel":
         return 416, "Unsupported URI Scheme", []
     if request.method in ("ACK", "CANCEL"):
@@ -85,9 +93,15 @@ def check_request(request: Request) -> ErrorAnswer | None:
 
 def _check_contact(value: str) -> None:
     addr = parse_name_addr(value)
+    parse_uri(addr.uri)  # a binding the registrar stores must be one it can route to later
     expires = addr.params.get("expires")
-    if expires is not None and (_SCALAR.match(expires) is None or int(expires) > MAX_EXPIRES):
+    if expires is not None and not _scalar_at_most(expires, MAX_EXPIRES):
         raise SipParseError(f"Contact expires out of range: {expires[:20]!r}")
+
+
+def _scalar_at_most(value: str, limit: int) -> bool:
+    match = _SCALAR.match(value)
+    return match is not None and int(match.group(1)) <= limit
 
 
 def warning_header(text: str) -> tuple[str, str]:
