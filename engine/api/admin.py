@@ -715,11 +715,23 @@ class AdminApi:
             body["next"] = f"/audit?after={records[-1]['seq']}&limit={limit}"
         return HttpResponse.of_json(body)
 
-    def audit_verify(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+    async def audit_verify(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        """What `vaultpbx audit verify` says: the log against the configured outside copies
+        (file sink, HTTP receiver), the pinned key and the allowed lag. Reading the whole log
+        runs in a worker thread, off the signalling loop."""
+        from ..security.cli import verify_configured
+
         if self.audit_dir is None:
             return _error(404, "no audit log on this node")
-        report = audit_log.verify(self.audit_dir, self.audit_sink)
-        return HttpResponse.of_json({"ok": report.ok, "summary": report.summary()})
+        report = await self.run_blocking(verify_configured, self.audit_dir,
+                                         self.security.audit, self.audit_sink, now=self.clock())
+        if isinstance(report, str):  # nothing outside the data directory to check against
+            return HttpResponse.of_json({"ok": False, "verified": False,
+                                         "summary": f"audit log NOT verified: {report}"})
+        return HttpResponse.of_json({"ok": report.ok, "verified": True,
+                                     "summary": report.summary(),
+                                     "first_bad": None if report.first_bad is None
+                                     else str(report.first_bad)})
 
 
 # -- helpers ---------------------------------------------------------------------------------------

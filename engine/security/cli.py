@@ -32,6 +32,7 @@ from .audit import (
     HttpSink,
     OutsideCopy,
     SyslogSink,
+    VerifyReport,
     read_exported_copy,
     read_file_copy,
     read_http_copy,
@@ -210,8 +211,15 @@ def _outside_copies(args: argparse.Namespace, paths: AuditPaths) -> list[Outside
         copies += [read_http_copy(url, timeout=audit.http_timeout) for url in urls]
         copies += [read_exported_copy(path) for path in exported]
         return copies
-    if paths.sink is not None:
-        copies.append(read_file_copy(paths.sink))
+    return configured_copies(audit, paths.sink)
+
+
+def configured_copies(audit: AuditConfig, sink: Path | None) -> list[OutsideCopy] | str:
+    """The outside copies the configuration names (file sink, HTTP receiver), read now; or why
+    there is none to check against."""
+    copies: list[OutsideCopy] = []
+    if sink is not None:
+        copies.append(read_file_copy(sink))
     if audit.http:
         copies.append(read_http_copy(audit.http, timeout=audit.http_timeout))
     if copies:
@@ -222,6 +230,18 @@ def _outside_copies(args: argparse.Namespace, paths: AuditPaths) -> list[Outside
     return ("no outside copy of the checkpoints is configured (security.audit.sink or .http) "
             "or given (--sink, --http, --checkpoints): a log checked against itself proves "
             "nothing against whoever can write its directory (--local-only to do it anyway)")
+
+
+def verify_configured(directory: Path, audit: AuditConfig, sink: Path | None, *,
+                      now: float) -> VerifyReport | str:
+    """What `vaultpbx audit verify` checks with no overriding options: the log against the
+    configured outside copies, the pinned key and the allowed lag; or why it cannot be verified
+    (no outside copy). The admin API's `GET /audit/verify` answers with this."""
+    copies = configured_copies(audit, sink)
+    if isinstance(copies, str):
+        return copies
+    return verify(directory, public_key=audit.public_key, outside=copies, now=now,
+                  max_lag=audit.checkpoint_interval + audit.verify_grace)
 
 
 def run_verify(args: argparse.Namespace) -> int:

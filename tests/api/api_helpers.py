@@ -30,7 +30,7 @@ from vaultpbx.api.recordings import BytesStream
 from vaultpbx.api.server import AdminHttpServer
 from vaultpbx.hooks.maskers import resident_id_check_char
 from vaultpbx.hooks.registry import HookPoint, HookRegistry
-from vaultpbx.security.audit import AuditLog
+from vaultpbx.security.audit import AuditLog, FileSink
 from vaultpbx.security.config import SecurityConfig
 from vaultpbx.security.observer import AuditObserver
 from vaultpbx.security.users import make_password_hasher
@@ -294,13 +294,18 @@ def make_harness(tmp_path: Path, *, security: dict[str, Any] | None = None,
     events: list[tuple[HookPoint, dict[str, Any]]] = []
     for point in HookPoint:
         hooks.add_observer(point, lambda p, e: events.append((p, dict(e))), name="capture")
-    audit = AuditLog(tmp_path / "audit", fsync=False, checkpoint_every=10_000)
+    # The outside copy of the checkpoints, beside the data as in configs/default.yaml: what
+    # GET /audit/verify checks the log against.
+    outside = tmp_path / "audit-outside" / "checkpoints.jsonl"
+    audit = AuditLog(tmp_path / "audit", sinks=[FileSink(outside)], fsync=False,
+                     checkpoint_every=10_000)
     AuditObserver(audit, clock).attach(hooks)
     config = SecurityConfig.from_dict({**(security or {}), "users": USERS})
     recordings = recordings if recordings is not None else FakeRecordings()
     cdr = cdr if cdr is not None else FakeCdr()
     api = AdminApi.from_config(config, hooks=hooks, cdr=cdr, recordings=recordings,
-                               clock=clock, audit_dir=audit.directory, hasher=HASHER)
+                               clock=clock, audit_dir=audit.directory, audit_sink=outside,
+                               hasher=HASHER)
     for name, value in api_kwargs.items():
         setattr(api, name, value)
     return Harness(api=api, clock=clock, events=events, audit=audit, recordings=recordings,

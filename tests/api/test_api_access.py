@@ -122,10 +122,30 @@ def test_auditor_reads_audit_log_and_nothing_else(harness: Harness) -> None:
     # Paging: after= skips what was read, limit bounds the answer.
     page = body(h.request("GET", "/audit?after=0&limit=1", token=token))
     assert [r["seq"] for r in page["records"]] == [1] and "after=1" in page["next"]
+    h.audit.checkpoint(now=h.clock())  # signed, and copied outside the data directory
     verified = body(h.request("GET", "/audit/verify", token=token))
-    assert verified["ok"] is True
+    assert (verified["ok"], verified["verified"]) == (True, True), verified
     assert set(p.value for p in h.api.policy.permissions("auditor")) == {
         "audit.read", "audit.verify"}
+
+
+def test_audit_verify_checks_the_outside_copy_as_the_cli_does(harness: Harness) -> None:
+    """GET /audit/verify is `vaultpbx audit verify`: a record rewritten in place, with the
+    chain recomputed and the local checkpoints rewritten to match, still fails against the
+    signed copy kept outside the data directory; a log with no outside copy is never called
+    intact (the auditor's finding 8)."""
+    from tests.security.audit_attacker import change_actor, rewrite_history
+
+    h = harness
+    token = h.token("auditor")
+    h.audit.checkpoint(now=h.clock())
+    assert body(h.request("GET", "/audit/verify", token=token))["ok"] is True
+    rewrite_history(h.audit.directory, change_actor(0, "nobody"), now=h.clock())
+    verified = body(h.request("GET", "/audit/verify", token=token))
+    assert verified["ok"] is False and "NOT intact" in verified["summary"], verified
+    (h.audit.directory.parent / "audit-outside" / "checkpoints.jsonl").unlink()
+    gone = body(h.request("GET", "/audit/verify", token=token))
+    assert gone["ok"] is False, gone
 
 
 def test_every_request_passes_api_request_hook(harness: Harness) -> None:
