@@ -13,21 +13,16 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..hooks.registry import HookPoint, HookRegistry
 from ..runtime.config import Config, music_on_hold_by_queue
-from ..sdp.errors import SdpError
-from ..sdp.model import Direction, parse_sdp
-from ..security.throttle import CredentialThrottle
 from ..sip.dialog import Dialog
-from ..sip.digest import DigestAnswer, DigestReason, DigestServer, build_authorization
+from ..sip.digest import build_authorization
 from ..sip.endpoint import Flow, TransactionLayer
 from ..sip.errors import SipParseError
-from ..sip.headers import parse_name_addr
 from ..sip.message import Request, Response, build_response, reason_phrase
 from ..sip.transaction import (
     ClientInviteTransaction,
@@ -40,9 +35,12 @@ from ..sip.transaction import (
 )
 from ..sip.uri import parse_uri
 from ..sip.validate import ALLOWED_METHODS, warning_header
-from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side, disposition_of
+from .authgate import DigestGate, Reply
+from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
+from .cdrmap import note_end, note_hold, record_of
 from .dialplan import Dialplan, Route
 from .location import LocationService
+from .registrar import Registrar
 from .timers import CallTimer, CallTimerWheel
 
 # Final responses from a callee mapped to what the caller hears (RFC 3261 §16.7 picks the
@@ -125,7 +123,6 @@ class B2BUA:
     ) -> None:
         self.token = token
         self.hooks = hooks
-        self.location = LocationService()
         self.calls: dict[str, Call] = {}
         self.dialogs: dict[tuple[str, str, str | None], Leg] = {}
         self.trunk_calls: dict[str, int] = {}
@@ -134,15 +131,23 @@ class B2BUA:
         self.layer: TransactionLayer | None = None  # set by `attach`
         self.stats = {
             "calls_started": 0, "calls_answered": 0, "calls_failed": 0, "calls_ended": 0,
-            "auth_challenges": 0, "auth_failures": 0, "auth_throttled": 0, "registrations": 0,
             "moh_started": 0, "moh_unavailable": 0,
         }
-        self.on_auth_failure: Callable[[str, str, Flow], None] | None = None
         self.queue_router: QueueRouter | None = None
         self.media: MediaPort | None = None
-        self.digest_secret = digest_secret
-        self.auth_throttle = CredentialThrottle(config.sip.digest_throttle)
+        # Each concern owns its state; the B2BUA keeps a reference, never a copy.
+        self.auth = DigestGate(config, secret=digest_secret, token=token)
+        self.registrar = Registrar(config)
         self.apply_config(config)
+
+    @property
+    def location(self) -> LocationService:
+        """The registrar's location service (who is registered where)."""
+        return self.registrar.location
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of the call core, by metric name (call, digest gate, registrar)."""
+        return {**self.stats, **self.auth.counters, **self.registrar.counters}
 
     def attach(self, layer: TransactionLayer) -> None:
         self.layer = layer
@@ -157,12 +162,9 @@ class B2BUA:
         self.config = config
         self.dialplan = Dialplan(config.dialplan)
         self.music_on_hold = music_on_hold_by_queue(config)
-        self.digest = DigestServer(
-            realm=config.sip.domain, secret=self.digest_secret, nonce_ttl=config.sip.nonce_ttl,
-            algorithms=tuple(config.sip.digest_algorithms),
-        )
+        self.auth.apply_config(config)
+        self.registrar.apply_config(config)
         self.trusted = frozenset(config.auth.trusted_sources)
-        self.auth_throttle.config = config.sip.digest_throttle  # counts survive a reload
         self.trunk_sources = {
             (uri.host_without_brackets, uri.port or 5060): name
             for name, trunk in config.trunks.items()
@@ -225,119 +227,28 @@ class B2BUA:
         else:
             self.respond(txn, request, 405, now, extra=[("allow", ALLOWED_METHODS)])
 
-    # -- authentication ------------------------------------------------------------------------
+    # -- authentication and REGISTER (authgate.py, registrar.py) --------------------------------
     def _authenticate(self, txn: ServerTransaction, request: Request, flow: Flow, now: float,
                       *, proxy: bool) -> str | None:
-        """Return the authenticated extension, or answer 401/407/400/403 and return None.
+        """The authenticated extension, or None once the gate's answer has been sent."""
+        verdict = self.auth.check(request, flow, now, proxy=proxy)
+        if verdict.reply is not None:
+            self._reply(txn, request, verdict.reply, now)
+        return verdict.user
 
-        Known and unknown users get the same answers (no extension enumeration). Wrong passwords
-        are throttled per (user, source address) and per user, whatever the source (trusted
-        ones too): while a user is throttled for this source its attempts are not believed,
-        right or wrong, and get the same fresh 401/407 challenge as a wrong password, so the
-        answer tells neither whether the user exists nor whether the password was right."""
-        header = request.get("proxy-authorization" if proxy else "authorization")
-        if header is None or not header.lstrip().lower().startswith("digest"):
-            self._challenge(txn, request, now, proxy=proxy, stale=False)
-            return None
-        extensions = self.config.extensions
+    def _reply(self, txn: ServerTransaction, request: Request, reply: Reply, now: float) -> None:
+        self.respond(txn, request, reply.status, now, reason=reply.reason,
+                     extra=list(reply.headers))
 
-        def password_of(user: str) -> str | None:
-            ext = extensions.get(user)
-            return ext.password if ext is not None else None
-
-        result = self.digest.verify(request.method, header, password_of, now,
-                                    request_uri=request.uri)
-        throttle = self.auth_throttle
-        if result.username and throttle.check(result.username, flow.host, now) > 0.0:
-            self.stats["auth_throttled"] += 1
-            self._count_auth_failure(result.username, "throttled", flow)
-            self._challenge(txn, request, now, proxy=proxy, stale=False)
-            return None
-        if result.ok:
-            if self.config.auth.require_from_match:
-                aor = request.to if request.method == "REGISTER" else request.from_
-                if parse_uri(aor.uri).user != result.username:
-                    self._count_auth_failure(result.username, "identity-mismatch", flow)
-                    self.respond(txn, request, 403, now)
-                    return None
-            throttle.succeeded(result.username, flow.host, now)
-            return result.username
-        if result.reason in (DigestReason.BAD_RESPONSE, DigestReason.UNKNOWN_USER):
-            throttle.failed(result.username, flow.host, now)
-        answer = result.answer
-        if answer is DigestAnswer.CHALLENGE_STALE:
-            self._challenge(txn, request, now, proxy=proxy, stale=True)
-            return None
-        self._count_auth_failure(result.username, result.reason.value, flow)
-        if answer is DigestAnswer.BAD_REQUEST:
-            self.respond(txn, request, 400, now, reason="Bad Authorization")
-        else:
-            self._challenge(txn, request, now, proxy=proxy, stale=False)
-        return None
-
-    def _challenge(self, txn: ServerTransaction, request: Request, now: float, *, proxy: bool,
-                   stale: bool) -> None:
-        self.stats["auth_challenges"] += 1
-        name = "proxy-authenticate" if proxy else "www-authenticate"
-        values = self.digest.challenge_headers(now, stale, entropy=self.token().encode())
-        self.respond(txn, request, 407 if proxy else 401, now,
-                     extra=[(name, value) for value in values])
-
-    def _count_auth_failure(self, username: str, why: str, flow: Flow) -> None:
-        self.stats["auth_failures"] += 1
-        if self.on_auth_failure is not None:
-            self.on_auth_failure(username, why, flow)
-
-    # -- REGISTER (RFC 3261 §10.3) ---------------------------------------------------------------
     def _on_register(self, txn: ServerTransaction, request: Request, flow: Flow,
                      now: float) -> None:
-        to_uri = parse_uri(request.to.uri)
-        if not to_uri.is_sip:
-            self.respond(txn, request, 400, now, reason="To must be a SIP AOR")
+        refused = self.registrar.check_aor(request)
+        if refused is not None:
+            self._reply(txn, request, refused, now)
             return
-        user = self._authenticate(txn, request, flow, now, proxy=False)
-        if user is None:
+        if self._authenticate(txn, request, flow, now, proxy=False) is None:
             return
-        aor = to_uri.user or ""
-        ext = self.config.extensions.get(aor)
-        if ext is None:
-            self.respond(txn, request, 403, now)
-            return
-        sip = self.config.sip
-        header_expires = request.get("expires")
-        contacts = request.values("contact")
-        call_id = request.call_id
-        cseq = request.cseq.number
-        if contacts == ["*"]:
-            if header_expires is None or int(header_expires) != 0:
-                self.respond(txn, request, 400, now, reason="Wildcard needs Expires: 0")
-                return
-            self.location.remove_all(aor)
-        for value in contacts if contacts != ["*"] else []:
-            addr = parse_name_addr(value)
-            raw = addr.params.get("expires", header_expires)
-            expires = int(raw) if raw is not None else sip.register_default_expires
-            if 0 < expires < sip.register_min_expires:
-                self.respond(txn, request, 423, now,
-                             extra=[("min-expires", str(sip.register_min_expires))])
-                return
-            expires = min(expires, sip.register_max_expires)
-            try:
-                q = float(addr.params.get("q", "1") or 1)
-            except ValueError:
-                self.respond(txn, request, 400, now, reason="Bad q value")
-                return
-            if not self.location.update(aor, addr.uri, expires, flow, call_id, cseq, now, q=q,
-                                        max_contacts=ext.max_contacts):
-                self.respond(txn, request, 500, now, reason="Out of order CSeq")
-                return
-        self.stats["registrations"] += 1
-        bindings = self.location.lookup(aor, now)
-        extra = [
-            ("contact", f"<{b.contact}>;expires={max(0, round(b.expires_at - now))}")
-            for b in bindings
-        ]
-        self.respond(txn, request, 200, now, extra=extra)
+        self._reply(txn, request, self.registrar.register(request, flow, now), now)
 
     # -- new calls -------------------------------------------------------------------------------
     def _on_invite(self, txn: ServerTransaction, request: Request, flow: Flow,
@@ -1058,7 +969,7 @@ class B2BUA:
         extra: list[tuple[str, str]] = []
         if relay.method in ("INVITE", "UPDATE") and 200 <= status < 300:
             if not error and relay.origin_leg.call is not None:
-                _note_hold(relay.origin_leg.call, relay.origin_leg.side, request.body, now)
+                note_hold(relay.origin_leg.call, relay.origin_leg.side, request.body, now)
             target.dialog.refresh_target(response)
             extra.append(("contact", relay.origin_leg.dialog.local_contact))
             if relay.method == "INVITE":
@@ -1183,12 +1094,7 @@ class B2BUA:
                 self._bye_leg(leg, now)
         call.cause = call.cause or cause
         call.status = call.status or status
-        if call.answered_at is not None:  # reporting: who hung up, the hold still running
-            call.ended_by = "system" if hung_up_by is None else (
-                "caller" if hung_up_by.side is Side.A else "callee")
-            if call.hold_started is not None:
-                call.hold_seconds += now - call.hold_started
-                call.hold_started = None
+        note_end(call, hung_up_by.side if hung_up_by is not None else None, now)
         if call.acd_queue is not None and self.queue_router is not None:
             self.queue_router.call_ended(call, call.answered_at is not None, now)
         call.state = CallState.ENDED
@@ -1203,24 +1109,9 @@ class B2BUA:
         for leg in call.legs():
             if self.dialogs.get(leg.dialog.key) is leg:
                 del self.dialogs[leg.dialog.key]
-        self.finished_records.append(self._record(call))
+        self.finished_records.append(record_of(call, self._mask))
         self._notify_state(call, now)
         call.finish()
-
-    def _record(self, call: Call) -> CallRecord:
-        legs = [
-            {"side": leg.side.value, "call_id": self._mask("call_id", leg.dialog.call_id),
-             "peer": leg.peer, "transport": leg.flow.transport,
-             "target": self._mask("number", leg.target_name)}
-            for leg in call.legs()
-        ]
-        return CallRecord(
-            call_id=call.id, caller=call.caller, callee=call.callee,
-            route_kind=call.route_kind, route_name=call.route_name, started=call.started,
-            answered=call.answered_at, ended=call.ended_at or call.started, cause=call.cause,
-            status=call.status, legs=json.dumps(legs, separators=(",", ":")),
-            **_reporting_fields(call),
-        )
 
     def _notify_state(self, call: Call, now: float) -> None:
         self.hooks.notify(HookPoint.CALL_STATE, CallStateChanged(
@@ -1291,49 +1182,6 @@ class B2BUA:
     def end_all(self, now: float, cause: str = "shutdown") -> None:
         for call in list(self.calls.values()):
             self._end_call(call, cause, 503, now)
-
-
-def _reporting_fields(call: Call) -> dict[str, object]:
-    """The CallRecord's reporting fields (issue 17, docs/cdr.md) of an ended call."""
-    agent = ""
-    if call.queue and call.answered_at is not None:
-        # A routed call's agent is the one the router offered it to; a hunt group's is the
-        # member whose phone answered.
-        agent = call.agent or (call.b.target_name if call.b is not None else "")
-    return {
-        "queue": call.queue, "queue_entered": call.queue_entered_at, "agent": agent,
-        "hold_seconds": call.hold_seconds, "wrap_up_seconds": call.wrap_up_seconds,
-        "ended_by": call.ended_by,
-        "disposition": disposition_of(answered=call.answered_at is not None,
-                                      queued=bool(call.queue), cause=call.cause),
-    }
-
-
-def _note_hold(call: Call, side: Side, offer: bytes, now: float) -> None:
-    """An accepted re-INVITE/UPDATE offer from `side`: that side holds the call while every
-    audio stream it offers is sendonly or inactive, or has the RFC 2543 hold address 0.0.0.0
-    (RFC 6337 §5.3). The call is on hold while either side holds it, so the held party's own
-    session refresh (sendrecv) does not end the other's hold. An offer without SDP (a delayed
-    offer) or that does not parse changes nothing."""
-    if not offer:
-        return
-    try:
-        sdp = parse_sdp(offer)
-    except SdpError:
-        return
-    audio = [i for i, m in enumerate(sdp.media) if m.media == "audio" and m.port != 0]
-    if not audio:
-        return
-    held = all(
-        sdp.direction_for(i) in (Direction.SENDONLY, Direction.INACTIVE)
-        or ((c := sdp.connection_for(i)) is not None and c.is_hold_address)
-        for i in audio)
-    call.held_by = call.held_by | {side} if held else call.held_by - {side}
-    if call.held_by and call.hold_started is None:
-        call.hold_started = now
-    elif not call.held_by and call.hold_started is not None:
-        call.hold_seconds += now - call.hold_started
-        call.hold_started = None
 
 
 def _leg_name(leg: Leg) -> str:

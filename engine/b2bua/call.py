@@ -184,31 +184,3 @@ class CallRecord:
     """JSON list of the parties the call was transferred to, in order (no transfer yet: [])."""
     consent: str = "not_asked"
 
-
-# Disposition of a call, from what happened (docs/cdr.md): the first matching row wins.
-ABANDONED = "abandoned"
-DISPOSITIONS = {
-    "answered": "an agent or callee answered",
-    ABANDONED: "a queue call the caller hung up before an agent answered",
-    "exit_timeout": "a queue call that waited the queue's max_wait with nowhere to go",
-    "busy": "the callee was busy or declined",
-    "no_answer": "nobody answered in time",
-    "cancelled": "a direct call the caller hung up before an answer",
-    "failed": "anything else: unreachable, refused, media or network failure",
-}
-
-
-def disposition_of(*, answered: bool, queued: bool, cause: str) -> str:
-    if answered:
-        return "answered"
-    if queued and cause == "cancelled":
-        return ABANDONED
-    if cause == "max_wait":
-        return "exit_timeout"
-    if cause in ("busy", "declined"):
-        return "busy"
-    if cause == "no_answer":
-        return "no_answer"
-    if cause == "cancelled":
-        return "cancelled"
-    return "failed"

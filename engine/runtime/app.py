@@ -121,7 +121,7 @@ class Engine:
         self.guard = FloodGuard(self.security.floodguard)
         self.b2bua = B2BUA(self.config, token=new_token, hooks=self.hooks,
                            digest_secret=os.urandom(32))
-        self.b2bua.on_auth_failure = self._auth_failed
+        self.b2bua.auth.on_failure = self._auth_failed
         # One process-wide budget for inbound stream connections (SIP TCP, SIP TLS, and the
         # admin listener, which should take its units from the same object), leaving
         # `descriptors.reserve` for UDP, outbound connections, media control, stores and logs.
@@ -502,7 +502,7 @@ class Engine:
                         count=count)
         if now >= self._next_throttle_sweep:
             self._next_throttle_sweep = now + THROTTLE_SWEEP_INTERVAL
-            self.b2bua.auth_throttle.sweep(now)
+            self.b2bua.auth.throttle.sweep(now)
             admin_api = getattr(self, "admin_api", None)
             if admin_api is not None:
                 admin_api.auth.throttle.sweep(time.time())  # the admin API's clock
@@ -552,11 +552,11 @@ class Engine:
         for listener, budget in self.transports.budgets.items():
             samples.append((f"vaultpbx_sip_{listener}_inbound_connections", "gauge",
                             budget.total, f"Inbound SIP {listener} connections"))
-        for name, value in b.auth_throttle.counters("digest_throttle").items():
+        for name, value in b.auth.throttle.counters("digest_throttle").items():
             kind = "counter" if name.endswith("_total") else "gauge"
             samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
                             name.replace("_", " ")))
-        for name, value in b.stats.items():
+        for name, value in b.counters().items():
             samples.append((f"vaultpbx_{name}", "counter", value, name.replace("_", " ")))
         if layer is not None:
             samples.append(("vaultpbx_transactions", "gauge",
