@@ -40,7 +40,7 @@ from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
 from .cdrmap import note_end, note_hold, record_of
 from .dialplan import Dialplan, Route
 from .location import LocationService
-from .registrar import Registrar
+from .registrar import QualifyProbe, Registrar
 from .timers import CallTimer, CallTimerWheel
 
 # Final responses from a callee mapped to what the caller hears (RFC 3261 §16.7 picks the
@@ -131,7 +131,7 @@ class B2BUA:
         self.layer: TransactionLayer | None = None  # set by `attach`
         self.stats = {
             "calls_started": 0, "calls_answered": 0, "calls_failed": 0, "calls_ended": 0,
-            "moh_started": 0, "moh_unavailable": 0,
+            "moh_started": 0, "moh_unavailable": 0, "branches_pruned": 0,
         }
         self.queue_router: QueueRouter | None = None
         self.media: MediaPort | None = None
@@ -484,8 +484,12 @@ class B2BUA:
             if not call.hunt:
                 self._fail_call(call, 480, "unavailable", now)
             return False
+        silent_for = self.config.sip.fork_response_timeout
         for binding in bindings:
-            self._start_b_leg(call, binding.contact, binding.flow, extension, now)
+            leg = self._start_b_leg(call, binding.contact, binding.flow, extension, now)
+            if silent_for:
+                leg.respond_by = now + silent_for
+                self._short_timer(call, leg.respond_by)
         call.state = CallState.RINGING
         return True
 
@@ -519,7 +523,7 @@ class B2BUA:
         call.state = CallState.RINGING
 
     def _start_b_leg(self, call: Call, request_uri: str, flow: Flow, target_name: str,
-                     now: float, *, from_domain: str | None = None) -> None:
+                     now: float, *, from_domain: str | None = None) -> Leg:
         a = call.a
         assert a is not None and a.invite_request is not None
         a_invite = a.invite_request
@@ -548,8 +552,11 @@ class B2BUA:
         request.set("allow", ALLOWED_METHODS)
         request.set("user-agent", self.config.sip.user_agent)
         leg.invite_request = request
+        if not call.attempts:
+            call.best_final = None  # a new round of branches (hunt member, agent, redirect)
         call.attempts.append(leg)
         self._send_b_invite(leg, request, now)
+        return leg
 
     def _send_b_invite(self, leg: Leg, request: Request, now: float) -> None:
         txn = self._layer().start_client_transaction(request, leg.flow, now, owner=leg)
@@ -565,11 +572,15 @@ class B2BUA:
             self._on_relay_response(owner, response, now)
         elif isinstance(owner, LegRequest):
             self._on_leg_request_response(owner, response, now)
+        elif isinstance(owner, QualifyProbe) and response.status >= 200:
+            self.registrar.qualify_answered(owner)
 
     def _on_b_invite_response(self, leg: Leg, txn: ClientTransaction, response: Response,
-                              now: float) -> None:
+                              now: float, *, local: bool = False) -> None:
         status = response.status
         call = leg.call
+        if not local:
+            leg.respond_by = None  # the contact is alive
         if status < 200:
             if leg.cancel_requested:
                 self._send_cancel(leg, now)  # the CANCEL waited for a provisional (§9.1)
@@ -622,21 +633,39 @@ class B2BUA:
         leg.cancel_requested = False
         if call is None or leg.ended:
             return
+        self._branch_failed(call, leg, response, now, local=local)
+
+    def _branch_failed(self, call: Call, leg: Leg, response: Response, now: float, *,
+                       local: bool) -> None:
+        """One branch of a forked INVITE ended without a 2xx (RFC 3261 §16.7): remember the
+        best answer; a 6xx ends every branch at once; when no branch is left, the best answer
+        goes to the caller (or the hunt/queue moves on). `local`: a 408 of our own (timeout,
+        transport error, silent contact) ranks below any answer a device gave."""
         leg.ended = True
         if leg in call.attempts:
             call.attempts.remove(leg)
         if call.b is not None or call.state in (CallState.ENDING, CallState.ENDED):
             return
+        rank = final_rank(response.status, local=local)
+        if call.best_final is None or rank < call.best_final[0]:
+            call.best_final = (rank, response)
+        if response.status >= 600:
+            # §16.7 step 5: a global failure: no other branch may still answer.
+            for other in list(call.attempts):
+                self._cancel_leg(other, now)
+            call.attempts = []
         if call.attempts:
             return  # other forks still ringing
+        best = call.best_final[1]
+        call.best_final = None
         if call.acd_queue is not None:
             self._agent_missed(call, now)
             return
-        if call.hunt and status not in (600, 603):
+        if call.hunt and best.status < 600:
             self._hunt_next(call, now)
             return
-        cause = CAUSES.get(status, "failed")
-        self._fail_call(call, status, cause, now, reason=response.reason)
+        cause = CAUSES.get(best.status, "failed")
+        self._fail_call(call, best.status, cause, now, reason=best.reason)
 
     def _retry_with_credentials(self, call: Call, leg: Leg, response: Response,
                                 now: float) -> bool:
@@ -999,7 +1028,7 @@ class B2BUA:
         if isinstance(owner, Leg) and owner.side is Side.B and owner.call is not None:
             if txn.IS_CLIENT:
                 self._on_b_invite_response(owner, txn,  # type: ignore[arg-type]
-                                           _timeout_response(), now)
+                                           _timeout_response(), now, local=True)
         elif isinstance(owner, InDialogRelay):
             request = owner.origin.request
             if request is not None and owner.origin.state is not State.TERMINATED:
@@ -1008,6 +1037,8 @@ class B2BUA:
             call = owner.leg.call
             if call is not None:
                 self._end_call(call, "dead_peer", 408, now)
+        elif isinstance(owner, QualifyProbe):
+            self.registrar.qualify_failed(owner, now)
 
     def on_transport_error(self, txn: Transaction, now: float) -> None:
         self.on_transaction_timeout(txn, now)
@@ -1018,6 +1049,16 @@ class B2BUA:
         if call is None:
             return None
         return call.b if leg.side is Side.A else call.a
+
+    def _prune_silent_branch(self, call: Call, leg: Leg, now: float) -> None:
+        """A registered contact said nothing, not even 100 Trying, within
+        sip.fork_response_timeout: the device has vanished (no ICMP reaches us for it on UDP).
+        Its branch ends as a local 408; should it wake up, a provisional gets our CANCEL
+        (§9.1) and a 2xx our ACK and BYE, as for any branch that lost."""
+        leg.respond_by = None
+        leg.cancel_requested = True
+        self.stats["branches_pruned"] += 1
+        self._branch_failed(call, leg, _timeout_response(), now, local=True)
 
     def _fail_call(self, call: Call, status: int, cause: str, now: float,
                    reason: str | None = None, warning: str | None = None) -> None:
@@ -1133,6 +1174,12 @@ class B2BUA:
     def on_call_timer(self, call: Call, now: float) -> None:
         if call.state is CallState.ENDED:
             return
+        if call.b is None and call.attempts:
+            for leg in list(call.attempts):
+                if leg.respond_by is not None and now >= leg.respond_by and not leg.ended:
+                    self._prune_silent_branch(call, leg, now)
+                    if call.state is CallState.ENDED:
+                        return
         if call.ring_deadline is not None and now >= call.ring_deadline and call.b is None:
             call.ring_deadline = None
             if call.acd_queue is not None:
@@ -1175,6 +1222,24 @@ class B2BUA:
             call.probe_at = now + self.config.sip.keepalive_probe_interval
             self.wheel.add(call, call.probe_at)
 
+    # -- qualify (registrar.py decides, we send) ---------------------------------------------------
+    def qualify(self, now: float) -> None:
+        """Send the OPTIONS probes the registrar asks for now (the shell calls this each
+        second); answers and timeouts come back through on_response / on_transaction_timeout."""
+        layer = self._layer()
+        for probe in self.registrar.qualify_due(now):
+            host, _ = layer.local_addresses[probe.flow.transport]
+            headers = {
+                "max-forwards": ["70"],
+                "from": [f"<sip:vaultpbx@{host}>;tag={self.token()}"],
+                "to": [f"<{probe.contact}>"],
+                "call-id": [self.token()],
+                "cseq": ["1 OPTIONS"],
+                "user-agent": [self.config.sip.user_agent],
+            }
+            layer.start_client_transaction(Request("OPTIONS", probe.contact, headers),
+                                           probe.flow, now, owner=probe)
+
     # -- drain -----------------------------------------------------------------------------------
     def start_drain(self) -> None:
         self.draining = True
@@ -1182,6 +1247,20 @@ class B2BUA:
     def end_all(self, now: float, cause: str = "shutdown") -> None:
         for call in list(self.calls.values()):
             self._end_call(call, cause, 503, now)
+
+
+# RFC 3261 §16.7.6: within the 4xx class these tell the caller how to retry, so they win.
+_RETRY_INFORMATION = frozenset((401, 407, 415, 420, 484))
+
+
+def final_rank(status: int, *, local: bool = False) -> tuple[int, int]:
+    """Rank of a final non-2xx answer among a call's branches; lower is better (§16.7.6):
+    any 6xx first; then the lowest class (3xx before 4xx before 5xx); within 4xx the answers
+    with retry information; an answer a device gave before a 408 we made up ourselves. Ties
+    keep the earlier answer."""
+    if status >= 600:
+        return (0, 0)
+    return (status // 100, 0 if status in _RETRY_INFORMATION else 2 if local else 1)
 
 
 def _leg_name(leg: Leg) -> str:

@@ -495,6 +495,12 @@ class Engine:
             if wall >= self._next_expiry:
                 self.expire_recordings(wall)
         self.b2bua.location.sweep(now)
+        self.b2bua.qualify(now)  # OPTIONS to registered contacts when due (sip.qualify)
+        registrar = self.b2bua.registrar
+        for aor, contact in registrar.pruned:
+            log.warning("registrar.contact_pruned", aor=aor, contact=contact,
+                        reason="unanswered_options")
+        registrar.pruned.clear()
         self.guard.sweep(now)
         self.transports.close_idle(now)
         for source, reason, count in self.refusal_log.sweep(now):

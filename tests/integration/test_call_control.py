@@ -1,0 +1,168 @@
+"""Call control through a running engine (issue 12): forks that end promptly, contacts pruned
+by OPTIONS qualify, 3xx followed by the PBX.
+
+The phones are Python UAs on their own sockets (tests/integration/sipclient.py); a "vanished"
+phone is a registered contact whose socket has been closed, so the engine's INVITE gets only an
+ICMP port-unreachable that a UDP server never sees. Each test synchronises on the SIP answer it
+waits for; the ring timeout is long (60 s) and the test's own receive timeout short (15 s), so
+an answer that only came at the ring timeout fails the test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vaultpbx.sip.message import Request, Response, build_response
+from vaultpbx.sip.parser import parse_message
+
+from tests.integration.engine import RunningEngine, start_engine
+from tests.integration.sipclient import UdpClient
+
+pytestmark = [pytest.mark.integration]
+
+RING_TIMEOUT = 60
+WAIT = 15.0  # far below RING_TIMEOUT
+
+
+@pytest.fixture
+def engines() -> Iterator[list[RunningEngine]]:
+    started: list[RunningEngine] = []
+    yield started
+    for engine in started:
+        engine.stop(timeout=10)
+
+
+def start(engines: list[RunningEngine], tmp_path: Path, sip: dict | None = None,
+          extra: dict | None = None) -> RunningEngine:
+    overrides: dict = {
+        "sip": {"ring_timeout": RING_TIMEOUT, "digest_algorithms": ["MD5"], **(sip or {})},
+        "auth": {"trusted_sources": ["127.0.0.1"]},  # the caller needs no credentials
+        "extensions": {"1001": {"password": "pw-1001"}, "1002": {"password": "pw-1002"},
+                       "1003": {"password": "pw-1003"}},
+        "dialplan": [{"match": r"1\d{3}", "extension": r"\g<0>"}],
+        **(extra or {}),
+    }
+    engine = start_engine(tmp_path, overrides)
+    engines.append(engine)
+    return engine
+
+
+def receive_request(client: UdpClient, method: str, timeout: float = WAIT) -> Request:
+    client.sock.settimeout(timeout)
+    while True:
+        raw, _ = client.sock.recvfrom(65535)
+        message = parse_message(raw)
+        if isinstance(message, Request) and message.method == method:
+            return message
+
+
+def answer(client: UdpClient, request: Request, status: int, *,
+           extra: list[tuple[str, str]] | None = None) -> None:
+    response = build_response(request, status, to_tag=f"dev{client.port}", extra=extra or [])
+    client.sock.sendto(response.serialize(), client.server)
+
+
+def invite(caller: UdpClient, number: str, call_id: str) -> bytes:
+    return caller.request("INVITE", f"sip:{number}@vaultpbx.test", user="1001",
+                          to_user=number, call_id=call_id,
+                          extra="Content-Type: application/sdp\r\n",
+                          body=b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\n"
+                               b"c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n")
+
+
+def final_of(caller: UdpClient, timeout: float = WAIT) -> Response:
+    caller.sock.settimeout(timeout)
+    while True:
+        raw, _ = caller.sock.recvfrom(65535)
+        message = parse_message(raw)
+        if isinstance(message, Response) and message.status >= 200:
+            return message
+
+
+def test_a_busy_phone_and_a_vanished_one_give_the_caller_busy_promptly(
+        engines: list[RunningEngine], tmp_path: Path) -> None:
+    engine = start(engines, tmp_path)
+    live = UdpClient(engine.sip_port)
+    gone = UdpClient(engine.sip_port)
+    caller = UdpClient(engine.sip_port)
+    assert live.register("1002", "pw-1002").status == 200
+    assert gone.register("1002", "pw-1002").status == 200
+    gone.close()  # the device vanished without unregistering
+    caller.sock.sendto(invite(caller, "1002", "fork-486@test"), caller.server)
+    answer(live, receive_request(live, "INVITE"), 486)
+    final = final_of(caller)  # within WAIT (15 s), not at the 60 s ring timeout
+    assert final.status == 486
+    assert engine.metrics()["vaultpbx_branches_pruned_total"] == 1
+    for client in (live, caller):
+        client.close()
+
+
+def test_a_decline_from_one_phone_ends_the_call_and_cancels_the_other(
+        engines: list[RunningEngine], tmp_path: Path) -> None:
+    engine = start(engines, tmp_path)
+    desk = UdpClient(engine.sip_port)
+    soft = UdpClient(engine.sip_port)
+    caller = UdpClient(engine.sip_port)
+    assert desk.register("1002", "pw-1002").status == 200
+    assert soft.register("1002", "pw-1002").status == 200
+    caller.sock.sendto(invite(caller, "1002", "fork-603@test"), caller.server)
+    ringing = receive_request(desk, "INVITE")
+    answer(desk, ringing, 180)
+    answer(soft, receive_request(soft, "INVITE"), 603)
+    assert final_of(caller).status == 603
+    cancel = receive_request(desk, "CANCEL")
+    assert cancel.call_id == ringing.call_id
+    for client in (desk, soft, caller):
+        client.close()
+
+
+def test_qualify_removes_a_vanished_phone_and_keeps_the_one_that_answers(
+        engines: list[RunningEngine], tmp_path: Path) -> None:
+    # T1 = 0.1 s: an unanswered OPTIONS ends after 64*T1 = 6.4 s (Timer F).
+    engine = start(engines, tmp_path, sip={"timers": {"t1": 0.1, "t2": 4.0, "t4": 5.0},
+                                           "qualify": {"interval": 1, "max_failures": 1}})
+    live = UdpClient(engine.sip_port)
+    gone = UdpClient(engine.sip_port)
+    assert live.register("1002", "pw-1002").status == 200
+    assert gone.register("1002", "pw-1002").status == 200
+    assert engine.health()["registrations"] == 2
+    gone.close()
+    stop = threading.Event()
+
+    def answer_options() -> None:
+        live.sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                raw, _ = live.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            message = parse_message(raw)
+            if isinstance(message, Request) and message.method == "OPTIONS":
+                answer(live, message, 200)
+
+    thread = threading.Thread(target=answer_options, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "registrar.contact_pruned" not in engine.log():  # logged by the next housekeeping
+            assert time.monotonic() < deadline, engine.log()
+            time.sleep(0.2)
+        assert engine.metrics()["vaultpbx_contacts_pruned_total"] == 1
+        assert engine.health()["registrations"] == 1
+        assert engine.metrics()["vaultpbx_qualify_probes_total"] >= 2
+    finally:
+        stop.set()
+        thread.join(2)
+    # The phone that answers keeps its registration: probes go on and it stays.
+    probes = engine.metrics()["vaultpbx_qualify_probes_total"]
+    deadline = time.monotonic() + 10
+    while engine.metrics()["vaultpbx_qualify_probes_total"] < probes + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert engine.health()["registrations"] == 1
+    assert engine.metrics()["vaultpbx_contacts_pruned_total"] == 1
+    live.close()
