@@ -23,6 +23,7 @@ from ..sip.dialog import Dialog
 from ..sip.digest import build_authorization
 from ..sip.endpoint import Flow, TransactionLayer
 from ..sip.errors import SipParseError
+from ..sip.headers import parse_name_addr
 from ..sip.message import Request, Response, build_response, reason_phrase
 from ..sip.transaction import (
     ClientInviteTransaction,
@@ -132,6 +133,7 @@ class B2BUA:
         self.stats = {
             "calls_started": 0, "calls_answered": 0, "calls_failed": 0, "calls_ended": 0,
             "moh_started": 0, "moh_unavailable": 0, "branches_pruned": 0,
+            "redirects_followed": 0, "redirects_refused": 0,
         }
         self.queue_router: QueueRouter | None = None
         self.media: MediaPort | None = None
@@ -633,7 +635,68 @@ class B2BUA:
         leg.cancel_requested = False
         if call is None or leg.ended:
             return
+        if 300 <= status < 400 and self._follow_redirect(call, leg, response, now):
+            return
         self._branch_failed(call, leg, response, now, local=local)
+
+    def _follow_redirect(self, call: Call, leg: Leg, response: Response, now: float) -> bool:
+        """A callee answered 3xx: ring its first Contact that names a number of ours (our
+        domain or our address) which the dialplan routes to a registered extension or a free
+        trunk, in place of this branch (RFC 3261 §16.7 step 4, as a recursing proxy), at
+        most sip.max_redirects times per call. False: not followed; the 3xx then competes
+        for the caller's answer like any final response, with its Contact."""
+        if (call.b is not None or call.acd_queue is not None
+                or call.state in (CallState.ENDING, CallState.ENDED)):
+            return False  # an agent's phone redirecting is the router's no-answer
+        if call.redirects >= self.config.sip.max_redirects:
+            self.stats["redirects_refused"] += 1
+            return False
+        route = self._redirect_route(call, response, now)
+        if route is None:
+            self.stats["redirects_refused"] += 1
+            return False
+        call.redirects += 1
+        self.stats["redirects_followed"] += 1
+        leg.ended = True
+        if leg in call.attempts:
+            call.attempts.remove(leg)
+        best = call.best_final  # the new branches join this round: keep its best answer
+        if route.kind == "extension":
+            self._ring_extension(call, route.name, route.number, now)
+        else:
+            self._ring_trunk(call, route.name, route.number, now)
+        call.best_final = best
+        return True
+
+    def _redirect_route(self, call: Call, response: Response, now: float) -> Route | None:
+        ours = {self.config.sip.domain} | {
+            host for host, _ in self._layer().local_addresses.values()}
+        contacts: list[tuple[float, str]] = []
+        for value in response.values("contact"):
+            try:
+                addr = parse_name_addr(value)
+                q = float(addr.params.get("q", "1") or 1)
+            except (SipParseError, ValueError):
+                continue
+            contacts.append((q, addr.uri))
+        for _, uri_text in sorted(contacts, key=lambda c: -c[0]):  # stable: order kept on ties
+            try:
+                uri = parse_uri(uri_text)
+            except SipParseError:
+                continue
+            if not uri.is_sip or not uri.user or uri.host_without_brackets not in ours:
+                continue  # someone else's target: for the caller to follow, not for us
+            route = self.dialplan.route(uri.user)
+            if route is None:
+                continue
+            if route.kind == "extension" and route.name in self.config.extensions and (
+                    self.location.lookup(route.name, now)):
+                return route
+            if route.kind == "trunk" and call.trunk is None:
+                trunk = self.config.trunks[route.name]
+                if not trunk.max_calls or self.trunk_calls.get(route.name, 0) < trunk.max_calls:
+                    return route
+        return None
 
     def _branch_failed(self, call: Call, leg: Leg, response: Response, now: float, *,
                        local: bool) -> None:
@@ -663,6 +726,12 @@ class B2BUA:
             return
         if call.hunt and best.status < 600:
             self._hunt_next(call, now)
+            return
+        if 300 <= best.status < 400:
+            # A redirect we could not or must not follow: the caller gets it with its
+            # Contact targets (RFC 3261 §8.1.3.4), to follow itself if it may.
+            self._fail_call(call, best.status, "redirected", now, reason=best.reason,
+                            extra=[("contact", value) for value in best.values("contact")])
             return
         cause = CAUSES.get(best.status, "failed")
         self._fail_call(call, best.status, cause, now, reason=best.reason)
@@ -1061,12 +1130,13 @@ class B2BUA:
         self._branch_failed(call, leg, _timeout_response(), now, local=True)
 
     def _fail_call(self, call: Call, status: int, cause: str, now: float,
-                   reason: str | None = None, warning: str | None = None) -> None:
+                   reason: str | None = None, warning: str | None = None,
+                   extra: list[tuple[str, str]] | None = None) -> None:
         a = call.a
         if a is not None and a.invite_server is not None and a.invite_request is not None:
             if a.invite_server.state is State.PROCEEDING:
                 self.respond(a.invite_server, a.invite_request, status, now, reason=reason,
-                             warning=warning)
+                             warning=warning, extra=extra)
             a.invite_server = None
         self.stats["calls_failed"] += 1
         self._end_call(call, cause, status, now)

@@ -166,3 +166,41 @@ def test_qualify_removes_a_vanished_phone_and_keeps_the_one_that_answers(
     assert engine.health()["registrations"] == 1
     assert engine.metrics()["vaultpbx_contacts_pruned_total"] == 1
     live.close()
+
+
+def test_a_302_from_a_phone_is_followed_and_the_call_lands_at_its_contact(
+        engines: list[RunningEngine], tmp_path: Path) -> None:
+    engine = start(engines, tmp_path)
+    forwarding = UdpClient(engine.sip_port)  # 1003 forwards its calls to 1002
+    target = UdpClient(engine.sip_port)
+    caller = UdpClient(engine.sip_port)
+    assert forwarding.register("1003", "pw-1003").status == 200
+    assert target.register("1002", "pw-1002").status == 200
+    caller.sock.sendto(invite(caller, "1003", "fwd-302@test"), caller.server)
+    answer(forwarding, receive_request(forwarding, "INVITE"), 302,
+           extra=[("contact", "<sip:1002@vaultpbx.test>")])
+    assert receive_request(forwarding, "ACK").method == "ACK"  # the 302 is acknowledged
+    landed = receive_request(target, "INVITE")
+    assert landed.request_uri.user == "1002"
+    answer(target, landed, 200, extra=[("contact", f"<sip:1002@127.0.0.1:{target.port}>")])
+    ok = final_of(caller)
+    assert ok.status == 200
+    assert engine.metrics()["vaultpbx_redirects_followed_total"] == 1
+    for client in (forwarding, target, caller):
+        client.close()
+
+
+def test_a_302_the_pbx_must_not_follow_reaches_the_caller_with_its_contact(
+        engines: list[RunningEngine], tmp_path: Path) -> None:
+    engine = start(engines, tmp_path)
+    phone = UdpClient(engine.sip_port)
+    caller = UdpClient(engine.sip_port)
+    assert phone.register("1003", "pw-1003").status == 200
+    caller.sock.sendto(invite(caller, "1003", "fwd-away@test"), caller.server)
+    answer(phone, receive_request(phone, "INVITE"), 302,
+           extra=[("contact", "<sip:carol@example.org>")])
+    final = final_of(caller)
+    assert final.status == 302
+    assert final.values("contact") == ["<sip:carol@example.org>"]
+    for client in (phone, caller):
+        client.close()
