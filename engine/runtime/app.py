@@ -135,6 +135,7 @@ class Engine:
             limits=self.config.sip.connections, descriptors=self.descriptors,
             exempt=lambda host: self.guard.is_trusted(host), on_limit=self._connection_limit,
         )
+        self.transports.on_connect_failed = self._connect_failed
         self._next_throttle_sweep = 0.0
         self.audit: AuditLog | None = None
         self.media_controller: object | None = None
@@ -194,6 +195,11 @@ class Engine:
         log.warning(f"Registration from '{user}' failed for '{flow.host}:{flow.port}' - "
                     f"{_ASTERISK_ENDINGS.get(why, 'Wrong password')}",
                     source=flow.host, transport=flow.transport, reason=why)
+
+    def _connect_failed(self, flow: Flow) -> None:
+        if self.layer is not None:
+            self.layer.flow_failed(flow, self.loop.time())
+            self.flush()
 
     def _connection_limit(self, source: str, listener: str, reason: Refusal) -> None:
         """A SIP TCP/TLS connection was refused or closed as slowloris: counted by the

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from vaultpbx.b2bua.b2bua import final_rank
+from vaultpbx.sip.endpoint import Flow
 from vaultpbx.sip.message import Request, Response
 
 from tests.b2bua.harness import Harness, Phone, requests
@@ -53,6 +54,20 @@ def test_a_busy_device_and_a_vanished_one_give_busy_after_the_silence_timeout() 
     assert h.b2bua.calls == {}
     assert h.b2bua.finished_records[-1].cause == "busy"
     assert h.b2bua.counters()["branches_pruned"] == 1
+
+
+def test_a_transport_error_prunes_only_that_branch_at_once() -> None:
+    h, caller, desk, soft = two_devices(CONFIG.replace("fork_response_timeout: 4",
+                                                       "fork_response_timeout: 0"))
+    caller.invite("1002", "fork-refused")
+    [desk_invite] = requests(desk.messages(), "INVITE")
+    desk.answer(desk_invite, 180)
+    # The softphone's connection cannot be opened (what io reports for a refused TCP connect).
+    assert h.layer.flow_failed(Flow("udp", "127.0.0.1", 6012), h.now) == 1
+    h._collect()
+    assert finals(caller) == [] and len(h.b2bua.calls) == 1  # the desk phone still rings
+    desk.answer(desk_invite, 486)
+    assert finals(caller)[0].status == 486  # at once, no timer involved
 
 
 def test_without_the_silence_timeout_the_caller_waits_for_timer_b() -> None:

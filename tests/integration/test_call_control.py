@@ -10,12 +10,14 @@ an answer that only came at the ring timeout fails the test.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from vaultpbx.sip.digest import build_authorization
 from vaultpbx.sip.message import Request, Response, build_response
 from vaultpbx.sip.parser import parse_message
 
@@ -97,6 +99,63 @@ def test_a_busy_phone_and_a_vanished_one_give_the_caller_busy_promptly(
     final = final_of(caller)  # within WAIT (15 s), not at the 60 s ring timeout
     assert final.status == 486
     assert engine.metrics()["vaultpbx_branches_pruned_total"] == 1
+    for client in (live, caller):
+        client.close()
+
+
+def register_over_tcp(port: int, user: str, password: str) -> socket.socket:
+    """REGISTER over a TCP connection (the binding then remembers that connection)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    local_port = sock.getsockname()[1]
+    builder = UdpClient.__new__(UdpClient)  # only its request builder, with our address
+    builder.host, builder.port = "127.0.0.1", local_port
+    buffer = b""
+
+    def exchange(data: bytes) -> Response:
+        nonlocal buffer
+        sock.sendall(data.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+                     .replace(f"@127.0.0.1:{local_port}>".encode(),
+                              f"@127.0.0.1:{local_port};transport=tcp>".encode()))
+        while True:
+            head, sep, rest = buffer.partition(b"\r\n\r\n")
+            if sep:
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length")), 0)
+                if len(rest) >= length:
+                    buffer = rest[length:]
+                    message = parse_message(head + sep + rest[:length])
+                    if isinstance(message, Response) and message.status >= 200:
+                        return message
+                    continue
+            chunk = sock.recv(65535)
+            assert chunk, "the engine closed the connection"
+            buffer += chunk
+
+    uri, call_id = "sip:vaultpbx.test", f"tcp-reg-{local_port}"
+    first = exchange(builder.request("REGISTER", uri, user=user, call_id=call_id, cseq=1,
+                                     extra="Expires: 300\r\n"))
+    assert first.status == 401
+    auth = build_authorization(first.get("www-authenticate") or "", "REGISTER", uri, user,
+                               password, "cn0nce", 1)
+    ok = exchange(builder.request("REGISTER", uri, user=user, call_id=call_id, cseq=2,
+                                  extra=f"Expires: 300\r\nAuthorization: {auth}\r\n"))
+    assert ok.status == 200
+    return sock
+
+
+def test_a_refused_tcp_contact_is_pruned_at_once_and_the_busy_phone_answers(
+        engines: list[RunningEngine], tmp_path: Path) -> None:
+    # No silence timer: only the transport error can end the TCP branch before Timer B (32 s).
+    engine = start(engines, tmp_path, sip={"fork_response_timeout": 0})
+    live = UdpClient(engine.sip_port)
+    caller = UdpClient(engine.sip_port)
+    assert live.register("1002", "pw-1002").status == 200
+    tcp_phone = register_over_tcp(engine.sip_port, "1002", "pw-1002")
+    assert engine.health()["registrations"] == 2
+    tcp_phone.close()  # its connection is gone; a new one to its port is refused
+    caller.sock.sendto(invite(caller, "1002", "fork-tcp@test"), caller.server)
+    answer(live, receive_request(live, "INVITE"), 486)
+    assert final_of(caller).status == 486  # within WAIT, far below Timer B and ring_timeout
     for client in (live, caller):
         client.close()
 
