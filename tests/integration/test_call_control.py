@@ -263,3 +263,44 @@ def test_a_302_the_pbx_must_not_follow_reaches_the_caller_with_its_contact(
     assert final.values("contact") == ["<sip:carol@example.org>"]
     for client in (phone, caller):
         client.close()
+
+
+def test_a_sipp_phone_that_forwards_with_302_sends_the_call_to_its_contact(
+        engines: list[RunningEngine], tmp_path: Path) -> None:
+    """An independent UA (SIPp) registered as 1003 answers 302 with Contact 1002; a SIPp
+    registered as 1002 answers; a SIPp caller (with digest) reaches 1002 through the redirect."""
+    from tests.integration.sipp import SIPP, SippRunner
+
+    if SIPP is None:
+        pytest.fail("sipp (Debian sip-tester) is needed: scripts/setup.sh installs it")
+    engine = start(engines, tmp_path, extra={"auth": {"trusted_sources": []}})
+    remote = f"127.0.0.1:{engine.sip_port}"
+    passwords = {"1001": "pw-1001", "1002": "pw-1002", "1003": "pw-1003"}
+    runner = SippRunner(tmp_path / "sipp")
+    try:
+        def register(ext: str, ooc: str, keys: dict[str, str]) -> object:
+            before = engine.health()["registrations"]
+            process = runner.start(f"phone-{ext}", scenario="register_and_wait.xml", ooc=ooc,
+                                   remote=remote, service=ext, auth=(ext, passwords[ext]),
+                                   keys={"domain": "vaultpbx.test", **keys}, timeout=25)
+            deadline = time.monotonic() + 10
+            while engine.health()["registrations"] <= before:
+                assert process.running() and time.monotonic() < deadline, \
+                    process.wait(1).describe()
+                time.sleep(0.05)
+            return process
+
+        forwarding = register("1003", "uas_redirect.xml", {"target": "1002"})
+        answering = register("1002", "uas_answer.xml", {})
+        result = runner.run("caller", scenario="uac_call.xml", remote=remote, service="1003",
+                            auth=("1001", passwords["1001"]), auth_uri=f"1003@{remote}",
+                            keys={"domain": "vaultpbx.test", "caller": "1001"}, timeout=20)
+        result.assert_ok(calls=1)  # 200 from 1002, ACK, BYE, 200
+        answered = answering.wait(15)  # type: ignore[attr-defined]
+        assert "bye answered" in answered.logs, answered.describe()
+        assert "ruri=sip:1002@" in answered.logs, answered.describe()
+        forwarded = forwarding.wait(15)  # type: ignore[attr-defined]
+        assert "302 acknowledged" in forwarded.logs, forwarded.describe()
+        assert engine.metrics()["vaultpbx_redirects_followed_total"] == 1
+    finally:
+        runner.cleanup()
