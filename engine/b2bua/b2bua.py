@@ -13,18 +13,14 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..hooks.registry import HookPoint, HookRegistry
 from ..runtime.config import Config, music_on_hold_by_queue
-from ..sdp.errors import SdpError
-from ..sdp.model import Direction, parse_sdp
-from ..security.throttle import CredentialThrottle
 from ..sip.dialog import Dialog
-from ..sip.digest import DigestAnswer, DigestReason, DigestServer, build_authorization
+from ..sip.digest import build_authorization
 from ..sip.endpoint import Flow, TransactionLayer
 from ..sip.errors import SipParseError
 from ..sip.headers import parse_name_addr
@@ -40,9 +36,12 @@ from ..sip.transaction import (
 )
 from ..sip.uri import parse_uri
 from ..sip.validate import ALLOWED_METHODS, warning_header
-from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side, disposition_of
+from .authgate import DigestGate, Reply
+from .call import Call, CallRecord, CallState, CallStateChanged, Leg, Side
+from .cdrmap import note_end, note_hold, record_of
 from .dialplan import Dialplan, Route
 from .location import LocationService
+from .registrar import QualifyProbe, Registrar
 from .timers import CallTimer, CallTimerWheel
 
 # Final responses from a callee mapped to what the caller hears (RFC 3261 §16.7 picks the
@@ -125,7 +124,6 @@ class B2BUA:
     ) -> None:
         self.token = token
         self.hooks = hooks
-        self.location = LocationService()
         self.calls: dict[str, Call] = {}
         self.dialogs: dict[tuple[str, str, str | None], Leg] = {}
         self.trunk_calls: dict[str, int] = {}
@@ -134,15 +132,24 @@ class B2BUA:
         self.layer: TransactionLayer | None = None  # set by `attach`
         self.stats = {
             "calls_started": 0, "calls_answered": 0, "calls_failed": 0, "calls_ended": 0,
-            "auth_challenges": 0, "auth_failures": 0, "auth_throttled": 0, "registrations": 0,
-            "moh_started": 0, "moh_unavailable": 0,
+            "moh_started": 0, "moh_unavailable": 0, "branches_pruned": 0,
+            "redirects_followed": 0, "redirects_refused": 0,
         }
-        self.on_auth_failure: Callable[[str, str, Flow], None] | None = None
         self.queue_router: QueueRouter | None = None
         self.media: MediaPort | None = None
-        self.digest_secret = digest_secret
-        self.auth_throttle = CredentialThrottle(config.sip.digest_throttle)
+        # Each concern owns its state; the B2BUA keeps a reference, never a copy.
+        self.auth = DigestGate(config, secret=digest_secret, token=token)
+        self.registrar = Registrar(config)
         self.apply_config(config)
+
+    @property
+    def location(self) -> LocationService:
+        """The registrar's location service (who is registered where)."""
+        return self.registrar.location
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of the call core, by metric name (call, digest gate, registrar)."""
+        return {**self.stats, **self.auth.counters, **self.registrar.counters}
 
     def attach(self, layer: TransactionLayer) -> None:
         self.layer = layer
@@ -157,12 +164,9 @@ class B2BUA:
         self.config = config
         self.dialplan = Dialplan(config.dialplan)
         self.music_on_hold = music_on_hold_by_queue(config)
-        self.digest = DigestServer(
-            realm=config.sip.domain, secret=self.digest_secret, nonce_ttl=config.sip.nonce_ttl,
-            algorithms=tuple(config.sip.digest_algorithms),
-        )
+        self.auth.apply_config(config)
+        self.registrar.apply_config(config)
         self.trusted = frozenset(config.auth.trusted_sources)
-        self.auth_throttle.config = config.sip.digest_throttle  # counts survive a reload
         self.trunk_sources = {
             (uri.host_without_brackets, uri.port or 5060): name
             for name, trunk in config.trunks.items()
@@ -225,119 +229,28 @@ class B2BUA:
         else:
             self.respond(txn, request, 405, now, extra=[("allow", ALLOWED_METHODS)])
 
-    # -- authentication ------------------------------------------------------------------------
+    # -- authentication and REGISTER (authgate.py, registrar.py) --------------------------------
     def _authenticate(self, txn: ServerTransaction, request: Request, flow: Flow, now: float,
                       *, proxy: bool) -> str | None:
-        """Return the authenticated extension, or answer 401/407/400/403 and return None.
+        """The authenticated extension, or None once the gate's answer has been sent."""
+        verdict = self.auth.check(request, flow, now, proxy=proxy)
+        if verdict.reply is not None:
+            self._reply(txn, request, verdict.reply, now)
+        return verdict.user
 
-        Known and unknown users get the same answers (no extension enumeration). Wrong passwords
-        are throttled per (user, source address) and per user, whatever the source (trusted
-        ones too): while a user is throttled for this source its attempts are not believed,
-        right or wrong, and get the same fresh 401/407 challenge as a wrong password, so the
-        answer tells neither whether the user exists nor whether the password was right."""
-        header = request.get("proxy-authorization" if proxy else "authorization")
-        if header is None or not header.lstrip().lower().startswith("digest"):
-            self._challenge(txn, request, now, proxy=proxy, stale=False)
-            return None
-        extensions = self.config.extensions
+    def _reply(self, txn: ServerTransaction, request: Request, reply: Reply, now: float) -> None:
+        self.respond(txn, request, reply.status, now, reason=reply.reason,
+                     extra=list(reply.headers))
 
-        def password_of(user: str) -> str | None:
-            ext = extensions.get(user)
-            return ext.password if ext is not None else None
-
-        result = self.digest.verify(request.method, header, password_of, now,
-                                    request_uri=request.uri)
-        throttle = self.auth_throttle
-        if result.username and throttle.check(result.username, flow.host, now) > 0.0:
-            self.stats["auth_throttled"] += 1
-            self._count_auth_failure(result.username, "throttled", flow)
-            self._challenge(txn, request, now, proxy=proxy, stale=False)
-            return None
-        if result.ok:
-            if self.config.auth.require_from_match:
-                aor = request.to if request.method == "REGISTER" else request.from_
-                if parse_uri(aor.uri).user != result.username:
-                    self._count_auth_failure(result.username, "identity-mismatch", flow)
-                    self.respond(txn, request, 403, now)
-                    return None
-            throttle.succeeded(result.username, flow.host, now)
-            return result.username
-        if result.reason in (DigestReason.BAD_RESPONSE, DigestReason.UNKNOWN_USER):
-            throttle.failed(result.username, flow.host, now)
-        answer = result.answer
-        if answer is DigestAnswer.CHALLENGE_STALE:
-            self._challenge(txn, request, now, proxy=proxy, stale=True)
-            return None
-        self._count_auth_failure(result.username, result.reason.value, flow)
-        if answer is DigestAnswer.BAD_REQUEST:
-            self.respond(txn, request, 400, now, reason="Bad Authorization")
-        else:
-            self._challenge(txn, request, now, proxy=proxy, stale=False)
-        return None
-
-    def _challenge(self, txn: ServerTransaction, request: Request, now: float, *, proxy: bool,
-                   stale: bool) -> None:
-        self.stats["auth_challenges"] += 1
-        name = "proxy-authenticate" if proxy else "www-authenticate"
-        values = self.digest.challenge_headers(now, stale, entropy=self.token().encode())
-        self.respond(txn, request, 407 if proxy else 401, now,
-                     extra=[(name, value) for value in values])
-
-    def _count_auth_failure(self, username: str, why: str, flow: Flow) -> None:
-        self.stats["auth_failures"] += 1
-        if self.on_auth_failure is not None:
-            self.on_auth_failure(username, why, flow)
-
-    # -- REGISTER (RFC 3261 §10.3) ---------------------------------------------------------------
     def _on_register(self, txn: ServerTransaction, request: Request, flow: Flow,
                      now: float) -> None:
-        to_uri = parse_uri(request.to.uri)
-        if not to_uri.is_sip:
-            self.respond(txn, request, 400, now, reason="To must be a SIP AOR")
+        refused = self.registrar.check_aor(request)
+        if refused is not None:
+            self._reply(txn, request, refused, now)
             return
-        user = self._authenticate(txn, request, flow, now, proxy=False)
-        if user is None:
+        if self._authenticate(txn, request, flow, now, proxy=False) is None:
             return
-        aor = to_uri.user or ""
-        ext = self.config.extensions.get(aor)
-        if ext is None:
-            self.respond(txn, request, 403, now)
-            return
-        sip = self.config.sip
-        header_expires = request.get("expires")
-        contacts = request.values("contact")
-        call_id = request.call_id
-        cseq = request.cseq.number
-        if contacts == ["*"]:
-            if header_expires is None or int(header_expires) != 0:
-                self.respond(txn, request, 400, now, reason="Wildcard needs Expires: 0")
-                return
-            self.location.remove_all(aor)
-        for value in contacts if contacts != ["*"] else []:
-            addr = parse_name_addr(value)
-            raw = addr.params.get("expires", header_expires)
-            expires = int(raw) if raw is not None else sip.register_default_expires
-            if 0 < expires < sip.register_min_expires:
-                self.respond(txn, request, 423, now,
-                             extra=[("min-expires", str(sip.register_min_expires))])
-                return
-            expires = min(expires, sip.register_max_expires)
-            try:
-                q = float(addr.params.get("q", "1") or 1)
-            except ValueError:
-                self.respond(txn, request, 400, now, reason="Bad q value")
-                return
-            if not self.location.update(aor, addr.uri, expires, flow, call_id, cseq, now, q=q,
-                                        max_contacts=ext.max_contacts):
-                self.respond(txn, request, 500, now, reason="Out of order CSeq")
-                return
-        self.stats["registrations"] += 1
-        bindings = self.location.lookup(aor, now)
-        extra = [
-            ("contact", f"<{b.contact}>;expires={max(0, round(b.expires_at - now))}")
-            for b in bindings
-        ]
-        self.respond(txn, request, 200, now, extra=extra)
+        self._reply(txn, request, self.registrar.register(request, flow, now), now)
 
     # -- new calls -------------------------------------------------------------------------------
     def _on_invite(self, txn: ServerTransaction, request: Request, flow: Flow,
@@ -573,8 +486,12 @@ class B2BUA:
             if not call.hunt:
                 self._fail_call(call, 480, "unavailable", now)
             return False
+        silent_for = self.config.sip.fork_response_timeout
         for binding in bindings:
-            self._start_b_leg(call, binding.contact, binding.flow, extension, now)
+            leg = self._start_b_leg(call, binding.contact, binding.flow, extension, now)
+            if silent_for:
+                leg.respond_by = now + silent_for
+                self._short_timer(call, leg.respond_by)
         call.state = CallState.RINGING
         return True
 
@@ -608,7 +525,7 @@ class B2BUA:
         call.state = CallState.RINGING
 
     def _start_b_leg(self, call: Call, request_uri: str, flow: Flow, target_name: str,
-                     now: float, *, from_domain: str | None = None) -> None:
+                     now: float, *, from_domain: str | None = None) -> Leg:
         a = call.a
         assert a is not None and a.invite_request is not None
         a_invite = a.invite_request
@@ -637,8 +554,11 @@ class B2BUA:
         request.set("allow", ALLOWED_METHODS)
         request.set("user-agent", self.config.sip.user_agent)
         leg.invite_request = request
+        if not call.attempts:
+            call.best_final = None  # a new round of branches (hunt member, agent, redirect)
         call.attempts.append(leg)
         self._send_b_invite(leg, request, now)
+        return leg
 
     def _send_b_invite(self, leg: Leg, request: Request, now: float) -> None:
         txn = self._layer().start_client_transaction(request, leg.flow, now, owner=leg)
@@ -654,11 +574,15 @@ class B2BUA:
             self._on_relay_response(owner, response, now)
         elif isinstance(owner, LegRequest):
             self._on_leg_request_response(owner, response, now)
+        elif isinstance(owner, QualifyProbe) and response.status >= 200:
+            self.registrar.qualify_answered(owner)
 
     def _on_b_invite_response(self, leg: Leg, txn: ClientTransaction, response: Response,
-                              now: float) -> None:
+                              now: float, *, local: bool = False) -> None:
         status = response.status
         call = leg.call
+        if not local:
+            leg.respond_by = None  # the contact is alive
         if status < 200:
             if leg.cancel_requested:
                 self._send_cancel(leg, now)  # the CANCEL waited for a provisional (§9.1)
@@ -711,21 +635,106 @@ class B2BUA:
         leg.cancel_requested = False
         if call is None or leg.ended:
             return
+        if 300 <= status < 400 and self._follow_redirect(call, leg, response, now):
+            return
+        self._branch_failed(call, leg, response, now, local=local)
+
+    def _follow_redirect(self, call: Call, leg: Leg, response: Response, now: float) -> bool:
+        """A callee answered 3xx: ring its first Contact that names a number of ours (our
+        domain or our address) which the dialplan routes to a registered extension or a free
+        trunk, in place of this branch (RFC 3261 §16.7 step 4, as a recursing proxy), at
+        most sip.max_redirects times per call. False: not followed; the 3xx then competes
+        for the caller's answer like any final response, with its Contact."""
+        if (call.b is not None or call.acd_queue is not None
+                or call.state in (CallState.ENDING, CallState.ENDED)):
+            return False  # an agent's phone redirecting is the router's no-answer
+        if call.redirects >= self.config.sip.max_redirects:
+            self.stats["redirects_refused"] += 1
+            return False
+        route = self._redirect_route(call, response, now)
+        if route is None:
+            self.stats["redirects_refused"] += 1
+            return False
+        call.redirects += 1
+        self.stats["redirects_followed"] += 1
+        leg.ended = True
+        if leg in call.attempts:
+            call.attempts.remove(leg)
+        best = call.best_final  # the new branches join this round: keep its best answer
+        if route.kind == "extension":
+            self._ring_extension(call, route.name, route.number, now)
+        else:
+            self._ring_trunk(call, route.name, route.number, now)
+        call.best_final = best
+        return True
+
+    def _redirect_route(self, call: Call, response: Response, now: float) -> Route | None:
+        ours = {self.config.sip.domain} | {
+            host for host, _ in self._layer().local_addresses.values()}
+        contacts: list[tuple[float, str]] = []
+        for value in response.values("contact"):
+            try:
+                addr = parse_name_addr(value)
+                q = float(addr.params.get("q", "1") or 1)
+            except (SipParseError, ValueError):
+                continue
+            contacts.append((q, addr.uri))
+        for _, uri_text in sorted(contacts, key=lambda c: -c[0]):  # stable: order kept on ties
+            try:
+                uri = parse_uri(uri_text)
+            except SipParseError:
+                continue
+            if not uri.is_sip or not uri.user or uri.host_without_brackets not in ours:
+                continue  # someone else's target: for the caller to follow, not for us
+            route = self.dialplan.route(uri.user)
+            if route is None:
+                continue
+            if route.kind == "extension" and route.name in self.config.extensions and (
+                    self.location.lookup(route.name, now)):
+                return route
+            if route.kind == "trunk" and call.trunk is None:
+                trunk = self.config.trunks[route.name]
+                if not trunk.max_calls or self.trunk_calls.get(route.name, 0) < trunk.max_calls:
+                    return route
+        return None
+
+    def _branch_failed(self, call: Call, leg: Leg, response: Response, now: float, *,
+                       local: bool) -> None:
+        """One branch of a forked INVITE ended without a 2xx (RFC 3261 §16.7): remember the
+        best answer; a 6xx ends every branch at once; when no branch is left, the best answer
+        goes to the caller (or the hunt/queue moves on). `local`: a 408 of our own (timeout,
+        transport error, silent contact) ranks below any answer a device gave."""
         leg.ended = True
         if leg in call.attempts:
             call.attempts.remove(leg)
         if call.b is not None or call.state in (CallState.ENDING, CallState.ENDED):
             return
+        rank = final_rank(response.status, local=local)
+        if call.best_final is None or rank < call.best_final[0]:
+            call.best_final = (rank, response)
+        if response.status >= 600:
+            # §16.7 step 5: a global failure: no other branch may still answer.
+            for other in list(call.attempts):
+                self._cancel_leg(other, now)
+            call.attempts = []
         if call.attempts:
             return  # other forks still ringing
+        best = call.best_final[1]
+        call.best_final = None
         if call.acd_queue is not None:
             self._agent_missed(call, now)
             return
-        if call.hunt and status not in (600, 603):
+        if call.hunt and best.status < 600:
             self._hunt_next(call, now)
             return
-        cause = CAUSES.get(status, "failed")
-        self._fail_call(call, status, cause, now, reason=response.reason)
+        if 300 <= best.status < 400:
+            # A redirect we could not or must not follow: the caller gets it with its
+            # Contact targets (RFC 3261 §8.1.3.4), to follow itself if it may.
+            self._fail_call(call, best.status, "redirected", now, reason=best.reason,
+                            extra=[("contact", value) for value in best.values("contact")])
+            return
+        cause = CAUSES.get(best.status, "failed")
+        self._fail_call(call, best.status, cause, now, reason=best.reason)
 
     def _retry_with_credentials(self, call: Call, leg: Leg, response: Response,
                                 now: float) -> bool:
@@ -1058,7 +1067,7 @@ class B2BUA:
         extra: list[tuple[str, str]] = []
         if relay.method in ("INVITE", "UPDATE") and 200 <= status < 300:
             if not error and relay.origin_leg.call is not None:
-                _note_hold(relay.origin_leg.call, relay.origin_leg.side, request.body, now)
+                note_hold(relay.origin_leg.call, relay.origin_leg.side, request.body, now)
             target.dialog.refresh_target(response)
             extra.append(("contact", relay.origin_leg.dialog.local_contact))
             if relay.method == "INVITE":
@@ -1088,7 +1097,7 @@ class B2BUA:
         if isinstance(owner, Leg) and owner.side is Side.B and owner.call is not None:
             if txn.IS_CLIENT:
                 self._on_b_invite_response(owner, txn,  # type: ignore[arg-type]
-                                           _timeout_response(), now)
+                                           _timeout_response(), now, local=True)
         elif isinstance(owner, InDialogRelay):
             request = owner.origin.request
             if request is not None and owner.origin.state is not State.TERMINATED:
@@ -1097,6 +1106,8 @@ class B2BUA:
             call = owner.leg.call
             if call is not None:
                 self._end_call(call, "dead_peer", 408, now)
+        elif isinstance(owner, QualifyProbe):
+            self.registrar.qualify_failed(owner, now)
 
     def on_transport_error(self, txn: Transaction, now: float) -> None:
         self.on_transaction_timeout(txn, now)
@@ -1108,13 +1119,24 @@ class B2BUA:
             return None
         return call.b if leg.side is Side.A else call.a
 
+    def _prune_silent_branch(self, call: Call, leg: Leg, now: float) -> None:
+        """A registered contact said nothing, not even 100 Trying, within
+        sip.fork_response_timeout: the device has vanished (no ICMP reaches us for it on UDP).
+        Its branch ends as a local 408; should it wake up, a provisional gets our CANCEL
+        (§9.1) and a 2xx our ACK and BYE, as for any branch that lost."""
+        leg.respond_by = None
+        leg.cancel_requested = True
+        self.stats["branches_pruned"] += 1
+        self._branch_failed(call, leg, _timeout_response(), now, local=True)
+
     def _fail_call(self, call: Call, status: int, cause: str, now: float,
-                   reason: str | None = None, warning: str | None = None) -> None:
+                   reason: str | None = None, warning: str | None = None,
+                   extra: list[tuple[str, str]] | None = None) -> None:
         a = call.a
         if a is not None and a.invite_server is not None and a.invite_request is not None:
             if a.invite_server.state is State.PROCEEDING:
                 self.respond(a.invite_server, a.invite_request, status, now, reason=reason,
-                             warning=warning)
+                             warning=warning, extra=extra)
             a.invite_server = None
         self.stats["calls_failed"] += 1
         self._end_call(call, cause, status, now)
@@ -1183,12 +1205,7 @@ class B2BUA:
                 self._bye_leg(leg, now)
         call.cause = call.cause or cause
         call.status = call.status or status
-        if call.answered_at is not None:  # reporting: who hung up, the hold still running
-            call.ended_by = "system" if hung_up_by is None else (
-                "caller" if hung_up_by.side is Side.A else "callee")
-            if call.hold_started is not None:
-                call.hold_seconds += now - call.hold_started
-                call.hold_started = None
+        note_end(call, hung_up_by.side if hung_up_by is not None else None, now)
         if call.acd_queue is not None and self.queue_router is not None:
             self.queue_router.call_ended(call, call.answered_at is not None, now)
         call.state = CallState.ENDED
@@ -1203,24 +1220,9 @@ class B2BUA:
         for leg in call.legs():
             if self.dialogs.get(leg.dialog.key) is leg:
                 del self.dialogs[leg.dialog.key]
-        self.finished_records.append(self._record(call))
+        self.finished_records.append(record_of(call, self._mask))
         self._notify_state(call, now)
         call.finish()
-
-    def _record(self, call: Call) -> CallRecord:
-        legs = [
-            {"side": leg.side.value, "call_id": self._mask("call_id", leg.dialog.call_id),
-             "peer": leg.peer, "transport": leg.flow.transport,
-             "target": self._mask("number", leg.target_name)}
-            for leg in call.legs()
-        ]
-        return CallRecord(
-            call_id=call.id, caller=call.caller, callee=call.callee,
-            route_kind=call.route_kind, route_name=call.route_name, started=call.started,
-            answered=call.answered_at, ended=call.ended_at or call.started, cause=call.cause,
-            status=call.status, legs=json.dumps(legs, separators=(",", ":")),
-            **_reporting_fields(call),
-        )
 
     def _notify_state(self, call: Call, now: float) -> None:
         self.hooks.notify(HookPoint.CALL_STATE, CallStateChanged(
@@ -1242,6 +1244,12 @@ class B2BUA:
     def on_call_timer(self, call: Call, now: float) -> None:
         if call.state is CallState.ENDED:
             return
+        if call.b is None and call.attempts:
+            for leg in list(call.attempts):
+                if leg.respond_by is not None and now >= leg.respond_by and not leg.ended:
+                    self._prune_silent_branch(call, leg, now)
+                    if call.state is CallState.ENDED:
+                        return
         if call.ring_deadline is not None and now >= call.ring_deadline and call.b is None:
             call.ring_deadline = None
             if call.acd_queue is not None:
@@ -1284,6 +1292,24 @@ class B2BUA:
             call.probe_at = now + self.config.sip.keepalive_probe_interval
             self.wheel.add(call, call.probe_at)
 
+    # -- qualify (registrar.py decides, we send) ---------------------------------------------------
+    def qualify(self, now: float) -> None:
+        """Send the OPTIONS probes the registrar asks for now (the shell calls this each
+        second); answers and timeouts come back through on_response / on_transaction_timeout."""
+        layer = self._layer()
+        for probe in self.registrar.qualify_due(now):
+            host, _ = layer.local_addresses[probe.flow.transport]
+            headers = {
+                "max-forwards": ["70"],
+                "from": [f"<sip:vaultpbx@{host}>;tag={self.token()}"],
+                "to": [f"<{probe.contact}>"],
+                "call-id": [self.token()],
+                "cseq": ["1 OPTIONS"],
+                "user-agent": [self.config.sip.user_agent],
+            }
+            layer.start_client_transaction(Request("OPTIONS", probe.contact, headers),
+                                           probe.flow, now, owner=probe)
+
     # -- drain -----------------------------------------------------------------------------------
     def start_drain(self) -> None:
         self.draining = True
@@ -1293,47 +1319,18 @@ class B2BUA:
             self._end_call(call, cause, 503, now)
 
 
-def _reporting_fields(call: Call) -> dict[str, object]:
-    """The CallRecord's reporting fields (issue 17, docs/cdr.md) of an ended call."""
-    agent = ""
-    if call.queue and call.answered_at is not None:
-        # A routed call's agent is the one the router offered it to; a hunt group's is the
-        # member whose phone answered.
-        agent = call.agent or (call.b.target_name if call.b is not None else "")
-    return {
-        "queue": call.queue, "queue_entered": call.queue_entered_at, "agent": agent,
-        "hold_seconds": call.hold_seconds, "wrap_up_seconds": call.wrap_up_seconds,
-        "ended_by": call.ended_by,
-        "disposition": disposition_of(answered=call.answered_at is not None,
-                                      queued=bool(call.queue), cause=call.cause),
-    }
+# RFC 3261 §16.7.6: within the 4xx class these tell the caller how to retry, so they win.
+_RETRY_INFORMATION = frozenset((401, 407, 415, 420, 484))
 
 
-def _note_hold(call: Call, side: Side, offer: bytes, now: float) -> None:
-    """An accepted re-INVITE/UPDATE offer from `side`: that side holds the call while every
-    audio stream it offers is sendonly or inactive, or has the RFC 2543 hold address 0.0.0.0
-    (RFC 6337 §5.3). The call is on hold while either side holds it, so the held party's own
-    session refresh (sendrecv) does not end the other's hold. An offer without SDP (a delayed
-    offer) or that does not parse changes nothing."""
-    if not offer:
-        return
-    try:
-        sdp = parse_sdp(offer)
-    except SdpError:
-        return
-    audio = [i for i, m in enumerate(sdp.media) if m.media == "audio" and m.port != 0]
-    if not audio:
-        return
-    held = all(
-        sdp.direction_for(i) in (Direction.SENDONLY, Direction.INACTIVE)
-        or ((c := sdp.connection_for(i)) is not None and c.is_hold_address)
-        for i in audio)
-    call.held_by = call.held_by | {side} if held else call.held_by - {side}
-    if call.held_by and call.hold_started is None:
-        call.hold_started = now
-    elif not call.held_by and call.hold_started is not None:
-        call.hold_seconds += now - call.hold_started
-        call.hold_started = None
+def final_rank(status: int, *, local: bool = False) -> tuple[int, int]:
+    """Rank of a final non-2xx answer among a call's branches; lower is better (§16.7.6):
+    any 6xx first; then the lowest class (3xx before 4xx before 5xx); within 4xx the answers
+    with retry information; an answer a device gave before a 408 we made up ourselves. Ties
+    keep the earlier answer."""
+    if status >= 600:
+        return (0, 0)
+    return (status // 100, 0 if status in _RETRY_INFORMATION else 2 if local else 1)
 
 
 def _leg_name(leg: Leg) -> str:

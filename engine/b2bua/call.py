@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..sip.dialog import Dialog
 from ..sip.endpoint import Flow
-from ..sip.message import Request
+from ..sip.message import Request, Response
 from ..sip.transaction import ClientInviteTransaction, ServerInviteTransaction
 from .timers import CallTimer
 
@@ -43,7 +43,7 @@ class Leg:
     __slots__ = (
         "call", "side", "dialog", "flow", "invite_server", "invite_client", "invite_request",
         "provisional_seen", "cancel_requested", "answered", "ack_bytes", "ended",
-        "peer", "target_name", "offer_in_invite", "auth_attempted",
+        "peer", "target_name", "offer_in_invite", "auth_attempted", "respond_by",
     )
 
     def __init__(self, call: Call, side: Side, dialog: Dialog, flow: Flow) -> None:
@@ -63,6 +63,9 @@ class Leg:
         self.target_name = ""  # extension or trunk name this leg reaches
         self.offer_in_invite = True
         self.auth_attempted = False
+        # A registered contact must answer something (even 100) by then or its branch is
+        # pruned as unreachable (sip.fork_response_timeout); None once it has answered.
+        self.respond_by: float | None = None
 
 
 class Call:
@@ -72,7 +75,7 @@ class Call:
         "ring_deadline", "ok_retransmit_at", "ok_interval", "ok_giveup_at", "ok_bytes",
         "probe_at", "session_deadline", "hard_end_at", "session_interval", "draining",
         "timer", "wheel_seconds", "acd_queue", "agent", "anchored", "b_sdp", "early_sdp",
-        "srtp_policies",
+        "srtp_policies", "best_final", "redirects",
         # reporting (issue 17, docs/cdr.md)
         "queue", "queue_entered_at", "held_by", "hold_started", "hold_seconds", "ended_by",
         "wrap_up_seconds",
@@ -114,6 +117,10 @@ class Call:
         self.early_sdp: bytes | None = None  # our answer in the caller's 183 (music on hold)
         # (caller, callee) srtp policy, kept for a delayed offer: the callee's 2xx offers then.
         self.srtp_policies: tuple[str | None, str | None] = (None, None)
+        # The best final answer of the branches that failed so far in this round of forks
+        # (RFC 3261 §16.7.6) with its rank: sent to the caller when the last branch ends.
+        self.best_final: tuple[tuple[int, int], Response] | None = None
+        self.redirects = 0  # 3xx followed by the PBX for this call (sip.max_redirects)
         # Reporting: the first queue the call entered and when (it keeps them through an
         # overflow), time on hold (a re-INVITE/UPDATE offering sendonly or inactive media was
         # accepted), who hung up, and the after-call work the queue router scheduled.
@@ -184,31 +191,3 @@ class CallRecord:
     """JSON list of the parties the call was transferred to, in order (no transfer yet: [])."""
     consent: str = "not_asked"
 
-
-# Disposition of a call, from what happened (docs/cdr.md): the first matching row wins.
-ABANDONED = "abandoned"
-DISPOSITIONS = {
-    "answered": "an agent or callee answered",
-    ABANDONED: "a queue call the caller hung up before an agent answered",
-    "exit_timeout": "a queue call that waited the queue's max_wait with nowhere to go",
-    "busy": "the callee was busy or declined",
-    "no_answer": "nobody answered in time",
-    "cancelled": "a direct call the caller hung up before an answer",
-    "failed": "anything else: unreachable, refused, media or network failure",
-}
-
-
-def disposition_of(*, answered: bool, queued: bool, cause: str) -> str:
-    if answered:
-        return "answered"
-    if queued and cause == "cancelled":
-        return ABANDONED
-    if cause == "max_wait":
-        return "exit_timeout"
-    if cause in ("busy", "declined"):
-        return "busy"
-    if cause == "no_answer":
-        return "no_answer"
-    if cause == "cancelled":
-        return "cancelled"
-    return "failed"

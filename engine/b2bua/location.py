@@ -75,6 +75,18 @@ class LocationService:
             self._bindings.pop(aor, None)
         return True
 
+    def remove(self, aor: str, contact: str) -> bool:
+        """Remove one binding (a contact that stopped answering); False when it is gone."""
+        bindings = self._bindings.get(aor, [])
+        kept = [b for b in bindings if b.contact != contact]
+        if len(kept) == len(bindings):
+            return False
+        if kept:
+            self._bindings[aor] = kept
+        else:
+            del self._bindings[aor]
+        return True
+
     def remove_all(self, aor: str) -> None:
         self._bindings.pop(aor, None)
 

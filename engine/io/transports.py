@@ -224,6 +224,9 @@ class TransportManager:
         self.descriptors = descriptors or DescriptorBudget(1 << 30, 0)
         self.exempt = exempt  # sources without a per-source ceiling (trusted networks)
         self.on_limit = on_limit
+        # An outbound TCP/TLS connection could not be opened: the SIP layer fails the client
+        # transactions waiting on that flow (RFC 3261 §17.1.1.2) instead of waiting for Timer B.
+        self.on_connect_failed: Callable[[Flow], None] | None = None
         self.budgets: dict[str, ListenerBudget] = {}
         self.client_tls = client_tls
         self.counters = TransportCounters()
@@ -397,6 +400,8 @@ class TransportManager:
                 conn.closed = True
                 if self.by_peer.get(key) is conn:
                     del self.by_peer[key]
+                if self.on_connect_failed is not None:
+                    self.on_connect_failed(flow)
 
         self.spawn(open_connection())
         return conn

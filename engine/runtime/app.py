@@ -125,7 +125,7 @@ class Engine:
         self.guard = FloodGuard(self.security.floodguard)
         self.b2bua = B2BUA(self.config, token=new_token, hooks=self.hooks,
                            digest_secret=os.urandom(32))
-        self.b2bua.on_auth_failure = self._auth_failed
+        self.b2bua.auth.on_failure = self._auth_failed
         # One process-wide budget for inbound stream connections (SIP TCP, SIP TLS, and the
         # admin listener, which should take its units from the same object), leaving
         # `descriptors.reserve` for UDP, outbound connections, media control, stores and logs.
@@ -139,6 +139,7 @@ class Engine:
             limits=self.config.sip.connections, descriptors=self.descriptors,
             exempt=lambda host: self.guard.is_trusted(host), on_limit=self._connection_limit,
         )
+        self.transports.on_connect_failed = self._connect_failed
         self._next_throttle_sweep = 0.0
         self.audit: AuditLog | None = None
         self.media_controller: object | None = None
@@ -206,6 +207,11 @@ class Engine:
         log.warning(f"Registration from '{user}' failed for '{flow.host}:{flow.port}' - "
                     f"{_ASTERISK_ENDINGS.get(why, 'Wrong password')}",
                     source=flow.host, transport=flow.transport, reason=why)
+
+    def _connect_failed(self, flow: Flow) -> None:
+        if self.layer is not None:
+            self.layer.flow_failed(flow, self.loop.time())
+            self.flush()
 
     def _connection_limit(self, source: str, listener: str, reason: Refusal) -> None:
         """A SIP TCP/TLS connection was refused or closed as slowloris: counted by the
@@ -552,6 +558,12 @@ class Engine:
             if wall >= self._next_expiry:
                 self.expire_recordings(wall)
         self.b2bua.location.sweep(now)
+        self.b2bua.qualify(now)  # OPTIONS to registered contacts when due (sip.qualify)
+        registrar = self.b2bua.registrar
+        for aor, contact in registrar.pruned:
+            log.warning("registrar.contact_pruned", aor=aor, contact=contact,
+                        reason="unanswered_options")
+        registrar.pruned.clear()
         self.guard.sweep(now)
         self.transports.close_idle(now)
         for source, reason, count in self.refusal_log.sweep(now):
@@ -559,7 +571,7 @@ class Engine:
                         count=count)
         if now >= self._next_throttle_sweep:
             self._next_throttle_sweep = now + THROTTLE_SWEEP_INTERVAL
-            self.b2bua.auth_throttle.sweep(now)
+            self.b2bua.auth.throttle.sweep(now)
             admin_api = getattr(self, "admin_api", None)
             if admin_api is not None:
                 admin_api.auth.throttle.sweep(time.time())  # the admin API's clock
@@ -609,11 +621,11 @@ class Engine:
         for listener, budget in self.transports.budgets.items():
             samples.append((f"vaultpbx_sip_{listener}_inbound_connections", "gauge",
                             budget.total, f"Inbound SIP {listener} connections"))
-        for name, value in b.auth_throttle.counters("digest_throttle").items():
+        for name, value in b.auth.throttle.counters("digest_throttle").items():
             kind = "counter" if name.endswith("_total") else "gauge"
             samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
                             name.replace("_", " ")))
-        for name, value in b.stats.items():
+        for name, value in b.counters().items():
             samples.append((f"vaultpbx_{name}", "counter", value, name.replace("_", " ")))
         if layer is not None:
             samples.append(("vaultpbx_transactions", "gauge",

@@ -61,6 +61,20 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QualifyConfig:
+    interval: float = 0.0
+    """Seconds between OPTIONS probes to every registered contact; 0: no probes."""
+    max_failures: int = 3
+    """Probes in a row a contact may leave unanswered before its binding is removed."""
+
+    def validate(self) -> None:
+        if self.interval < 0:
+            raise ValueError("interval must not be negative")
+        if self.max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SipConfig:
     listen: list[ListenConfig] = field(
         default_factory=lambda: [ListenConfig(transport="udp"), ListenConfig(transport="tcp")]
@@ -107,6 +121,15 @@ class SipConfig:
     digest_throttle: ThrottleConfig = field(default_factory=ThrottleConfig)
     """Wrong digest passwords: waits per (user, source address) and per user, for trusted
     sources too. A throttled attempt gets the same 401/407 challenge as a wrong password."""
+    fork_response_timeout: float = 4.0
+    """Seconds a branch to a registered contact may stay silent (not even 100 Trying) before
+    it is pruned as unreachable, so one vanished device does not hold a forked call until
+    ring_timeout (RFC 3261 §16.7); 0: only Timer B (64*T1) prunes it."""
+    qualify: QualifyConfig = field(default_factory=QualifyConfig)
+    """OPTIONS probes to registered contacts; contacts that stop answering are removed."""
+    max_redirects: int = 3
+    """3xx answers from callees the PBX follows itself for one call (RFC 3261 §8.1.3.4);
+    past it, or for targets it cannot reach, the 3xx goes to the caller with its Contact."""
 
     def validate(self) -> None:
         seen = set()
@@ -116,6 +139,10 @@ class SipConfig:
             seen.add(listener.transport)
         if not self.listen:
             raise ValueError("at least one listener is needed")
+        if self.fork_response_timeout < 0:
+            raise ValueError("fork_response_timeout must not be negative")
+        if self.max_redirects < 0:
+            raise ValueError("max_redirects must not be negative")
         if not self.digest_algorithms:
             raise ValueError("digest_algorithms needs at least one algorithm")
 

@@ -180,6 +180,17 @@ class TransactionLayer:
         txn.start(request.serialize(), now)
         return txn
 
+    def flow_failed(self, flow: Flow, now: float) -> int:
+        """The transport could not carry `flow` (an outbound TCP/TLS connection was refused):
+        every client transaction sending on it gets a transport error (RFC 3261 §17.1.1.2,
+        §17.1.2.2) and its TU hears it at once. Returns how many there were."""
+        peer = (flow.transport, flow.host, flow.port)
+        failed = [txn for txn in self.client_transactions.values()
+                  if (txn.flow.transport, txn.flow.host, txn.flow.port) == peer]
+        for txn in failed:
+            txn.fire(Input.TRANSPORT_ERROR, now)
+        return len(failed)
+
     # -- input -----------------------------------------------------------------------------
     def receive(self, data: bytes, flow: Flow, now: float) -> None:
         self.counters.messages_in += 1

@@ -266,6 +266,7 @@ def test_agent_sessions_and_pauses_are_in_the_queue_log() -> None:
     caller = acd.phones["1001"]
     caller.invite("700", "rep10")
     [ring] = offers(acd.phones["2001"])
+    acd.phones["2001"].answer(ring, 180)  # a live phone rings (a silent one is pruned)
     acd.h.advance(10.5)  # rings out: the router stops offering (not-responding)
     acd.phones["2001"].answer(ring, 487)
     acd.bridge.logout("2001", acd.h.now)
