@@ -12,6 +12,9 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 [ -f /usr/share/zoneinfo/Asia/Shanghai ] || need_apt+=(tzdata)
 # fail2ban-regex checks that the auth-failure log line matches fail2ban's stock SIP filter.
 command -v fail2ban-regex >/dev/null 2>&1 || need_apt+=(fail2ban)
+# The web console's browser tests drive Debian's headless Chromium through its chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
