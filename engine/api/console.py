@@ -6,7 +6,9 @@ live call, play a recording).
   POST /session                   {user, password, otp} → cookie + csrf  anyone (Origin checked)
   GET  /session                   who am I, with the csrf token         any session
   DELETE /session                 log out: session revoked, cookie gone  any session
-  GET  /ws                        WebSocket: wallboard + live calls      calls.monitor
+  GET  /ws                        WebSocket: wallboard + live calls      calls.monitor, or
+                                  (an agent's desktop: its own agent     calls.handle and
+                                  and calls only)                        an extension
   POST /calls/{id}/hangup         end a live call (BYE on both legs)     calls.handle
   GET  /recordings/{id}/play      the WAV, streamed and audited          recording.play
 
@@ -22,11 +24,12 @@ Invariants:
   ACCESS_DENIED. Bearer clients are not CSRF-prone and are untouched.
 - Every page answer has a strict Content-Security-Policy: scripts and styles only from this
   origin, no inline script, no framing; the static files hold no secret and no data.
-- The WebSocket is a route like the others: it passes authentication (cookie session) and the
-  permission check (calls.monitor). It pushes a snapshot (the same stats as GET /queues and
-  /agents, live calls masked for the role) when anything changed and at least once a second;
-  the page never polls. The session is re-checked before each push: logout, expiry or a lock
-  closes the socket.
+- The WebSocket is a route like the others: it passes authentication (cookie session) and a
+  permission check (calls.monitor for everything; an agent with an extension sees only its own
+  agent and calls; anyone else gets 403, audited). It pushes a snapshot (the same stats as
+  GET /queues and /agents, live calls masked for the role) when anything changed and at least
+  once a second; the page never polls. The session is re-checked before each push: logout,
+  expiry or a lock closes the socket.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class ConsoleApi:
             Route(method="GET", path="/session", permission=ANY_SESSION, handler=self.whoami),
             Route(method="DELETE", path="/session", permission=ANY_SESSION,
                   handler=self.logout),
-            Route(method="GET", path="/ws", permission=P.CALLS_MONITOR,
+            Route(method="GET", path="/ws", permission=ANY_SESSION,
                   handler=_no_body, upgrade=self.feed),
             Route(method="POST", path="/calls/{id}/hangup", permission=P.CALLS_HANDLE,
                   handler=self.hangup),
@@ -199,13 +202,30 @@ class ConsoleApi:
                             headers=dict(PAGE_HEADERS))
 
     # -- the live feed --------------------------------------------------------------------------
-    def snapshot(self, role: str) -> dict[str, Any]:
+    def feed_scope(self, session: Session) -> str | None:
+        """What the feed may show this session: every queue, agent and call (`calls.monitor`),
+        else only its own agent and that agent's calls (an agent's desktop: `calls.handle` and
+        an `extension`), else nothing (None: the feed is refused)."""
+        if self.admin.policy.allows(session.role, P.CALLS_MONITOR):
+            return "*"
+        user = self.admin.users.get(session.user)
+        if (user is not None and user.extension
+                and self.admin.policy.allows(session.role, P.CALLS_HANDLE)):
+            return str(user.extension)
+        return None
+
+    def snapshot(self, role: str, scope: str = "*") -> dict[str, Any]:
         stats = self.stats() if self.stats is not None else {"queues": {}, "agents": {}}
         calls = self.live_calls() if self.live_calls is not None else []
         allowed = self.admin.policy.allows(role, P.METADATA_READ)
         agents = {name: {**agent, "since": self._since(name, agent)}
                   for name, agent in stats.get("agents", {}).items()}
-        return {"queues": stats.get("queues", {}), "agents": agents,
+        queues = stats.get("queues", {})
+        if scope != "*":
+            agents = {name: agent for name, agent in agents.items() if name == scope}
+            calls = [call for call in calls if call.get("agent") == scope]
+            queues = {}
+        return {"queues": queues, "agents": agents,
                 "calls": [self.admin.mask_record(call, role) for call in calls] if allowed
                 else []}
 
@@ -230,6 +250,9 @@ class ConsoleApi:
 
     async def feed(self, request: web.Request, session: Session | None) -> web.StreamResponse:
         assert session is not None
+        scope = self.feed_scope(session)
+        if scope is None:
+            raise _Denied(f"role {session.role} has no live view", permission=P.CALLS_MONITOR)
         socket = web.WebSocketResponse(heartbeat=30.0, max_msg_size=4096)
         await socket.prepare(request)
         head = head_of(request)
@@ -244,7 +267,7 @@ class ConsoleApi:
                 if live is None or live.user != session.user:
                     await socket.close(code=4401, message=b"session ended")
                     break
-                body = _dumps(self.snapshot(session.role))
+                body = _dumps(self.snapshot(session.role, scope))
                 now = time.monotonic()
                 if body != last or now - sent_at >= PUSH_EVERY:
                     await socket.send_str(f'{{"type":"snapshot","at":{self.clock()},'

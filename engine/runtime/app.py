@@ -155,6 +155,7 @@ class Engine:
         self._next_expiry = 0.0  # wall-clock time of the next retention run
         self.http: AdminHttpServer | None = None
         self.console: ConsoleApi | None = None  # the web console, beside the admin API
+        self.pci_paused: set[str] = set()  # calls whose PCI pause is on (see _switch_sensitive)
         self.loop_stalls = LoopStallMonitor(loop)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -381,7 +382,7 @@ class Engine:
             audit_sink=self.data_path(audit.sink) if audit.sink else None,
         )
         if self.recorder is not None:
-            self.admin_api.sensitive = self.recorder.set_sensitive
+            self.admin_api.sensitive = self._switch_sensitive
         self.admin_api.erasure = self._erasure_service()
         # The authenticated API's routes (its masked /calls included) win over the open ones.
         # Agent controls and queue statistics need a session like the rest of the API.
@@ -416,17 +417,28 @@ class Engine:
             context = server_context(cert, key, min_version=admin.min_version)
         await self.http.start(admin.host, admin.port, context)
 
+    def _switch_sensitive(self, call_id: str, on: bool, actor: str) -> bool:
+        """The PCI pause, remembered for the console's live calls: a cache of the switches
+        sent, pruned to the live calls on every look (the recording worker owns the fact)."""
+        assert self.recorder is not None
+        switched = self.recorder.set_sensitive(call_id, on, actor)
+        if switched:
+            (self.pci_paused.add if on else self.pci_paused.discard)(call_id)
+        return switched
+
     def live_calls(self) -> list[dict[str, object]]:
         """The calls in progress, for the console (masked there by role)."""
         now = self.loop.time()
         recorded = self.recorder.active if self.recorder is not None else {}
         out: list[dict[str, object]] = []
+        self.pci_paused &= self.b2bua.calls.keys()
         for call in list(self.b2bua.calls.values()):
             since = call.answered_at if call.answered_at is not None else call.started
             out.append({"id": call.id, "caller": call.caller, "callee": call.callee,
                         "state": str(getattr(call.state, "value", call.state)),
                         "queue": call.acd_queue or call.queue or None, "agent": call.agent,
-                        "seconds": round(now - since, 1), "recorded": call.id in recorded})
+                        "seconds": round(now - since, 1), "recorded": call.id in recorded,
+                        "pci_pause": call.id in self.pci_paused})
         return out
 
     def hang_up(self, call_id: str) -> bool:

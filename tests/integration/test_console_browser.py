@@ -349,3 +349,58 @@ def test_an_agent_cannot_open_recordings_page_or_api(
         "fetch('/recordings/x/play', {credentials: 'same-origin'}).then(r => done(r.status));")
     assert status == 403
 
+
+
+def test_agent_desktop_shows_its_caller_masked_and_pauses_recording_for_pci(
+        engine: RunningEngine, browser) -> None:  # type: ignore[no-untyped-def]
+    from vaultpbx.media.rtppeer import RtpPeer
+    from vaultpbx.sip.message import Response, build_response
+    from vaultpbx.sip.parser import parse_message
+
+    from tests.integration.sipclient import UdpClient
+
+    driver = browser
+    if _text(driver, "#who")[:6] != "agent ":
+        _login(driver, engine, "agent")
+    driver.get(engine.admin_url + "/#desktop")
+    _click(driver, "#agent-ready")
+    _wait(driver, 5, lambda d: _text(d, "#desktop-state") == "available",
+          f"ready failed: {_text(driver, '#desktop-message')}")
+
+    phone = UdpClient(engine.sip_port)  # agent 2001's phone
+    caller = RawUa()
+    number = "+447700900123"
+    try:
+        assert phone.register("2001", "pw-2001-secret").status == 200
+        data = invite(caller, engine.sip_port, RtpPeer(ssrc=0x6161).sdp())
+        caller.send(data.replace(b"0555", b"700").replace(b"media-call-1", b"agent-call-1")
+                    .replace(b"sip:caller@", f"sip:{number}@".encode()), engine.sip_port)
+        phone.sock.settimeout(5)
+        while True:  # the ACD offers the call to the agent's phone, which answers
+            offer = parse_message(phone.sock.recvfrom(65535)[0])
+            if isinstance(offer, Request) and offer.method == "INVITE":
+                break
+        ok = build_response(offer, 200, to_tag="agent2001", extra=[
+            ("contact", f"<sip:2001@127.0.0.1:{phone.port}>"),
+            ("content-type", "application/sdp")], body=RtpPeer(ssrc=0x6262).answer_to(offer.body))
+        phone.sock.sendto(ok.serialize(), ("127.0.0.1", engine.sip_port))
+        answered = caller.wait(lambda m: isinstance(m, Response) and m.status == 200)
+        assert isinstance(answered, Response)
+
+        _wait(driver, 5, lambda d: d.find_element("id", "desktop-call").is_displayed(),
+              "the agent's desktop does not show the current call")
+        shown = _text(driver, "#desktop-caller")
+        # Agents see the caller's number masked (the role's policy), never in clear.
+        assert shown and number not in shown and "*" in shown, shown
+        assert _text(driver, "#desktop-queue") == "support"
+        _wait(driver, 5, lambda d: _text(d, "#desktop-recorded") == "recording",
+              "the call is not recorded")
+        _click(driver, "#pci-pause")
+        _wait(driver, 5, lambda d: _text(d, "#desktop-recorded") == "paused (PCI)",
+              f"the PCI pause did not take: {_text(driver, '#desktop-message')}")
+        _shot(driver, "agent-desktop-call")
+        switches = [r for r in _audit(engine) if r["action"] == "recording.sensitive_on"]
+        assert [r["actor"] for r in switches] == ["agent"], switches
+    finally:
+        caller.close()
+        phone.close()

@@ -27,12 +27,14 @@ from tests.integration.test_sipp_calls import start_pbx
 pytestmark = pytest.mark.integration
 
 HASHER = PasswordHasher()
-SUP_SECRET, AGENT_SECRET = pyotp.random_base32(32), pyotp.random_base32(32)
+SUP_SECRET, AGENT_SECRET, AUDITOR_SECRET = (pyotp.random_base32(32) for _ in range(3))
 USERS = [
     {"name": "sup", "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
      "totp_secret": SUP_SECRET},
     {"name": "agent", "role": "agent", "password_hash": HASHER.hash("agent-password-123"),
      "totp_secret": AGENT_SECRET, "extension": "2001"},
+    {"name": "auditor", "role": "auditor", "password_hash": HASHER.hash("auditor-password-1"),
+     "totp_secret": AUDITOR_SECRET},
 ]
 
 
@@ -41,7 +43,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     started: list[RunningEngine] = []
     overrides = {
         "security": {"floodguard": {"trusted": ["127.0.0.1/32"]}, "users": USERS},
-        "routing": {"skills": ["english"], "agents": {"2001": {"skills": {"english": 1}}},
+        "routing": {"skills": ["english"], "agents": {"2001": {"skills": {"english": 1}},
+                                               "2002": {"skills": {"english": 1}}},
                     "queues": {"support": {"skills": {"english": 1}}}},
     }
     try:
@@ -121,17 +124,21 @@ def test_cookie_state_changes_need_the_csrf_token_and_this_origin(engine: Runnin
     assert len(refusals) == 4
 
 
-def test_websocket_needs_a_session_this_origin_and_monitoring(engine: RunningEngine) -> None:
+def test_websocket_needs_a_session_this_origin_and_a_live_view(engine: RunningEngine) -> None:
     async def run() -> None:
         ws_url = engine.admin_url.replace("http", "ws", 1) + "/ws"
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
             sup, _ = await _session(engine, http, "sup", "sup-password-123", SUP_SECRET)
             agent, _ = await _session(engine, http, "agent", "agent-password-123",
                                       AGENT_SECRET)
+            auditor, _ = await _session(engine, http, "auditor", "auditor-password-1",
+                                        AUDITOR_SECRET)
             cases = [({"Origin": engine.admin_url}, 401),
                      ({"Origin": "https://evil.example", "Cookie": f"__Host-vaultpbx={sup}"},
                       403),
-                     ({"Origin": engine.admin_url, "Cookie": f"__Host-vaultpbx={agent}"}, 403)]
+                     ({"Cookie": f"__Host-vaultpbx={sup}"}, 403),  # no Origin at all
+                     ({"Origin": engine.admin_url, "Cookie": f"__Host-vaultpbx={auditor}"},
+                      403)]
             for headers, status in cases:
                 with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                     await http.ws_connect(ws_url, headers=headers)
@@ -147,6 +154,12 @@ def test_websocket_needs_a_session_this_origin_and_monitoring(engine: RunningEng
                 # Nothing changes, yet a snapshot comes at least once a second.
                 second = await ws.receive_json(timeout=3)
                 assert second["type"] == "snapshot" and second["at"] > first["at"]
+            # An agent's desktop feed: its own agent only, no queues, no one else.
+            async with http.ws_connect(ws_url, headers={
+                    "Origin": engine.admin_url, "Cookie": f"__Host-vaultpbx={agent}"}) as ws:
+                await ws.receive_json(timeout=5)
+                own = (await ws.receive_json(timeout=5))["data"]
+                assert set(own["agents"]) == {"2001"} and own["queues"] == {}
 
     asyncio.run(run())
 

@@ -38,22 +38,52 @@ async function api(method, path, body) {
   return { status: response.status, data };
 }
 
-function cell(row, text, className) {
-  const td = document.createElement("td");
-  td.textContent = text === null || text === undefined ? "" : String(text);
-  if (className) td.className = className;
-  row.appendChild(td);
-  return td;
+// Keyed rows: a row that stays is updated in place (its buttons keep working between pushes);
+// `cells(item)` gives [text, className] per column, `decorate(tr, item)` sets data-* attributes,
+// `action(item)` makes the last cell's button once, when the row first appears.
+function fill(tableId, items, key, cells, decorate, action) {
+  const body = $(tableId).querySelector("tbody");
+  const old = new Map([...body.children].map((tr) => [tr.dataset.key, tr]));
+  const rows = [];
+  for (const item of items) {
+    const k = String(key(item));
+    const values = cells(item);
+    let tr = old.get(k);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.key = k;
+      for (const [, className] of values) {
+        const td = document.createElement("td");
+        if (className) td.className = className;
+        tr.appendChild(td);
+      }
+      if (action) {
+        const td = document.createElement("td");
+        td.appendChild(action(item));
+        tr.appendChild(td);
+      }
+    }
+    values.forEach(([text, className], i) => {
+      const td = tr.children[i];
+      const t = text === null || text === undefined ? "" : String(text);
+      if (td.textContent !== t) td.textContent = t;
+      if (className && td.className !== className) td.className = className;
+    });
+    if (decorate) decorate(tr, item);
+    old.delete(k);
+    rows.push(tr);
+  }
+  for (const tr of old.values()) tr.remove();
+  rows.forEach((tr, i) => { if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null); });
 }
 
-function fill(tableId, rows, build) {
-  const body = $(tableId).querySelector("tbody");
-  body.replaceChildren();
-  for (const item of rows) {
-    const tr = document.createElement("tr");
-    build(tr, item);
-    body.appendChild(tr);
-  }
+function button(className, label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = className;
+  b.textContent = label;
+  b.addEventListener("click", onClick);
+  return b;
 }
 
 // -- login -----------------------------------------------------------------------------------
@@ -98,7 +128,7 @@ function started() {
     nav.appendChild(link);
   }
   nav.hidden = false;
-  if (me.permissions.includes("calls.monitor")) connect();
+  if (me.permissions.includes("calls.monitor") || allowed("desktop")) connect();
   const first = Object.keys(VIEWS).find(allowed);
   if (!window.location.hash && first) window.location.hash = first;
   else show();
@@ -155,42 +185,49 @@ function connect() {
 
 function render(message) {
   const d = message.data;
-  fill("queues-table", Object.entries(d.queues), (tr, [name, q]) => {
-    tr.dataset.queue = name;
-    cell(tr, name);
-    cell(tr, q.waiting, "waiting");
-    cell(tr, q.longest_wait.toFixed(1), "longest-wait");
-    cell(tr, q.service_level === null ? "–" : `${Math.round(q.service_level * 100)} %`);
-    cell(tr, q.abandoned, "abandoned");
-  });
-  fill("agents-table", Object.entries(d.agents), (tr, [name, a]) => {
-    tr.dataset.agent = name;
-    cell(tr, name);
-    const state = a.break_reason ? `${a.state} (${a.break_reason})` : a.state;
-    cell(tr, state, `state state-${a.state}`);
-    cell(tr, `${Math.max(0, Math.round(message.at - a.since))} s`);
-    cell(tr, a.handled);
-  });
-  fill("calls-table", d.calls, (tr, call) => {
-    tr.dataset.call = call.id;
-    tr.dataset.callState = call.state;
-    cell(tr, call.id);
-    cell(tr, call.caller, "caller");
-    cell(tr, call.callee);
-    cell(tr, call.queue);
-    cell(tr, call.agent);
-    cell(tr, call.state, "call-state");
-    cell(tr, call.seconds);
-    cell(tr, call.recorded ? "yes" : "no");
-    const td = cell(tr, "");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "hangup";
-    button.textContent = "Hang up";
-    button.addEventListener("click", () => hangup(call.id));
-    td.appendChild(button);
-  });
+  fill("queues-table", Object.entries(d.queues), ([name]) => name, ([name, q]) => [
+    [name], [q.waiting, "waiting"], [q.longest_wait.toFixed(1), "longest-wait"],
+    [q.service_level === null ? "–" : `${Math.round(q.service_level * 100)} %`],
+    [q.abandoned, "abandoned"],
+  ], (tr, [name]) => { tr.dataset.queue = name; });
+  fill("agents-table", Object.entries(d.agents), ([name]) => name, ([name, a]) => [
+    [name], [a.break_reason ? `${a.state} (${a.break_reason})` : a.state, `state state-${a.state}`],
+    [`${Math.max(0, Math.round(message.at - a.since))} s`], [a.handled],
+  ], (tr, [name]) => { tr.dataset.agent = name; });
+  fill("calls-table", d.calls, (call) => call.id, (call) => [
+    [call.id], [call.caller, "caller"], [call.callee], [call.queue], [call.agent],
+    [call.state, "call-state"], [call.seconds],
+    [call.pci_pause ? "paused (PCI)" : call.recorded ? "yes" : "no", "recorded"],
+  ], (tr, call) => { tr.dataset.call = call.id; tr.dataset.callState = call.state; },
+  (call) => button("hangup", "Hang up", () => hangup(call.id)));
+  if (me && me.extension) renderDesktop(d);
   drawChart();
+}
+
+function renderDesktop(d) {
+  const own = d.agents[me.extension];
+  if (own) {
+    $("desktop-state").textContent = own.break_reason ? `${own.state} (${own.break_reason})`
+      : own.state;
+  }
+  const call = d.calls.find((c) => c.agent === me.extension);
+  $("desktop-call").hidden = !call;
+  if (!call) return;
+  $("desktop-call").dataset.call = call.id;
+  $("desktop-caller").textContent = call.caller;
+  $("desktop-queue").textContent = call.queue || "";
+  $("desktop-seconds").textContent = call.seconds;
+  $("desktop-recorded").textContent = call.pci_pause ? "paused (PCI)"
+    : call.recorded ? "recording" : "not recorded";
+  $("pci-pause").textContent = call.pci_pause ? "Resume recording" : "PCI pause";
+  $("pci-pause").dataset.on = call.pci_pause ? "1" : "";
+}
+
+async function pciPause() {
+  const id = $("desktop-call").dataset.call;
+  const on = !$("pci-pause").dataset.on;
+  const { status, data } = await api("POST", `/calls/${encodeURIComponent(id)}/sensitive`, { on });
+  $("desktop-message").textContent = status === 200 ? "" : data.reason || data.error || status;
 }
 
 function drawChart() {
@@ -226,7 +263,7 @@ async function agentAction(action) {
   const { status, data } = await api("POST", `/agents/${action}`, body);
   if (status === 200) {
     $("desktop-state").textContent = data.break_reason ? `${data.state} (${data.break_reason})`
-      : data.state;
+      : data.state;  // the feed confirms it within a fraction of a second
     $("desktop-message").textContent = "";
   } else {
     $("desktop-message").textContent = data.reason || data.error || `failed (${status})`;
@@ -244,21 +281,11 @@ async function loadRecordings(event) {
   const caller = $("rec-caller").value.trim();
   const rows = data.recordings.filter((r) => r.created_at >= from
     && (!caller || String(r.caller).includes(caller)));
-  fill("recordings-table", rows, (tr, r) => {
-    tr.dataset.recording = r.recording_id;
-    cell(tr, r.recording_id);
-    cell(tr, new Date(r.created_at * 1000).toISOString().replace("T", " ").slice(0, 19));
-    cell(tr, r.caller, "caller");
-    cell(tr, r.state);
-    cell(tr, r.legal_hold ? "legal hold" : "");
-    const td = cell(tr, "");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "play";
-    button.textContent = "Play";
-    button.addEventListener("click", () => play(r.recording_id));
-    td.appendChild(button);
-  });
+  fill("recordings-table", rows, (r) => r.recording_id, (r) => [
+    [r.recording_id], [new Date(r.created_at * 1000).toISOString().replace("T", " ").slice(0, 19)],
+    [r.caller, "caller"], [r.state], [r.legal_hold ? "legal hold" : ""],
+  ], (tr, r) => { tr.dataset.recording = r.recording_id; },
+  (r) => button("play", "Play", () => play(r.recording_id)));
   $("recordings-message").textContent = `${rows.length} recording(s)`;
 }
 
@@ -286,20 +313,17 @@ async function loadAudit() {
   const filter = $("audit-filter").value.trim();
   const shown = records.filter((r) => !filter
     || `${r.action} ${r.actor} ${r.target}`.includes(filter)).reverse();
-  fill("audit-table", shown, (tr, r) => {
-    tr.dataset.action = r.action;
-    cell(tr, r.seq);
-    cell(tr, r.time || r.ts || "");
-    cell(tr, r.actor);
-    cell(tr, r.action, "action");
-    cell(tr, r.target);
-  });
+  fill("audit-table", shown, (r) => r.seq, (r) => [
+    [r.seq], [r.time ? new Date(r.time * 1000).toISOString() : ""], [r.actor], [r.action, "action"],
+    [r.target],
+  ], (tr, r) => { tr.dataset.action = r.action; });
 }
 
 // -- start -----------------------------------------------------------------------------------
 async function boot() {
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
+  $("pci-pause").addEventListener("click", pciPause);
   $("recordings-filter").addEventListener("submit", loadRecordings);
   $("audit-filter").addEventListener("input", loadAudit);
   for (const action of ["login", "ready", "pause", "logout"]) {
