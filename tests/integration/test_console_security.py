@@ -27,12 +27,18 @@ from tests.integration.test_sipp_calls import start_pbx
 pytestmark = pytest.mark.integration
 
 HASHER = PasswordHasher()
-SUP_SECRET, AGENT_SECRET, AUDITOR_SECRET = (pyotp.random_base32(32) for _ in range(3))
+SUP_SECRET, SUP2_SECRET, SUP3_SECRET, AGENT_SECRET, AUDITOR_SECRET = (
+    pyotp.random_base32(32) for _ in range(5))
 USERS = [
     {"name": "sup", "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
      "totp_secret": SUP_SECRET},
     {"name": "agent", "role": "agent", "password_hash": HASHER.hash("agent-password-123"),
      "totp_secret": AGENT_SECRET, "extension": "2001"},
+    # One supervisor per test: a TOTP code works once, so reusing one would wait for the next.
+    {"name": "sup2", "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
+     "totp_secret": SUP2_SECRET},
+    {"name": "sup3", "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
+     "totp_secret": SUP3_SECRET},
     {"name": "auditor", "role": "auditor", "password_hash": HASHER.hash("auditor-password-1"),
      "totp_secret": AUDITOR_SECRET},
 ]
@@ -128,7 +134,7 @@ def test_websocket_needs_a_session_this_origin_and_a_live_view(engine: RunningEn
     async def run() -> None:
         ws_url = engine.admin_url.replace("http", "ws", 1) + "/ws"
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            sup, _ = await _session(engine, http, "sup", "sup-password-123", SUP_SECRET)
+            sup, _ = await _session(engine, http, "sup2", "sup-password-123", SUP2_SECRET)
             agent, _ = await _session(engine, http, "agent", "agent-password-123",
                                       AGENT_SECRET)
             auditor, _ = await _session(engine, http, "auditor", "auditor-password-1",
@@ -183,5 +189,26 @@ def test_pages_have_a_strict_csp_and_no_inline_script_or_secret(engine: RunningE
             assert user["totp_secret"] not in page
             assert str(user["password_hash"])[:30] not in page
         assert ".innerHTML" not in page and "insertAdjacentHTML" not in page
+
+    asyncio.run(run())
+
+
+def test_logout_closes_the_open_websocket(engine: RunningEngine) -> None:
+    async def run() -> None:
+        ws_url = engine.admin_url.replace("http", "ws", 1) + "/ws"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            cookie, csrf = await _session(engine, http, "sup3", "sup-password-123", SUP3_SECRET)
+            jar = {"Origin": engine.admin_url, "Cookie": f"__Host-vaultpbx={cookie}"}
+            async with http.ws_connect(ws_url, headers=jar) as ws:
+                assert (await ws.receive_json(timeout=5))["type"] == "history"
+                async with http.delete(f"{engine.admin_url}/session",
+                                       headers={**jar, "X-CSRF-Token": csrf}) as r:
+                    assert r.status == 200
+                # Snapshots may still be in flight; then the server closes with 4401.
+                for _ in range(20):
+                    message = await ws.receive(timeout=5)
+                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        break
+                assert ws.closed and ws.close_code == 4401, (message, ws.close_code)
 
     asyncio.run(run())
