@@ -53,7 +53,8 @@ def _account(name: str, role: str, **extra: str) -> tuple[dict, str, str]:
 
 ACCOUNTS = {name: _account(name, role, **extra) for name, role, extra in (
     ("sup", "supervisor", {}), ("api", "supervisor", {}), ("qa", "qa", {}),
-    ("auditor", "auditor", {}), ("agent", "agent", {"extension": "2001"}))}
+    ("auditor", "auditor", {}), ("agent", "agent", {"extension": "2001"}),
+    ("admin", "admin", {}))}
 
 
 @pytest.fixture(scope="module")
@@ -404,3 +405,31 @@ def test_agent_desktop_shows_its_caller_masked_and_pauses_recording_for_pci(
     finally:
         caller.close()
         phone.close()
+
+
+def test_an_export_needs_a_second_person_approving_in_the_page(
+        engine: RunningEngine, browser) -> None:  # type: ignore[no-untyped-def]
+    driver = browser
+    _login(driver, engine, "sup")
+    driver.get(engine.admin_url + "/#recordings")
+    _wait(driver, 10, lambda d: _text(d, "tr[data-recording] button.request-export"),
+          "a supervisor is not offered an export request")
+    _click(driver, "tr[data-recording] button.request-export")
+    _wait(driver, 5, lambda d: "requested" in _text(d, "#recordings-message"),
+          f"no export request: {_text(driver, '#recordings-message')}")
+    request = _text(driver, "#approvals-table tr[data-request] td")
+    assert request.startswith("apr-")
+    # The requester is not offered an approval of its own request.
+    assert not _text(driver, f'tr[data-request="{request}"] button.approve')
+
+    _login(driver, engine, "admin")
+    driver.get(engine.admin_url + "/#recordings")
+    _wait(driver, 10, lambda d: _text(d, f'tr[data-request="{request}"] button.approve'),
+          "the second admin does not see the request to approve")
+    _shot(driver, "recordings-approval")
+    _click(driver, f'tr[data-request="{request}"] button.approve')
+    _wait(driver, 5, lambda d: "approved" in _text(d, "#recordings-message"),
+          f"approval failed: {_text(driver, '#recordings-message')}")
+    grants = [r for r in _audit(engine) if r["action"] == "approval.grant"]
+    assert [(r["actor"], r["details"]["request"], r["details"]["requester"]) for r in grants] \
+        == [("admin", request, "sup")]

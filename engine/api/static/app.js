@@ -284,9 +284,50 @@ async function loadRecordings(event) {
   fill("recordings-table", rows, (r) => r.recording_id, (r) => [
     [r.recording_id], [new Date(r.created_at * 1000).toISOString().replace("T", " ").slice(0, 19)],
     [r.caller, "caller"], [r.state], [r.legal_hold ? "legal hold" : ""],
-  ], (tr, r) => { tr.dataset.recording = r.recording_id; },
-  (r) => button("play", "Play", () => play(r.recording_id)));
+  ], (tr, r) => { tr.dataset.recording = r.recording_id; }, (r) => {
+    const span = document.createElement("span");
+    span.appendChild(button("play", "Play", () => play(r.recording_id)));
+    if (me.permissions.includes("recording.export")) {
+      span.appendChild(button("request-export", "Request export",
+        () => requestExport(r.recording_id)));
+    }
+    return span;
+  });
+  loadApprovals();
   $("recordings-message").textContent = `${rows.length} recording(s)`;
+}
+
+async function requestExport(id) {
+  const { status, data } = await api("POST", `/recordings/${encodeURIComponent(id)}/export-requests`);
+  $("recordings-message").textContent = status === 201
+    ? `Export ${data.id} requested: a second person must approve it.`
+    : `Export refused: ${data.reason || data.error || status}`;
+  loadApprovals();
+}
+
+// Four eyes: requesters see their own open requests; approvers see every open request and
+// approve those of others. The server enforces both rules.
+async function loadApprovals() {
+  if (!me.permissions.includes("recording.export")) return;
+  const { status, data } = await api("GET", "/export-requests");
+  if (status !== 200) return;
+  $("approvals").hidden = false;
+  const approver = me.permissions.includes("approval.grant");
+  fill("approvals-table", data.requests, (a) => `${a.id}/${a.status}`, (a) => [
+    [a.id], [a.recording_id], [a.requester], [a.status, "approval-status"],
+  ], (tr, a) => { tr.dataset.request = a.id; }, (a) => {
+    if (approver && a.requester !== me.user && a.status === "pending") {
+      return button("approve", "Approve", () => approve(a.id));
+    }
+    return document.createElement("span");
+  });
+}
+
+async function approve(id) {
+  const { status, data } = await api("POST", `/export-requests/${encodeURIComponent(id)}/approve`);
+  $("recordings-message").textContent = status === 200 ? `Export ${id} approved.`
+    : `Approval refused: ${data.reason || data.error || status}`;
+  loadApprovals();
 }
 
 function play(id) {
