@@ -660,6 +660,11 @@ class Engine:
                 kind = "counter" if name.endswith("_total") else "gauge"
                 samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
                                 name.replace("_", " ")))
+        if self.console is not None:  # CSRF refusals, open WebSockets, hang-ups, plays
+            for name, value in self.console.counters.items():
+                kind = "counter" if name.endswith("_total") else "gauge"
+                samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
+                                name.replace("_", " ")))
         if self.http is not None:
             for name, value in self.http.metric_counters().items():
                 kind = "counter" if name.endswith("_total") else "gauge"

@@ -128,6 +128,9 @@ def test_cookie_state_changes_need_the_csrf_token_and_this_origin(engine: Runnin
     refusals = [r for r in _audit(engine) if r["action"] == "access.denied"
                 and r["details"].get("via") == "console"]
     assert len(refusals) == 4
+    metrics = engine.metrics()
+    assert metrics.get("vaultpbx_console_csrf_refused_total") == 4, sorted(
+        name for name in metrics if "console" in name)
 
 
 def test_websocket_needs_a_session_this_origin_and_a_live_view(engine: RunningEngine) -> None:
