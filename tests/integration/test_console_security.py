@@ -27,8 +27,8 @@ from tests.integration.test_sipp_calls import start_pbx
 pytestmark = pytest.mark.integration
 
 HASHER = PasswordHasher()
-SUP_SECRET, SUP2_SECRET, SUP3_SECRET, AGENT_SECRET, AUDITOR_SECRET = (
-    pyotp.random_base32(32) for _ in range(5))
+SUP_SECRET, SUP2_SECRET, SUP3_SECRET, SUP4_SECRET, SUP5_SECRET, AGENT_SECRET, AUDITOR_SECRET = (
+    pyotp.random_base32(32) for _ in range(7))
 USERS = [
     {"name": "sup", "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
      "totp_secret": SUP_SECRET},
@@ -37,8 +37,9 @@ USERS = [
     # One supervisor per test: a TOTP code works once, so reusing one would wait for the next.
     {"name": "sup2", "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
      "totp_secret": SUP2_SECRET},
-    {"name": "sup3", "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
-     "totp_secret": SUP3_SECRET},
+    *({"name": name, "role": "supervisor", "password_hash": HASHER.hash("sup-password-123"),
+       "totp_secret": secret}
+      for name, secret in (("sup3", SUP3_SECRET), ("sup4", SUP4_SECRET), ("sup5", SUP5_SECRET))),
     {"name": "auditor", "role": "auditor", "password_hash": HASHER.hash("auditor-password-1"),
      "totp_secret": AUDITOR_SECRET},
 ]
@@ -49,6 +50,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     started: list[RunningEngine] = []
     overrides = {
         "security": {"floodguard": {"trusted": ["127.0.0.1/32"]}, "users": USERS},
+        "auth": {"trusted_sources": ["127.0.0.1"]},
+        "dialplan": [{"match": "700", "queue": "support"}],
         "routing": {"skills": ["english"], "agents": {"2001": {"skills": {"english": 1}},
                                                "2002": {"skills": {"english": 1}}},
                     "queues": {"support": {"skills": {"english": 1}}}},
@@ -215,3 +218,59 @@ def test_logout_closes_the_open_websocket(engine: RunningEngine) -> None:
                 assert ws.closed and ws.close_code == 4401, (message, ws.close_code)
 
     asyncio.run(run())
+
+
+def test_hang_up_by_bearer_and_an_agent_only_its_own_call(engine: RunningEngine) -> None:
+    from vaultpbx.media.rtppeer import RtpPeer
+
+    from tests.integration.test_media_calls import RawUa, invite
+
+    caller = RawUa()  # no agent is ready: the call waits in `support`
+    data = invite(caller, engine.sip_port, RtpPeer(ssrc=0x7171).sdp())
+    caller.send(data.replace(b"0555", b"700").replace(b"media-call-1", b"waiting-1"),
+                engine.sip_port)
+
+    async def run() -> None:
+        ws_url = engine.admin_url.replace("http", "ws", 1) + "/ws"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            sup, _ = await _session(engine, http, "sup4", "sup-password-123", SUP4_SECRET)
+            agent, csrf = await _session(engine, http, "agent", "agent-password-123",
+                                         AGENT_SECRET)
+            async with http.ws_connect(ws_url, headers={
+                    "Origin": engine.admin_url, "Cookie": f"__Host-vaultpbx={sup}"}) as ws:
+                calls: list[dict] = []
+                while not calls:
+                    message = await ws.receive_json(timeout=5)
+                    calls = message.get("data", {}).get("calls", [])
+                call_id = calls[0]["id"]
+                assert calls[0]["queue"] == "support" and calls[0]["state"] == "queued"
+                # An agent may not end a call that is not its own (audited).
+                async with http.post(f"{engine.admin_url}/calls/{call_id}/hangup", headers={
+                        "Origin": engine.admin_url, "X-CSRF-Token": csrf,
+                        "Cookie": f"__Host-vaultpbx={agent}"}) as r:
+                    assert r.status == 403, await r.text()
+                # An API client with a bearer token needs no CSRF token.
+                login = {"user": "sup5", "password": "sup-password-123",
+                         "otp": await _code(SUP5_SECRET)}
+                async with http.post(f"{engine.admin_url}/login", json=login) as r:
+                    token = (await r.json())["token"]
+                async with http.post(f"{engine.admin_url}/calls/{call_id}/hangup",
+                                     headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 200, await r.text()
+                async with http.post(f"{engine.admin_url}/calls/{call_id}/hangup",
+                                     headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 404  # gone
+                while calls:  # the feed drops the call
+                    message = await ws.receive_json(timeout=5)
+                    calls = [c for c in message.get("data", {}).get("calls", [])
+                             if c["id"] == call_id]
+
+    try:
+        asyncio.run(run())
+    finally:
+        caller.close()
+    denied = [r for r in _audit(engine) if r["action"] == "access.denied"
+              and r["actor"] == "agent" and "hangup" in r["target"]]
+    assert len(denied) == 1, denied
+    hangups = [r for r in _audit(engine) if r["action"] == "call.hangup"]
+    assert [(r["actor"], r["details"]["queue"]) for r in hangups] == [("sup5", "support")]
