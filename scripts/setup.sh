@@ -14,6 +14,9 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v fail2ban-regex >/dev/null 2>&1 || need_apt+=(fail2ban)
 # scripts/make_prompts.py speaks the queue prompts (sounds/prompts/) with espeak-ng.
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+# The web console's browser tests drive Debian's headless Chromium through its chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

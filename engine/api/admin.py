@@ -192,6 +192,9 @@ class AdminApi:
         self.sensitive: Callable[[str, bool, str], bool] | None = None
         # Erasure by caller (vaultpbx.recording.erasure.ErasureService); set by the runtime.
         self.erasure: Any = None
+        # The browser console's cookie session (console.py): request → token, or None. Its
+        # CSRF middleware runs before `authenticate`, so a token found here passed that check.
+        self.cookie_token: Callable[[HttpRequest], str | None] | None = None
         self.auth = Authenticator(users, sessions, totp=totp, anomaly=anomaly, hooks=hooks,
                                   throttle=CredentialThrottle(security.login_throttle))
         self.login_attempts = login_attempts
@@ -375,6 +378,8 @@ class AdminApi:
 
     def _session(self, request: HttpRequest) -> Session | None:
         token = _bearer(request)
+        if token is None and self.cookie_token is not None:
+            token = self.cookie_token(request)
         if token is None:
             return None
         session = self.sessions.get(token, self.clock())

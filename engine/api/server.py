@@ -1,6 +1,7 @@
 """The admin HTTP server: aiohttp speaks HTTP/1.1 (chunked bodies, keep-alive, pipelining, 400 for
-a malformed head, WebSocket upgrades to come); `BudgetedListener` owns the socket; handlers stay
-plain functions of `HttpRequest` (messages.py). The only module that converts between the two.
+a malformed head, WebSocket upgrades through `Route.upgrade`); `BudgetedListener` owns the
+socket; handlers stay plain functions of `HttpRequest` (messages.py). The only module that
+converts between the two.
 
 A route is (method, path template, permission, handler). The permission is only carried here:
 the admin API's aiohttp middlewares (admin.py) read it from `request[ROUTE]` to authenticate,
@@ -61,6 +62,9 @@ class Route:
     """A permission of the RBAC matrix, or the admin API's ANY_SESSION / PUBLIC, or OPEN."""
     handler: Handler
     """(request, session or None) → response, or an awaitable of one."""
+    upgrade: Callable[[web.Request, Any], Awaitable[web.StreamResponse]] | None = None
+    """Instead of `handler`: the aiohttp request itself, for a WebSocket upgrade (the console's
+    live feed); it still passes every middleware, so it is authenticated like any route."""
 
     @classmethod
     def open(cls, method: str, path: str, handler: Callable[[HttpRequest], HttpResponse]
@@ -220,6 +224,8 @@ class AdminHttpServer:
 
     def _adapter(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def serve(request: web.Request) -> web.StreamResponse:
+            if route.upgrade is not None:
+                return await route.upgrade(request, request.get(SESSION))
             try:
                 body = await asyncio.wait_for(request.read(), self.limits.header_timeout)
             except TimeoutError:

@@ -55,6 +55,8 @@ class HookPoint(enum.Enum):
     SECURITY_ALERT = "security_alert"
     # Bulk exports of personal data (CDR / queue-event CSV): who, what, which range, how many.
     DATA_EXPORT = "data_export"
+    # A person acted on a live call (hang up from the console): who, which call, why.
+    CALL_CONTROL = "call_control"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +73,7 @@ HOOK_POINTS: dict[HookPoint, HookPointSpec] = {
 # Points the audit observer subscribes to (everything that touches data or privileges).
 AUDITED_POINTS: tuple[HookPoint, ...] = (
     HookPoint.RECORDING_ACCESSED,
+    HookPoint.CALL_CONTROL,
     HookPoint.RECORDING_SENSITIVE,
     HookPoint.LOGIN,
     HookPoint.LOGOUT,

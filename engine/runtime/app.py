@@ -21,6 +21,7 @@ import signal
 import time
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -52,6 +53,9 @@ from .config import Config, ConfigError, LoadedConfig, load_config, prompt_libra
 from .logs import configure_logging
 from .loopstall import LoopStallMonitor
 from .recording import CallRecorder
+
+if TYPE_CHECKING:
+    from ..api.console import ConsoleApi
 
 log = structlog.get_logger("vaultpbx")
 
@@ -153,6 +157,8 @@ class Engine:
         self.recorder: CallRecorder | None = None  # set in start() when recording is enabled
         self._next_expiry = 0.0  # wall-clock time of the next retention run
         self.http: AdminHttpServer | None = None
+        self.console: ConsoleApi | None = None  # the web console, beside the admin API
+        self.pci_paused: set[str] = set()  # calls whose PCI pause is on (see _switch_sensitive)
         self.loop_stalls = LoopStallMonitor(loop)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -412,7 +418,7 @@ class Engine:
             audit_sink=self.data_path(audit.sink) if audit.sink else None,
         )
         if self.recorder is not None:
-            self.admin_api.sensitive = self.recorder.set_sensitive
+            self.admin_api.sensitive = self._switch_sensitive
         self.admin_api.erasure = self._erasure_service()
         # The authenticated API's routes (its masked /calls included) win over the open ones.
         # Agent controls and queue statistics need a session like the rest of the API.
@@ -429,9 +435,14 @@ class Engine:
             max_head_size=admin.max_head_size,
             max_new_per_second=admin.max_new_connections_per_second,
             max_new_per_source_per_second=admin.max_new_connections_per_source_per_second)
+        from ..api.console import ConsoleApi
+        acd = self.acd
+        self.console = ConsoleApi(
+            self.admin_api, clock=time.time, live_calls=self.live_calls, hangup=self.hang_up,
+            stats=(lambda: acd.stats(self.loop.time())) if acd is not None else None)
         self.http = AdminHttpServer(
-            [*self._routes(), *acd_routes, *self.admin_api.routes()],
-            middlewares=self.admin_api.middlewares(), limits=limits,
+            [*self._routes(), *acd_routes, *self.admin_api.routes(), *self.console.routes()],
+            middlewares=self.console.middlewares(), limits=limits,
             max_body=admin.max_body_size, executor=self.admin_api.workers)
         context = None
         if admin.tls:
@@ -441,6 +452,39 @@ class Engine:
             self._ensure_dev_certificate(cert, key)
             context = server_context(cert, key, min_version=admin.min_version)
         await self.http.start(admin.host, admin.port, context)
+
+    def _switch_sensitive(self, call_id: str, on: bool, actor: str) -> bool:
+        """The PCI pause, remembered for the console's live calls: a cache of the switches
+        sent, pruned to the live calls on every look (the recording worker owns the fact)."""
+        assert self.recorder is not None
+        switched = self.recorder.set_sensitive(call_id, on, actor)
+        if switched:
+            (self.pci_paused.add if on else self.pci_paused.discard)(call_id)
+        return switched
+
+    def live_calls(self) -> list[dict[str, object]]:
+        """The calls in progress, for the console (masked there by role)."""
+        now = self.loop.time()
+        recorded = self.recorder.active if self.recorder is not None else {}
+        out: list[dict[str, object]] = []
+        self.pci_paused &= self.b2bua.calls.keys()
+        for call in list(self.b2bua.calls.values()):
+            since = call.answered_at if call.answered_at is not None else call.started
+            out.append({"id": call.id, "caller": call.caller, "callee": call.callee,
+                        "state": str(getattr(call.state, "value", call.state)),
+                        "queue": call.acd_queue or call.queue or None, "agent": call.agent,
+                        "seconds": round(now - since, 1), "recorded": call.id in recorded,
+                        "pci_pause": call.id in self.pci_paused})
+        return out
+
+    def hang_up(self, call_id: str) -> bool:
+        """A person ends a live call from the console: the B2BUA's own ending path (BYE or
+        CANCEL on each leg), then the commands go out at once."""
+        if call_id not in self.b2bua.calls:
+            return False
+        self.b2bua.end_call_by_id(call_id, "admin_hangup", self.loop.time())
+        self.flush()
+        return True
 
     def _erasure_service(self) -> ErasureService:
         """Erasure by caller across the stores that hold callers' data (recordings, call
@@ -524,6 +568,8 @@ class Engine:
             await asyncio.sleep(1.0)
             try:
                 self.housekeeping_once()
+                if self.console is not None:
+                    self.console.sample(time.time())  # the wallboard chart: one point a second
             except Exception:
                 log.exception("housekeeping.failed")
 
@@ -661,6 +707,11 @@ class Engine:
                 samples.append((f"vaultpbx_{name.removesuffix('_total')}", "counter", value,
                                 name.replace("_", " ")))
             for name, value in admin_api.auth.throttle.counters("login_throttle").items():
+                kind = "counter" if name.endswith("_total") else "gauge"
+                samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
+                                name.replace("_", " ")))
+        if self.console is not None:  # CSRF refusals, open WebSockets, hang-ups, plays
+            for name, value in self.console.counters.items():
                 kind = "counter" if name.endswith("_total") else "gauge"
                 samples.append((f"vaultpbx_{name.removesuffix('_total')}", kind, value,
                                 name.replace("_", " ")))
