@@ -159,6 +159,7 @@ def test_greeting_then_position_and_estimate_every_period_never_after_the_answer
     acd.bridge.login("2001", acd.h.now)
     acd.media.run()
     [invite] = offers(agent)
+    agent.answer(invite, 180)  # a live phone rings (a silent one is pruned after 4 s)
     acd.advance(12)
     b_heard = acd.heard(b)
     assert b_heard[-1][1][:2] == ("queue-you-are-caller", "digit-1")

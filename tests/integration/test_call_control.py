@@ -153,6 +153,12 @@ def test_a_refused_tcp_contact_is_pruned_at_once_and_the_busy_phone_answers(
     tcp_phone = register_over_tcp(engine.sip_port, "1002", "pw-1002")
     assert engine.health()["registrations"] == 2
     tcp_phone.close()  # its connection is gone; a new one to its port is refused
+    # Wait until the engine has seen the close: an INVITE written into a connection it still
+    # thinks open is lost in the kernel with no error, and only Timer B would end that fork.
+    deadline = time.monotonic() + WAIT
+    while engine.metrics().get("vaultpbx_sip_tcp_inbound_connections", 0) > 0:
+        assert time.monotonic() < deadline, "the engine never saw the TCP phone go"
+        time.sleep(0.02)
     caller.sock.sendto(invite(caller, "1002", "fork-tcp@test"), caller.server)
     answer(live, receive_request(live, "INVITE"), 486)
     assert final_of(caller).status == 486  # within WAIT, far below Timer B and ring_timeout

@@ -232,6 +232,11 @@ def test_backups_taken_while_calls_are_recorded_are_consistent(tmp_path: Path) -
         # fourth, and one after the last has been closed.
         for when, extra in ((2, []), (4, ["--incremental"])):
             _wait(lambda n=when: started() >= n, f"call {when} recorded", timeout=60)
+            # The calls before it are closed in the index (closes reach it once a second), so
+            # this element has finished recordings to copy as well as one being written.
+            _wait(lambda n=when: sum(r["state"] == "closed" for r in
+                                     _listing(engine.config_path)) >= n - 1,
+                  f"{when - 1} closed recording(s)", timeout=60)
             done = _cli(engine.config_path, "backup", "-o", str(backup_set), *extra)
             assert done.returncode == 0, done.stderr
         worker.join(timeout=120)
