@@ -70,6 +70,9 @@ STATIC = {"index.html": "text/html; charset=utf-8",
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUSH_CHECK = 0.2  # seconds between looks for a change: a change reaches the page within this
 PUSH_EVERY = 1.0  # a snapshot at least this often, changed or not
+# One snapshot per (role, scope) serves every WebSocket that looks within this: building one
+# masks every live call, and per socket that cost grew with clients x calls on the SIP loop.
+SNAPSHOT_SHARED = PUSH_CHECK / 2
 HISTORY_SECONDS = 3600
 
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,12 +86,18 @@ class ConsoleApi:
     def __init__(self, admin: AdminApi, *, stats: Callable[[], dict[str, Any]] | None = None,
                  live_calls: LiveCalls | None = None,
                  hangup: Callable[[str], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 ticker: Callable[[], float] = time.monotonic) -> None:
         self.admin = admin
         self.stats = stats          # the ACD's {"queues": ..., "agents": ...}, or None
         self.live_calls = live_calls
         self.hangup_call = hangup
         self.clock = clock
+        self.ticker = ticker
+        # (role, scope) -> (ticker time, snapshot JSON): bounded by the users' roles and
+        # extensions, each at most SNAPSHOT_SHARED old when handed out.
+        self._bodies: dict[tuple[str, str], tuple[float, str]] = {}
+        self.snapshots_built = 0
         self._csrf_key = secrets.token_bytes(32)
         self._files = {name: (resources.files(__package__) / "static" / name).read_bytes()
                        for name in STATIC}
@@ -229,6 +238,18 @@ class ConsoleApi:
                 "calls": [self.admin.mask_record(call, role) for call in calls] if allowed
                 else []}
 
+    def snapshot_body(self, role: str, scope: str = "*") -> str:
+        """The snapshot as JSON, shared by every WebSocket of this role and scope that asks
+        within SNAPSHOT_SHARED (masking is by role, the scope filters: both are in the key)."""
+        now = self.ticker()
+        cached = self._bodies.get((role, scope))
+        if cached is not None and now - cached[0] < SNAPSHOT_SHARED:
+            return cached[1]
+        body = _dumps(self.snapshot(role, scope))
+        self.snapshots_built += 1
+        self._bodies[(role, scope)] = (now, body)
+        return body
+
     def _since(self, name: str, agent: dict[str, Any]) -> float:
         """When this agent entered its state (a cache of the snapshots: the ACD keeps no such
         time; it resets when the state or the pause reason differs from the last look)."""
@@ -267,7 +288,7 @@ class ConsoleApi:
                 if live is None or live.user != session.user:
                     await socket.close(code=4401, message=b"session ended")
                     break
-                body = _dumps(self.snapshot(session.role, scope))
+                body = self.snapshot_body(session.role, scope)
                 now = time.monotonic()
                 if body != last or now - sent_at >= PUSH_EVERY:
                     await socket.send_str(f'{{"type":"snapshot","at":{self.clock()},'
