@@ -97,7 +97,6 @@ class ConsoleApi:
         # (role, scope) -> (ticker time, snapshot JSON): bounded by the users' roles and
         # extensions, each at most SNAPSHOT_SHARED old when handed out.
         self._bodies: dict[tuple[str, str], tuple[float, str]] = {}
-        self.snapshots_built = 0
         self._csrf_key = secrets.token_bytes(32)
         self._files = {name: (resources.files(__package__) / "static" / name).read_bytes()
                        for name in STATIC}
@@ -105,7 +104,9 @@ class ConsoleApi:
         self.history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_SECONDS)
         self._states: dict[str, tuple[str, float]] = {}
         self.counters = {"console_csrf_refused_total": 0, "console_ws_open": 0,
-                         "console_hangups_total": 0, "console_plays_total": 0}
+                         "console_hangups_total": 0, "console_plays_total": 0,
+                         # looks by the sockets, and the snapshots built for them
+                         "console_feed_looks_total": 0, "console_snapshots_built_total": 0}
         admin.cookie_token = self.cookie_token
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -241,12 +242,13 @@ class ConsoleApi:
     def snapshot_body(self, role: str, scope: str = "*") -> str:
         """The snapshot as JSON, shared by every WebSocket of this role and scope that asks
         within SNAPSHOT_SHARED (masking is by role, the scope filters: both are in the key)."""
+        self.counters["console_feed_looks_total"] += 1
         now = self.ticker()
         cached = self._bodies.get((role, scope))
         if cached is not None and now - cached[0] < SNAPSHOT_SHARED:
             return cached[1]
         body = _dumps(self.snapshot(role, scope))
-        self.snapshots_built += 1
+        self.counters["console_snapshots_built_total"] += 1
         self._bodies[(role, scope)] = (now, body)
         return body
 

@@ -49,7 +49,7 @@ def test_many_sockets_in_one_tick_cost_one_build(tmp_path: Path) -> None:
         assert built[0] - before == 1  # not `clients`
         assert len(bodies) == 1
         ticker.now += SNAPSHOT_SHARED + 1e-6
-    assert console.snapshots_built == 2
+    assert console.counters["console_snapshots_built_total"] == 2
 
 
 def test_each_role_and_scope_gets_its_own_masking(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_each_role_and_scope_gets_its_own_masking(tmp_path: Path) -> None:
         for _ in range(3):
             assert console.snapshot_body(role, scope) == _dumps(console.snapshot(role, scope))
     # One build per view (plus the direct snapshot() calls above, one per comparison).
-    assert console.snapshots_built == len(views)
+    assert console.counters["console_snapshots_built_total"] == len(views)
     assert built[0] == len(views) + 3 * len(views)
     # Within the same tick: the supervisor's view (this policy shows the number) never reaches
     # a role whose policy masks it.
