@@ -70,6 +70,9 @@ STATIC = {"index.html": "text/html; charset=utf-8",
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUSH_CHECK = 0.2  # seconds between looks for a change: a change reaches the page within this
 PUSH_EVERY = 1.0  # a snapshot at least this often, changed or not
+# One snapshot per (role, scope) serves every WebSocket that looks within this: building one
+# masks every live call, and per socket that cost grew with clients x calls on the SIP loop.
+SNAPSHOT_SHARED = PUSH_CHECK / 2
 HISTORY_SECONDS = 3600
 
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -83,12 +86,17 @@ class ConsoleApi:
     def __init__(self, admin: AdminApi, *, stats: Callable[[], dict[str, Any]] | None = None,
                  live_calls: LiveCalls | None = None,
                  hangup: Callable[[str], bool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 ticker: Callable[[], float] = time.monotonic) -> None:
         self.admin = admin
         self.stats = stats          # the ACD's {"queues": ..., "agents": ...}, or None
         self.live_calls = live_calls
         self.hangup_call = hangup
         self.clock = clock
+        self.ticker = ticker
+        # (role, scope) -> (ticker time, snapshot JSON): bounded by the users' roles and
+        # extensions, each at most SNAPSHOT_SHARED old when handed out.
+        self._bodies: dict[tuple[str, str], tuple[float, str]] = {}
         self._csrf_key = secrets.token_bytes(32)
         self._files = {name: (resources.files(__package__) / "static" / name).read_bytes()
                        for name in STATIC}
@@ -96,7 +104,9 @@ class ConsoleApi:
         self.history: deque[tuple[float, int, int]] = deque(maxlen=HISTORY_SECONDS)
         self._states: dict[str, tuple[str, float]] = {}
         self.counters = {"console_csrf_refused_total": 0, "console_ws_open": 0,
-                         "console_hangups_total": 0, "console_plays_total": 0}
+                         "console_hangups_total": 0, "console_plays_total": 0,
+                         # looks by the sockets, and the snapshots built for them
+                         "console_feed_looks_total": 0, "console_snapshots_built_total": 0}
         admin.cookie_token = self.cookie_token
 
     # -- wiring ---------------------------------------------------------------------------------
@@ -229,6 +239,19 @@ class ConsoleApi:
                 "calls": [self.admin.mask_record(call, role) for call in calls] if allowed
                 else []}
 
+    def snapshot_body(self, role: str, scope: str = "*") -> str:
+        """The snapshot as JSON, shared by every WebSocket of this role and scope that asks
+        within SNAPSHOT_SHARED (masking is by role, the scope filters: both are in the key)."""
+        self.counters["console_feed_looks_total"] += 1
+        now = self.ticker()
+        cached = self._bodies.get((role, scope))
+        if cached is not None and now - cached[0] < SNAPSHOT_SHARED:
+            return cached[1]
+        body = _dumps(self.snapshot(role, scope))
+        self.counters["console_snapshots_built_total"] += 1
+        self._bodies[(role, scope)] = (now, body)
+        return body
+
     def _since(self, name: str, agent: dict[str, Any]) -> float:
         """When this agent entered its state (a cache of the snapshots: the ACD keeps no such
         time; it resets when the state or the pause reason differs from the last look)."""
@@ -267,7 +290,7 @@ class ConsoleApi:
                 if live is None or live.user != session.user:
                     await socket.close(code=4401, message=b"session ended")
                     break
-                body = _dumps(self.snapshot(session.role, scope))
+                body = self.snapshot_body(session.role, scope)
                 now = time.monotonic()
                 if body != last or now - sent_at >= PUSH_EVERY:
                     await socket.send_str(f'{{"type":"snapshot","at":{self.clock()},'
