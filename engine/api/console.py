@@ -11,6 +11,8 @@ live call, play a recording).
                                   and calls only)                        an extension
   POST /calls/{id}/hangup         end a live call (BYE on both legs)     calls.handle
   GET  /recordings/{id}/play      the WAV, streamed and audited          recording.play
+  GET  /recordings/{id}/waveform  envelope + PCI-paused spans (JSON),    recording.play
+                                  audited as recording.waveform
 
 Invariants:
 - The browser never holds the session token in script: it is only in a cookie that is
@@ -44,12 +46,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import WSMsgType, web
 
 from ..hooks.registry import HookPoint
 from ..recording.errors import RecordingError, UnknownRecordingError
+from ..recording.waveform import MAX_COLUMNS
 from ..security.rbac import Permission
 from ..security.sessions import Session
 from .admin import ANY_SESSION, PUBLIC, AdminApi, _Denied, _error
@@ -71,6 +74,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUSH_CHECK = 0.2  # seconds between looks for a change: a change reaches the page within this
 PUSH_EVERY = 1.0  # a snapshot at least this often, changed or not
 HISTORY_SECONDS = 3600
+
+
+
+@runtime_checkable
+class WaveformSource(Protocol):
+    async def waveform(self, recording_id: str, *, columns: int) -> Any: ...
+
 
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LiveCalls = Callable[[], list[dict[str, Any]]]
@@ -116,6 +126,8 @@ class ConsoleApi:
                   handler=self.hangup),
             Route(method="GET", path="/recordings/{id}/play", permission=P.RECORDING_PLAY,
                   handler=self.play),
+            Route(method="GET", path="/recordings/{id}/waveform", permission=P.RECORDING_PLAY,
+                  handler=self.waveform),
         ]
 
     def middlewares(self) -> list[Callable[[web.Request, WebHandler],
@@ -331,6 +343,30 @@ class ConsoleApi:
         self.counters["console_plays_total"] += 1
         return HttpResponse(stream=wav, content_type="audio/wav", headers={
             "Content-Disposition": f'inline; filename="{recording_id}.wav"'})
+
+    async def waveform(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        """The picture of a recording: seeing its envelope is a view like listening (same
+        permission), audited as `recording.waveform`; no audio leaves the server."""
+        assert session is not None
+        recordings = self.admin.recordings
+        recording_id = request.params.get("id", "")
+        if (recordings is None or not isinstance(recordings, WaveformSource)
+                or not recordings.exists(recording_id)):
+            return _error(404, "no such recording")
+        try:
+            columns = int((request.query.get("columns") or ["600"])[0])
+        except ValueError:
+            columns = 0
+        if not 1 <= columns <= MAX_COLUMNS:
+            return _error(400, f"columns must be an integer 1..{MAX_COLUMNS}")
+        self.admin._recording_accessed(session, "waveform", recording_id, allowed=True)
+        try:
+            picture = await recordings.waveform(recording_id, columns=columns)
+        except UnknownRecordingError:
+            return _error(404, "no such recording")
+        except RecordingError as exc:
+            return _error(409, f"recording cannot be read: {type(exc).__name__}")
+        return HttpResponse.of_json(picture)
 
 
 def _no_body(request: HttpRequest, session: Any) -> HttpResponse:

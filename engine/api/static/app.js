@@ -287,6 +287,7 @@ async function loadRecordings(event) {
   ], (tr, r) => { tr.dataset.recording = r.recording_id; }, (r) => {
     const span = document.createElement("span");
     span.appendChild(button("play", "Play", () => play(r.recording_id)));
+    span.appendChild(button("waveform", "Waveform", () => showWaveform(r.recording_id)));
     if (me.permissions.includes("recording.export")) {
       span.appendChild(button("request-export", "Request export",
         () => requestExport(r.recording_id)));
@@ -337,6 +338,51 @@ function play(id) {
     $("recordings-message").textContent = `cannot play: ${error.message}`;
   });
   player.dataset.playing = id;
+}
+
+// The waveform: the server sends a small envelope (min/max per column, null where no audio was
+// kept) and the PCI-paused spans in samples; the spans are drawn as a shaded band and their
+// pixel columns are left on the canvas (data-pci-spans) for tests and assistive tools.
+async function showWaveform(id) {
+  const canvas = $("waveform");
+  const { status, data } = await api("GET",
+    `/recordings/${encodeURIComponent(id)}/waveform?columns=${canvas.width}`);
+  if (status !== 200) {
+    $("recordings-message").textContent = `No waveform: ${data.reason || data.error || status}`;
+    return;
+  }
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  ctx.clearRect(0, 0, width, height);
+  const x = (sample) => (data.frames ? (sample / data.frames) * width : 0);
+  const spans = data.pci_spans.map(([a, b]) => [Math.floor(x(a)), Math.ceil(x(b))]);
+  ctx.fillStyle = "rgba(198, 40, 40, 0.18)";
+  for (const [a, b] of spans) ctx.fillRect(a, 0, Math.max(1, b - a), height);
+  const half = height / 2;
+  data.channels.forEach((points, channel) => {
+    const middle = half * channel + half / 2;
+    const scale = (half / 2 - 2) / 32768;
+    ctx.strokeStyle = channel ? "#2e7d32" : "#0050b3";
+    ctx.beginPath();
+    points.forEach((p, column) => {
+      if (!p) return;
+      const px = column * (width / data.columns) + 0.5;
+      ctx.moveTo(px, middle - p[1] * scale);
+      ctx.lineTo(px, middle - p[0] * scale + 1);
+    });
+    ctx.stroke();
+  });
+  ctx.fillStyle = "#555";
+  ctx.fillText("caller", 4, 12);
+  ctx.fillText("callee", 4, half + 12);
+  canvas.dataset.recording = id;
+  canvas.dataset.frames = data.frames;
+  canvas.dataset.pciSpans = JSON.stringify(spans);
+  const seconds = (sample) => (sample / data.sample_rate).toFixed(1);
+  $("waveform-caption").textContent = `${id}: ${data.seconds.toFixed(1)} s`
+    + (data.pci_spans.length ? `; PCI pause (shaded) ${data.pci_spans.map(([a, b]) =>
+      `${seconds(a)}–${seconds(b)} s`).join(", ")}` : "; no PCI pause");
+  $("waveform-box").hidden = false;
 }
 
 async function loadAudit() {
