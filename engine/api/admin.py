@@ -84,6 +84,7 @@ from ..security.users import Authenticator, UserStore
 from .erasure import ErasureApi, ErasureRefused
 from .messages import HttpRequest, HttpResponse
 from .recordings import RecordingAccess
+from .recsearch import RecordingFilter, with_calls
 from .server import OPEN, SESSION, Route, head_of, route_of, to_web
 
 P = Permission
@@ -579,10 +580,15 @@ class AdminApi:
 
     def list_recordings(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         assert session is not None
-        rows = self._recording_store().list_recordings()
-        self._recording_accessed(session, "list", "*", allowed=True, count=len(rows))
-        return HttpResponse.of_json(
-            {"recordings": [self.mask_record(row, session.role) for row in rows]})
+        try:  # ?from=&to=&queue=&agent=&caller= (engine/api/recsearch.py)
+            search = RecordingFilter.parse(request.query)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        rows = with_calls(self._recording_store().list_recordings(), self.cdr)
+        shown = [row for row in (self.mask_record(row, session.role) for row in rows)
+                 if search.matches(row)]
+        self._recording_accessed(session, "list", "*", allowed=True, count=len(shown))
+        return HttpResponse.of_json({"recordings": shown})
 
     def request_export(self, request: HttpRequest, session: Session | None) -> HttpResponse:
         assert session is not None

@@ -11,6 +11,13 @@ live call, play a recording).
                                   and calls only)                        an extension
   POST /calls/{id}/hangup         end a live call (BYE on both legs)     calls.handle
   GET  /recordings/{id}/play      the WAV, streamed and audited          recording.play
+  GET  /recordings/{id}/waveform  envelope + PCI-paused spans (JSON),    recording.play
+                                  audited as recording.waveform
+  POST /recordings/{id}/legal-hold          {reason}: ask for a hold      recording.legal_hold
+  GET  /legal-holds                         requested and active holds    recording.legal_hold
+  POST /recordings/{id}/legal-hold/approve  a second person approves      approval.grant
+                                  (two people: the requester's own approval is refused, 403,
+                                  and audited by the retention manager)
 
 Invariants:
 - The browser never holds the session token in script: it is only in a cookie that is
@@ -44,16 +51,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from http.cookies import CookieError, SimpleCookie
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import WSMsgType, web
 
 from ..hooks.registry import HookPoint
-from ..recording.errors import RecordingError, UnknownRecordingError
+from ..recording.errors import LegalHoldError, RecordingError, UnknownRecordingError
+from ..recording.retention import RetentionManager
+from ..recording.waveform import MAX_COLUMNS
 from ..security.rbac import Permission
 from ..security.sessions import Session
 from .admin import ANY_SESSION, PUBLIC, AdminApi, _Denied, _error
 from .messages import HttpRequest, HttpResponse
+from .recordings import KeystoreRecordings
 from .server import Route, head_of, route_of, to_web
 
 P = Permission
@@ -74,6 +84,13 @@ PUSH_EVERY = 1.0  # a snapshot at least this often, changed or not
 # masks every live call, and per socket that cost grew with clients x calls on the SIP loop.
 SNAPSHOT_SHARED = PUSH_CHECK / 2
 HISTORY_SECONDS = 3600
+
+
+
+@runtime_checkable
+class WaveformSource(Protocol):
+    async def waveform(self, recording_id: str, *, columns: int) -> Any: ...
+
 
 WebHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LiveCalls = Callable[[], list[dict[str, Any]]]
@@ -126,6 +143,14 @@ class ConsoleApi:
                   handler=self.hangup),
             Route(method="GET", path="/recordings/{id}/play", permission=P.RECORDING_PLAY,
                   handler=self.play),
+            Route(method="GET", path="/recordings/{id}/waveform", permission=P.RECORDING_PLAY,
+                  handler=self.waveform),
+            Route(method="POST", path="/recordings/{id}/legal-hold", permission=P.LEGAL_HOLD,
+                  handler=self.request_hold),
+            Route(method="GET", path="/legal-holds", permission=P.LEGAL_HOLD,
+                  handler=self.legal_holds),
+            Route(method="POST", path="/recordings/{id}/legal-hold/approve",
+                  permission=P.APPROVE, handler=self.approve_hold),
         ]
 
     def middlewares(self) -> list[Callable[[web.Request, WebHandler],
@@ -354,6 +379,90 @@ class ConsoleApi:
         self.counters["console_plays_total"] += 1
         return HttpResponse(stream=wav, content_type="audio/wav", headers={
             "Content-Disposition": f'inline; filename="{recording_id}.wav"'})
+
+    async def waveform(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        """The picture of a recording: seeing its envelope is a view like listening (same
+        permission), audited as `recording.waveform`; no audio leaves the server."""
+        assert session is not None
+        recordings = self.admin.recordings
+        recording_id = request.params.get("id", "")
+        if (recordings is None or not isinstance(recordings, WaveformSource)
+                or not recordings.exists(recording_id)):
+            return _error(404, "no such recording")
+        try:
+            columns = int((request.query.get("columns") or ["600"])[0])
+        except ValueError:
+            columns = 0
+        if not 1 <= columns <= MAX_COLUMNS:
+            return _error(400, f"columns must be an integer 1..{MAX_COLUMNS}")
+        self.admin._recording_accessed(session, "waveform", recording_id, allowed=True)
+        try:
+            picture = await recordings.waveform(recording_id, columns=columns)
+        except UnknownRecordingError:
+            return _error(404, "no such recording")
+        except RecordingError as exc:
+            return _error(409, f"recording cannot be read: {type(exc).__name__}")
+        return HttpResponse.of_json(picture)
+
+    # -- legal hold (two people: engine/recording/retention.py) ----------------------------------
+    def _retention(self) -> RetentionManager:
+        recordings = self.admin.recordings
+        if not isinstance(recordings, KeystoreRecordings):
+            raise _Denied("recordings are not available on this node", status=404)
+        return RetentionManager(recordings.store)
+
+    def request_hold(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        retention = self._retention()
+        body = _json_body(request)
+        reason = body.get("reason") if body is not None else None
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 200:
+            return _error(400, 'expected {"reason": "..."} (1 to 200 characters)')
+        recording_id = request.params.get("id", "")
+        try:
+            retention.request_hold(recording_id, actor=session.user, reason=reason.strip(),
+                                   now=self.admin.clock())
+        except UnknownRecordingError:
+            return _error(404, "no such recording")
+        except LegalHoldError as exc:
+            return _error(409, str(exc))
+        return HttpResponse.of_json({"recording_id": recording_id, "status": "pending",
+                                     "requested_by": session.user}, 201)
+
+    def legal_holds(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        retention = self._retention()
+        rows = retention.store.db.execute(
+            "SELECT recording_id, requested_by, requested_at, reason, approved_by, approved_at"
+            " FROM legal_holds ORDER BY requested_at").fetchall()
+        return HttpResponse.of_json({"holds": [
+            {"recording_id": rid, "requested_by": by, "requested_at": at, "reason": reason,
+             "approved_by": approver, "approved_at": approved,
+             "status": "pending" if approver is None else "active"}
+            for rid, by, at, reason, approver, approved in rows]})
+
+    def approve_hold(self, request: HttpRequest, session: Session | None) -> HttpResponse:
+        assert session is not None
+        retention = self._retention()
+        recording_id = request.params.get("id", "")
+        row = retention.store.db.execute(
+            "SELECT requested_by FROM legal_holds WHERE recording_id = ?",
+            (recording_id,)).fetchone()
+        try:
+            retention.approve_hold(recording_id, actor=session.user, now=self.admin.clock())
+        except LegalHoldError as exc:
+            # The retention manager audited a same-person attempt as hold_refused.
+            return _error(403 if row is not None and row[0] == session.user else 409, str(exc))
+        return HttpResponse.of_json({"recording_id": recording_id, "status": "active",
+                                     "approved_by": session.user,
+                                     "requested_by": row[0] if row else None})
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = request.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _no_body(request: HttpRequest, session: Any) -> HttpResponse:

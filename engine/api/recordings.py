@@ -28,6 +28,7 @@ from ..recording.export import check_access, verify_recording
 from ..recording.keystore import Keystore
 from ..recording.keystore import RecordingRow as KeyRow
 from ..recording.stream import WavStream
+from ..recording.waveform import compute_waveform
 from .messages import BodyStream
 
 
@@ -129,3 +130,13 @@ class KeystoreRecordings:
             authorize=_allow)
         return {"recording_id": recording_id, "state": check.state, "passed": check.passed,
                 "problems": [str(problem) for problem in check.report.problems]}
+
+    async def waveform(self, recording_id: str, *, columns: int) -> Mapping[str, object]:
+        """The console's picture (recording.waveform): the envelope and PCI-paused spans,
+        computed in a worker thread; raises RecordingError when the file cannot be read."""
+        row = self.store.get(recording_id)  # the keystore is read here, on the loop
+        key = self.store.data_key(recording_id)
+        picture = await asyncio.to_thread(
+            compute_waveform, row.path, key, recording_id,
+            allow_incomplete=row.state in ("recording", "incomplete"), columns=columns)
+        return {"recording_id": recording_id, **picture.to_json()}

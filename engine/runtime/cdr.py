@@ -307,6 +307,20 @@ class CdrStore:
         return [_open_parties(dict(zip(names, row, strict=True)), self.subjects)
                 for row in cursor.fetchall()]
 
+    def recording_calls(self, recording_ids: Sequence[str]) -> dict[str, dict[str, object]]:
+        """recording id -> {call_id, queue, agent} of the call it recorded (the console's
+        recordings search); ids with no call record yet are absent. One pass over the recorded
+        calls (no index on recording_id: batched IN lookups would each scan the table)."""
+        wanted = set(recording_ids)
+        found: dict[str, dict[str, object]] = {}
+        cursor = self.db.execute(
+            "SELECT recording_id, call_id, queue, agent FROM calls WHERE recording_id != ''")
+        for recording_id, call_id, queue, agent in cursor:
+            if recording_id in wanted:
+                found[recording_id] = {"call_id": call_id, "queue": queue or "",
+                                       "agent": agent or ""}
+        return found
+
     def queue_events_between(self, start: float, end: float, queue: str | None = None,
                              limit: int = -1) -> list[dict[str, object]]:
         """Queue events with time in [start, end), in the order they happened, at most

@@ -54,7 +54,7 @@ def _account(name: str, role: str, **extra: str) -> tuple[dict, str, str]:
 ACCOUNTS = {name: _account(name, role, **extra) for name, role, extra in (
     ("sup", "supervisor", {}), ("api", "supervisor", {}), ("qa", "qa", {}),
     ("auditor", "auditor", {}), ("agent", "agent", {"extension": "2001"}),
-    ("admin", "admin", {}))}
+    ("admin", "admin", {}), ("admin2", "admin", {}))}
 
 
 @pytest.fixture(scope="module")

@@ -272,28 +272,45 @@ async function agentAction(action) {
 
 async function loadRecordings(event) {
   if (event) event.preventDefault();
-  const { status, data } = await api("GET", "/recordings");
+  // The server filters (queue, agent, the caller as this role sees it, dates): the page shows
+  // what it answers and never holds the rest of the listing.
+  const query = new URLSearchParams();
+  const day = (id, offset) => {
+    const value = $(id).value;
+    if (value) query.set(id === "rec-from" ? "from" : "to", Date.parse(value) / 1000 + offset);
+  };
+  day("rec-from", 0);
+  day("rec-to", 86400);  // the whole of the last day
+  for (const [name, id] of [["queue", "rec-queue"], ["agent", "rec-agent"],
+    ["caller", "rec-caller"]]) {
+    const value = $(id).value.trim();
+    if (value) query.set(name, value);
+  }
+  const { status, data } = await api("GET", `/recordings?${query}`);
   if (status !== 200) {
     $("recordings-message").textContent = data.reason || data.error || `failed (${status})`;
     return;
   }
-  const from = $("rec-from").value ? Date.parse($("rec-from").value) / 1000 : 0;
-  const caller = $("rec-caller").value.trim();
-  const rows = data.recordings.filter((r) => r.created_at >= from
-    && (!caller || String(r.caller).includes(caller)));
+  const rows = data.recordings;
   fill("recordings-table", rows, (r) => r.recording_id, (r) => [
     [r.recording_id], [new Date(r.created_at * 1000).toISOString().replace("T", " ").slice(0, 19)],
-    [r.caller, "caller"], [r.state], [r.legal_hold ? "legal hold" : ""],
+    [r.caller, "caller"], [r.queue, "queue"], [r.agent, "agent"], [r.state],
+    [r.legal_hold ? "legal hold" : ""],
   ], (tr, r) => { tr.dataset.recording = r.recording_id; }, (r) => {
     const span = document.createElement("span");
     span.appendChild(button("play", "Play", () => play(r.recording_id)));
+    span.appendChild(button("waveform", "Waveform", () => showWaveform(r.recording_id)));
     if (me.permissions.includes("recording.export")) {
       span.appendChild(button("request-export", "Request export",
         () => requestExport(r.recording_id)));
     }
+    if (me.permissions.includes("recording.legal_hold")) {
+      span.appendChild(button("request-hold", "Legal hold", () => requestHold(r.recording_id)));
+    }
     return span;
   });
   loadApprovals();
+  loadHolds();
   $("recordings-message").textContent = `${rows.length} recording(s)`;
 }
 
@@ -330,6 +347,48 @@ async function approve(id) {
   loadApprovals();
 }
 
+// Legal hold, two people: one asks (with a reason), another with approval.grant approves; the
+// server refuses the requester's own approval and audits the attempt.
+async function requestHold(id) {
+  const reason = $("hold-reason").value.trim();
+  if (!reason) {
+    $("recordings-message").textContent = "Give a reason for the legal hold first.";
+    $("holds").hidden = false;
+    return;
+  }
+  const { status, data } = await api("POST", `/recordings/${encodeURIComponent(id)}/legal-hold`,
+    { reason });
+  $("recordings-message").textContent = status === 201
+    ? `Legal hold of ${id} requested: a second person must approve it.`
+    : `Legal hold refused: ${data.reason || data.error || status}`;
+  loadHolds();
+}
+
+async function loadHolds() {
+  if (!me.permissions.includes("recording.legal_hold")) return;
+  const { status, data } = await api("GET", "/legal-holds");
+  if (status !== 200) return;
+  $("holds").hidden = false;
+  const approver = me.permissions.includes("approval.grant");
+  fill("holds-table", data.holds, (h) => `${h.recording_id}/${h.status}`, (h) => [
+    [h.recording_id], [h.reason], [h.requested_by], [h.approved_by || ""],
+    [h.status, "hold-status"],
+  ], (tr, h) => { tr.dataset.hold = h.recording_id; tr.dataset.status = h.status; }, (h) => {
+    if (approver && h.requested_by !== me.user && h.status === "pending") {
+      return button("approve-hold", "Approve", () => approveHold(h.recording_id));
+    }
+    return document.createElement("span");
+  });
+}
+
+async function approveHold(id) {
+  const { status, data } = await api("POST",
+    `/recordings/${encodeURIComponent(id)}/legal-hold/approve`);
+  await loadRecordings();  // the row shows the hold (and rewrites the message line)
+  $("recordings-message").textContent = status === 200 ? `Legal hold of ${id} approved.`
+    : `Approval refused: ${data.reason || data.error || status}`;
+}
+
 function play(id) {
   const player = $("player");
   player.src = `/recordings/${encodeURIComponent(id)}/play`;
@@ -337,6 +396,51 @@ function play(id) {
     $("recordings-message").textContent = `cannot play: ${error.message}`;
   });
   player.dataset.playing = id;
+}
+
+// The waveform: the server sends a small envelope (min/max per column, null where no audio was
+// kept) and the PCI-paused spans in samples; the spans are drawn as a shaded band and their
+// pixel columns are left on the canvas (data-pci-spans) for tests and assistive tools.
+async function showWaveform(id) {
+  const canvas = $("waveform");
+  const { status, data } = await api("GET",
+    `/recordings/${encodeURIComponent(id)}/waveform?columns=${canvas.width}`);
+  if (status !== 200) {
+    $("recordings-message").textContent = `No waveform: ${data.reason || data.error || status}`;
+    return;
+  }
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  ctx.clearRect(0, 0, width, height);
+  const x = (sample) => (data.frames ? (sample / data.frames) * width : 0);
+  const spans = data.pci_spans.map(([a, b]) => [Math.floor(x(a)), Math.ceil(x(b))]);
+  ctx.fillStyle = "rgba(198, 40, 40, 0.18)";
+  for (const [a, b] of spans) ctx.fillRect(a, 0, Math.max(1, b - a), height);
+  const half = height / 2;
+  data.channels.forEach((points, channel) => {
+    const middle = half * channel + half / 2;
+    const scale = (half / 2 - 2) / 32768;
+    ctx.strokeStyle = channel ? "#2e7d32" : "#0050b3";
+    ctx.beginPath();
+    points.forEach((p, column) => {
+      if (!p) return;
+      const px = column * (width / data.columns) + 0.5;
+      ctx.moveTo(px, middle - p[1] * scale);
+      ctx.lineTo(px, middle - p[0] * scale + 1);
+    });
+    ctx.stroke();
+  });
+  ctx.fillStyle = "#555";
+  ctx.fillText("caller", 4, 12);
+  ctx.fillText("callee", 4, half + 12);
+  canvas.dataset.recording = id;
+  canvas.dataset.frames = data.frames;
+  canvas.dataset.pciSpans = JSON.stringify(spans);
+  const seconds = (sample) => (sample / data.sample_rate).toFixed(1);
+  $("waveform-caption").textContent = `${id}: ${data.seconds.toFixed(1)} s`
+    + (data.pci_spans.length ? `; PCI pause (shaded) ${data.pci_spans.map(([a, b]) =>
+      `${seconds(a)}–${seconds(b)} s`).join(", ")}` : "; no PCI pause");
+  $("waveform-box").hidden = false;
 }
 
 async function loadAudit() {
