@@ -35,6 +35,8 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..io.listening import open_listening_socket
+
 HEAD_END = b"\r\n\r\n"
 
 
@@ -255,17 +257,7 @@ class BudgetedListener:
 
     async def start(self, host: str, port: int, context: ssl.SSLContext | None = None
                     ) -> tuple[str, int]:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(1024)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
+        sock = open_listening_socket(host, port)
         self._sock = sock
         self._context = context
         self.loop.add_reader(sock.fileno(), self._accept)

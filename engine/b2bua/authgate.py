@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..runtime.config import Config
 from ..security.throttle import CredentialThrottle
 from ..sip.digest import DigestAnswer, DigestReason, DigestServer
 from ..sip.endpoint import Flow
 from ..sip.message import Request
 from ..sip.uri import parse_uri
+
+if TYPE_CHECKING:  # annotations only: the core does not load the runtime's config module
+    from ..runtime.config import Config
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,14 +20,17 @@ Invariants:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..runtime.config import Config
 from ..sip.endpoint import Flow
 from ..sip.headers import parse_name_addr
 from ..sip.message import Request
 from ..sip.uri import parse_uri
 from .authgate import Reply
 from .location import LocationService
+
+if TYPE_CHECKING:  # annotations only: the core does not load the runtime's config module
+    from ..runtime.config import Config
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

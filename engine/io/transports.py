@@ -31,6 +31,7 @@ from ..sip.endpoint import Flow
 from ..sip.errors import SipFramingError
 from ..sip.parser import KEEPALIVE_PONG, KeepAlivePing, StreamFramer
 from .connlimits import ConnectionLimitsConfig, DescriptorBudget, ListenerBudget, Refusal
+from .listening import open_listening_socket
 
 Deliver = Callable[[bytes, Flow], None]
 # A stream frame that cannot be delimited: (its first bytes, the error with its status, flow).
@@ -263,17 +264,7 @@ class TransportManager:
         """Listen for SIP over TCP (or TLS with `context`). Connections are accepted here, not by
         loop.create_server, so that each is admitted (flood guard, budgets) on its address alone
         before a protocol, a read or a TLS handshake is spent on it."""
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(1024)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = open_listening_socket(host, port)
         budget = self.budgets[transport_name] = ListenerBudget(
             transport_name, self.limits, self.descriptors, lambda source: self.exempt(source))
         if max_connections is not None:

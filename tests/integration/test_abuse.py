@@ -60,8 +60,8 @@ def engines() -> Iterator[list[RunningEngine]]:
 
 @pytest.fixture
 def sipp(tmp_path: Path) -> Iterator[SippRunner]:
-    if SIPP is None:
-        pytest.skip("sipp (Debian sip-tester) is not installed")
+    # A missing SIPp is a broken setup (scripts/setup.sh installs it), never a skip.
+    assert SIPP is not None, "sipp (Debian sip-tester) is not installed: run make test"
     runner = SippRunner(tmp_path / "sipp")
     yield runner
     runner.cleanup()
