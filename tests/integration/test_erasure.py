@@ -25,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyotp
@@ -71,8 +72,11 @@ def _overrides(callee: RawUa) -> dict:
 
 
 def _recorded_call(engine: RunningEngine, caller: RawUa, callee: RawUa, number: str,
-                   call_id: str, started: int) -> None:
-    """A whole call from `number`: answered, recorded, a second of audio, hung up."""
+                   call_id: str, started: int,
+                   during: Callable[[], object] | None = None) -> object:
+    """A whole call from `number`: answered, recorded, a second of audio, hung up. With
+    `during`, the call stays up (half the audio before, half after) while it runs; returns
+    what it returned."""
     alice, bob = RtpPeer(ssrc=0x7101), RtpPeer(ssrc=0x7102)
     port = engine.sip_port
     sdp = alice.sdp()
@@ -101,7 +105,13 @@ def _recorded_call(engine: RunningEngine, caller: RawUa, callee: RawUa, number: 
     try:
         alice.learn(a_ok.body)
         _wait_recording(engine, started)
-        asyncio.run(_play([(alice, bytes(50 * FRAME)), (bob, bytes(50 * FRAME))]))
+        if during is None:
+            asyncio.run(_play([(alice, bytes(50 * FRAME)), (bob, bytes(50 * FRAME))]))
+            result = None
+        else:
+            asyncio.run(_play([(alice, bytes(25 * FRAME)), (bob, bytes(25 * FRAME))]))
+            result = during()
+            asyncio.run(_play([(alice, bytes(25 * FRAME)), (bob, bytes(25 * FRAME))]))
         caller.send((
             f"BYE sip:vaultpbx@127.0.0.1:{port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-bye-{call_id}\r\n{head}"
@@ -112,6 +122,7 @@ def _recorded_call(engine: RunningEngine, caller: RawUa, callee: RawUa, number: 
         callee.send(build_response(bye, 200).serialize(), port)
     finally:
         _close(alice, bob)
+    return result
 
 
 def _cli(engine: RunningEngine, *args: str, stdin: str | None = None

@@ -9,7 +9,6 @@ the audit log verifies across the restore against the outside checkpoints.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -18,21 +17,16 @@ import time
 from pathlib import Path
 
 import yaml
-from vaultpbx.media.rtppeer import RtpPeer
 from vaultpbx.recording.kek import LocalFileKek
 from vaultpbx.recording.keystore import Keystore
 from vaultpbx.runtime.cdr import CdrStore
-from vaultpbx.sip.message import Request, Response, build_response
 
 from tests.integration.engine import RunningEngine, start_engine
 from tests.integration.test_erasure import _recorded_call
 from tests.integration.test_media_calls import RawUa
 from tests.integration.test_recording_calls import (
-    FRAME,
     _close,
     _free_rtp_ports,
-    _play,
-    _wait_recording,
 )
 
 ALICE, BOB, CAROL = "+447700900123", "+442079460000", "+447911123456"
@@ -77,48 +71,7 @@ def _call_held_during(engine: RunningEngine, caller: RawUa, callee: RawUa, numbe
                       call_id: str, started: int, during) -> object:  # type: ignore[no-untyped-def]
     """A recorded call from `number` that stays up (audio before and after) while `during()`
     runs; returns what it returned."""
-    alice, bob = RtpPeer(ssrc=0x7201), RtpPeer(ssrc=0x7202)
-    port = engine.sip_port
-    sdp = alice.sdp()
-    head = (f"From: <sip:{number}@127.0.0.1>;tag=from-{call_id}\r\n"
-            f"To: <sip:0555@127.0.0.1>\r\nCall-ID: {call_id}\r\n")
-    caller.send((
-        f"INVITE sip:0555@127.0.0.1:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-{call_id}\r\n{head}"
-        f"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:{number}@127.0.0.1:{caller.port}>"
-        f"\r\nContent-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n"
-    ).encode() + sdp, port)
-    b_invite = callee.wait(lambda m: isinstance(m, Request) and m.method == "INVITE")
-    assert isinstance(b_invite, Request)
-    ok = build_response(b_invite, 200, to_tag=f"t-{call_id}", extra=[
-        ("contact", f"<sip:callee@127.0.0.1:{callee.port}>"),
-        ("content-type", "application/sdp")], body=bob.answer_to(b_invite.body))
-    callee.send(ok.serialize(), port)
-    a_ok = caller.wait(lambda m: isinstance(m, Response) and m.status == 200)
-    assert isinstance(a_ok, Response)
-    head = head.replace("To: <sip:0555@127.0.0.1>\r\n",
-                        f"To: <sip:0555@127.0.0.1>;tag={a_ok.to.tag}\r\n")
-    caller.send((
-        f"ACK sip:vaultpbx@127.0.0.1:{port} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-ack-{call_id}\r\n{head}"
-        f"CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(), port)
-    try:
-        alice.learn(a_ok.body)
-        _wait_recording(engine, started)
-        asyncio.run(_play([(alice, bytes(25 * FRAME)), (bob, bytes(25 * FRAME))]))
-        result = during()
-        asyncio.run(_play([(alice, bytes(25 * FRAME)), (bob, bytes(25 * FRAME))]))
-        caller.send((
-            f"BYE sip:vaultpbx@127.0.0.1:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{caller.port};branch=z9hG4bK-bye-{call_id}\r\n{head}"
-            f"CSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(), port)
-        caller.wait(lambda m: isinstance(m, Response) and m.cseq.method == "BYE")
-        bye = callee.wait(lambda m: isinstance(m, Request) and m.method == "BYE")
-        assert isinstance(bye, Request)
-        callee.send(build_response(bye, 200).serialize(), port)
-    finally:
-        _close(alice, bob)
-    return result
+    return _recorded_call(engine, caller, callee, number, call_id, started, during=during)
 
 
 def test_restore_drill(tmp_path: Path) -> None:
